@@ -1,0 +1,115 @@
+//! `GET`: catch-up reads, and the entry to live reads (sections 5.6 to 5.8, 8 and 10).
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use ds_protocol::headers as h;
+use ds_protocol::{OffsetParam, content_type, etag, json};
+use ds_storage::{ReadChunk, ReadFrom, Storage};
+
+use super::{Query, header_str, set_closed, set_content_type, set_no_store, set_offset, stream_name};
+use crate::body::PiecesBody;
+use crate::error::ApiError;
+use crate::live;
+use crate::router::App;
+
+pub(super) async fn read<S: Storage>(app: &App<S>, req: Request) -> Result<Response, ApiError> {
+    let name = stream_name(app, req.uri().path())?;
+    let q = Query::parse(req.uri().query())?;
+    let offset = q
+        .offset
+        .as_deref()
+        .map(OffsetParam::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("INVALID_OFFSET", e.to_string()))?;
+    match q.live.as_deref() {
+        None => {
+            let if_none_match = header_str(req.headers(), "if-none-match")?.map(str::to_owned);
+            catch_up(app, &name, offset.unwrap_or(OffsetParam::Start), if_none_match.as_deref()).await
+        }
+        Some(mode @ ("long-poll" | "sse")) => {
+            let offset = offset.ok_or_else(|| {
+                ApiError::bad_request("MISSING_OFFSET", format!("live={mode} requires an offset"))
+            })?;
+            if mode == "sse" {
+                live::sse(app, name, offset, q.cursor).await
+            } else {
+                live::long_poll(app, &name, offset, q.cursor.as_deref()).await
+            }
+        }
+        Some(other) => Err(ApiError::bad_request(
+            "INVALID_LIVE_MODE",
+            format!("live={other:?} is not a live mode (use long-poll or sse)"),
+        )),
+    }
+}
+
+/// Maps the `offset` parameter to a storage read position.
+pub(crate) fn read_from(offset: OffsetParam) -> ReadFrom {
+    match offset {
+        OffsetParam::Start => ReadFrom::Start,
+        OffsetParam::Now => ReadFrom::Tail,
+        OffsetParam::At(o) => ReadFrom::At(o),
+    }
+}
+
+async fn catch_up<S: Storage>(
+    app: &App<S>,
+    name: &ds_protocol::StreamName,
+    offset: OffsetParam,
+    if_none_match: Option<&str>,
+) -> Result<Response, ApiError> {
+    let chunk = app
+        .storage
+        .read(name, read_from(offset), app.settings.read_chunk_bytes)
+        .await?;
+    if offset == OffsetParam::Now {
+        // The tail position changes with every append: never cached, no ETag (section 8).
+        let mut res = data_response(chunk);
+        set_no_store(res.headers_mut());
+        return Ok(res);
+    }
+    let tag = etag::etag(chunk.stream_id, chunk.start, chunk.next, chunk.closed);
+    if let Some(inm) = if_none_match
+        && etag::if_none_match(inm, &tag)
+    {
+        let mut res = Response::new(axum::body::Body::empty());
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+        let out = res.headers_mut();
+        insert_etag(out, &tag);
+        out.insert(header::CACHE_CONTROL, app.settings.cacheable.clone());
+        return Ok(res);
+    }
+    let mut res = data_response(chunk);
+    let out = res.headers_mut();
+    insert_etag(out, &tag);
+    out.insert(header::CACHE_CONTROL, app.settings.cacheable.clone());
+    Ok(res)
+}
+
+fn insert_etag(out: &mut HeaderMap, tag: &str) {
+    if let Ok(v) = HeaderValue::from_str(tag) {
+        out.insert(header::ETAG, v);
+    }
+}
+
+/// A `200` carrying a chunk: body (a JSON array for JSON streams), `Content-Type`,
+/// `Stream-Next-Offset`, and `Stream-Up-To-Date` / `Stream-Closed` when they hold.
+pub(crate) fn data_response(chunk: ReadChunk) -> Response {
+    let body = if content_type::is_json(&chunk.content_type) {
+        PiecesBody::new(json::array_pieces(&chunk.pieces))
+    } else {
+        PiecesBody::new(chunk.pieces)
+    };
+    let mut res = Response::new(body.into_body());
+    let out = res.headers_mut();
+    set_content_type(out, &chunk.content_type);
+    set_offset(out, chunk.next);
+    if chunk.up_to_date {
+        out.insert(h::STREAM_UP_TO_DATE, HeaderValue::from_static("true"));
+    }
+    if chunk.closed {
+        set_closed(out);
+    }
+    res
+}

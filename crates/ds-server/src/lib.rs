@@ -1,0 +1,37 @@
+//! The Durable Streams HTTP server.
+//!
+//! This crate owns everything between a socket and the [`ds_storage::Storage`] trait: the
+//! configuration ([`config`]), phase-aware startup ([`startup`]), the axum router
+//! ([`build_router`]), one handler per protocol operation, live reads (long-poll and SSE), and
+//! the mapping of every error to a status and an `application/problem+json` body ([`error`]).
+//! It does not know how bytes are stored: handlers are generic over `S: Storage`, and only
+//! [`startup::serve`] picks a concrete backend from `storage.mode`.
+//!
+//! Embedding in an axum app:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use ds_server::{build_router, RouterSettings, MemoryStorage};
+//!
+//! # async fn demo() {
+//! let app = axum::Router::new().merge(build_router(
+//!     Arc::new(MemoryStorage::default()),
+//!     RouterSettings::default(),
+//! ));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:4437").await.unwrap();
+//! axum::serve(listener, app).await.unwrap();
+//! # }
+//! ```
+
+pub mod body;
+pub mod config;
+pub mod error;
+mod handlers;
+mod live;
+pub mod router;
+pub mod startup;
+
+pub use config::{Config, ConfigLoadOptions};
+pub use ds_storage::Storage;
+pub use ds_storage_memory::{MemoryOptions, MemoryStorage};
+pub use router::{AppState, DEFAULT_STREAM_BASE_PATH, RouterSettings, build_router};

@@ -1,0 +1,93 @@
+//! The storage seam of the Durable Streams server.
+//!
+//! This crate owns the [`Storage`] trait every backend implements, the domain types that cross
+//! it ([`CreateRequest`], [`AppendRequest`], [`ReadChunk`], [`StreamInfo`], [`Tail`]), the one
+//! [`Error`] enum backends report, and the protocol rules that do not depend on how bytes are
+//! kept ([`rules`]): idempotent-producer validation, `Stream-Seq` ordering, create idempotency,
+//! fork boundary resolution and expiry. Backends keep bytes and state; they call into
+//! [`rules`] so every backend answers the same request the same way.
+//!
+//! It deliberately knows nothing about HTTP: status codes are decided in `ds-server`.
+//!
+//! With the `testkit` feature, [`testkit`] provides the contract suite every backend runs
+//! (see [`contract_tests!`]).
+
+pub mod error;
+pub mod rules;
+pub mod types;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use error::{Error, Result};
+pub use types::{
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ForkRequest, ProducerAck,
+    ReadChunk, ReadFrom, StreamInfo, Tail,
+};
+
+use std::future::Future;
+
+use ds_protocol::StreamName;
+use tokio::sync::watch;
+
+/// A Durable Streams store.
+///
+/// Every method is atomic with respect to one stream: a reader never observes half an append,
+/// and appends to one stream are applied in one order that every reader sees. Appends to
+/// different streams never wait on each other.
+///
+/// Time-based expiry is checked on every access: an expired stream behaves exactly like one that
+/// does not exist (or like a soft-deleted one while forks still reference it).
+pub trait Storage: Send + Sync + 'static {
+    /// Creates a stream (optionally as a fork, closed, or with initial content), or confirms an
+    /// existing one whose configuration matches ([`CreateOutcome::Existed`]).
+    fn create(
+        &self,
+        name: &StreamName,
+        req: CreateRequest,
+    ) -> impl Future<Output = Result<CreateOutcome>> + Send;
+
+    /// Appends to (and/or closes) a stream, applying `Stream-Seq` and idempotent-producer
+    /// validation atomically with the write.
+    fn append(
+        &self,
+        name: &StreamName,
+        req: AppendRequest,
+    ) -> impl Future<Output = Result<AppendOutcome>> + Send;
+
+    /// Reads at most about `max_bytes` of data starting at `from` (at least one JSON message when
+    /// any is available). Resets a sliding TTL.
+    fn read(
+        &self,
+        name: &StreamName,
+        from: ReadFrom,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<ReadChunk>> + Send;
+
+    /// The stream's metadata. Does not reset a sliding TTL.
+    fn head(&self, name: &StreamName) -> impl Future<Output = Result<StreamInfo>> + Send;
+
+    /// Deletes a stream; soft-deletes it while forks still reference it.
+    fn delete(&self, name: &StreamName) -> impl Future<Output = Result<()>> + Send;
+
+    /// A receiver of the stream's [`Tail`], for live readers: it changes on every append, close
+    /// and delete of this stream (never of its fork source). Subscribe *before* reading so no
+    /// append between the read and the wait can be missed.
+    fn subscribe(
+        &self,
+        name: &StreamName,
+    ) -> impl Future<Output = Result<watch::Receiver<Tail>>> + Send;
+
+    /// Every live (not deleted, not expired) stream, in name order.
+    fn list(&self) -> impl Future<Output = Result<Vec<StreamInfo>>> + Send;
+
+    /// Removes (or soft-deletes, while forks reference them) streams whose TTL or expiry has
+    /// passed, and returns how many were affected. Expired streams are already invisible to
+    /// clients; this reclaims their space. The server calls it periodically.
+    fn sweep_expired(&self) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Whether the store can serve requests (for `/readyz`).
+    fn is_ready(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,178 @@
+//! Domain types that cross the [`Storage`](crate::Storage) seam.
+
+use bytes::Bytes;
+use ds_protocol::{Expiry, Offset, ProducerHeaders, StreamName};
+
+/// How a `PUT` asks for a fork.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkRequest {
+    /// The source stream (`Stream-Forked-From`, base path stripped).
+    pub source: StreamName,
+    /// `Stream-Fork-Offset`; `None` means the source's tail at creation.
+    pub offset: Option<Offset>,
+    /// `Stream-Fork-Sub-Offset` (0 when absent).
+    pub sub_offset: u64,
+}
+
+/// A create (`PUT`) request.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    /// Normalised `Content-Type`; `None` means the default (or, for a fork, the source's type).
+    pub content_type: Option<String>,
+    /// `Stream-TTL` / `Stream-Expires-At`.
+    pub expiry: Expiry,
+    /// `Stream-Closed: true`: create the stream closed, with `body` as its whole content.
+    pub closed: bool,
+    /// Initial content (may be empty). For JSON streams, `[]` is allowed and stores nothing.
+    pub body: Bytes,
+    /// Fork parameters, when the stream is created as a fork.
+    pub fork: Option<ForkRequest>,
+}
+
+/// Result of a successful create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// A new stream was created (`201`).
+    Created(StreamInfo),
+    /// A stream with matching configuration already existed (`200`).
+    Existed(StreamInfo),
+}
+
+impl CreateOutcome {
+    /// The stream's metadata either way.
+    #[must_use]
+    pub fn info(&self) -> &StreamInfo {
+        match self {
+            CreateOutcome::Created(info) | CreateOutcome::Existed(info) => info,
+        }
+    }
+}
+
+/// An append (`POST`) request. The server has already rejected an empty body without
+/// `close` and a body without a `Content-Type`.
+#[derive(Debug, Clone, Default)]
+pub struct AppendRequest {
+    /// The request's `Content-Type` (checked against the stream's when `body` is not empty).
+    pub content_type: Option<String>,
+    /// Bytes to append; empty for a close-only request.
+    pub body: Bytes,
+    /// `Stream-Closed: true`: close the stream atomically after appending `body`.
+    pub close: bool,
+    /// `Stream-Seq`, compared byte-wise with the last one accepted on this stream.
+    pub stream_seq: Option<String>,
+    /// Idempotent producer headers.
+    pub producer: Option<ProducerHeaders>,
+}
+
+/// What the server echoes to an idempotent producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerAck {
+    /// The producer's current epoch.
+    pub epoch: u64,
+    /// The highest sequence number accepted in that epoch.
+    pub seq: u64,
+}
+
+/// Result of an append that is not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// New data (or a new closure) was applied.
+    Appended {
+        /// The new tail.
+        next: Offset,
+        /// Whether the stream is now closed.
+        closed: bool,
+        /// Producer state after the append, when producer headers were sent.
+        producer: Option<ProducerAck>,
+    },
+    /// The request was a retry of one already applied; nothing changed.
+    Duplicate {
+        /// The current tail.
+        next: Offset,
+        /// Whether the stream is closed.
+        closed: bool,
+        /// The producer's current state (highest accepted seq, not the request's).
+        producer: ProducerAck,
+    },
+    /// A close-only request on a stream that was already closed; nothing changed.
+    AlreadyClosed {
+        /// The final tail.
+        next: Offset,
+    },
+}
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The beginning of the stream (`-1` or no `offset`).
+    Start,
+    /// The current tail (`now`): returns no data.
+    Tail,
+    /// A position previously returned by the server.
+    At(Offset),
+}
+
+/// One chunk of a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadChunk {
+    /// Internal id of this incarnation of the stream (changes when a name is re-created).
+    pub stream_id: u64,
+    /// The stream's content type.
+    pub content_type: String,
+    /// Where this chunk starts (the resolved `from`).
+    pub start: Offset,
+    /// Where the next read continues.
+    pub next: Offset,
+    /// The data: for JSON streams one entry per message; otherwise byte pieces to concatenate.
+    pub pieces: Vec<Bytes>,
+    /// `next` is the stream's tail at the time of the read.
+    pub up_to_date: bool,
+    /// The stream is closed and `next` is its final offset.
+    pub closed: bool,
+}
+
+impl ReadChunk {
+    /// Number of payload bytes in the chunk.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether the chunk carries no data.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.pieces.iter().all(Bytes::is_empty)
+    }
+}
+
+/// A stream's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// The stream's name.
+    pub name: StreamName,
+    /// Internal id of this incarnation of the stream.
+    pub stream_id: u64,
+    /// The stream's content type.
+    pub content_type: String,
+    /// TTL or absolute expiry.
+    pub expiry: Expiry,
+    /// The tail offset.
+    pub next: Offset,
+    /// Whether the stream is closed.
+    pub closed: bool,
+    /// Bytes stored by this stream itself (not counting data inherited from a fork source).
+    pub bytes: u64,
+    /// The fork source, when the stream is a fork.
+    pub forked_from: Option<StreamName>,
+}
+
+/// The live state a reader waits on (see [`Storage::subscribe`](crate::Storage::subscribe)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail {
+    /// The tail offset.
+    pub next: Offset,
+    /// The stream is closed: no more data will arrive.
+    pub closed: bool,
+    /// The stream was deleted (or expired): readers should stop.
+    pub gone: bool,
+}

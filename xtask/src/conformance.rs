@@ -1,0 +1,404 @@
+//! `cargo xtask conformance`: runs the pinned conformance suite and the
+//! client integration test (both in `conformance/`) against the release
+//! server binary, once per storage backend.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::server::{self, Server, Startup};
+use crate::tempdir::TempDir;
+use crate::vitest::{self, Report};
+
+/// Long-poll timeout the server is configured with, in seconds; the suite
+/// is told the same value in milliseconds.
+const LONG_POLL_TIMEOUT_SECS: u64 = 1;
+
+/// The test files vitest runs, relative to `conformance/`.
+const TEST_FILES: [&str; 2] = ["conformance.test.mjs", "client.test.mjs"];
+
+/// A storage backend, as named by `DS_STORAGE__MODE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// In-memory storage.
+    Memory,
+    /// File storage without fsync on every write.
+    FileFast,
+    /// File storage with fsync on every write.
+    FileDurable,
+    /// Transactional (ACID) storage.
+    Acid,
+}
+
+impl Backend {
+    /// Every backend, in the order `all` runs them.
+    pub(crate) const ALL: [Backend; 4] = [
+        Backend::Memory,
+        Backend::FileFast,
+        Backend::FileDurable,
+        Backend::Acid,
+    ];
+
+    /// The `DS_STORAGE__MODE` value, also used on the command line.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::FileFast => "file-fast",
+            Backend::FileDurable => "file-durable",
+            Backend::Acid => "acid",
+        }
+    }
+
+    /// Parses one command-line name; `all` is handled by the caller.
+    pub(crate) fn from_name(name: &str) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+/// Options of one `conformance` invocation.
+#[derive(Debug)]
+pub(crate) struct Options {
+    /// Backends to test, in order, without duplicates.
+    pub(crate) backends: Vec<Backend>,
+    /// Run the subscription tests and allow development webhooks.
+    pub(crate) subscriptions: bool,
+    /// Use the existing release binary instead of building it.
+    pub(crate) skip_build: bool,
+    /// Test this binary instead of the workspace's release build (implies no build).
+    pub(crate) server_binary: Option<PathBuf>,
+}
+
+/// How testing one backend went.
+enum Outcome {
+    /// The tests ran; the report says how they went.
+    Tested(Report),
+    /// The binary was built without this backend.
+    NotBuilt,
+    /// The server or the test runner misbehaved; the message says how.
+    Broken(String),
+}
+
+impl Outcome {
+    /// Whether this outcome fails the whole run.
+    fn is_failure(&self) -> bool {
+        match self {
+            Outcome::Tested(report) => report.failed > 0,
+            Outcome::NotBuilt => false,
+            Outcome::Broken(_) => true,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Tested(r) => write!(
+                f,
+                "{} passed, {} failed, {} skipped",
+                r.passed, r.failed, r.skipped
+            ),
+            Outcome::NotBuilt => f.write_str("not built"),
+            Outcome::Broken(message) => {
+                let first = message.lines().next().unwrap_or("failed");
+                write!(f, "error: {first}")
+            }
+        }
+    }
+}
+
+/// Runs the conformance tests; returns whether every built backend passed
+/// (and at least one was built).
+pub(crate) fn run(root: &Path, options: &Options) -> Result<bool> {
+    let binary = if let Some(path) = &options.server_binary {
+        std::path::absolute(path)
+            .with_context(|| format!("resolving --server-binary {}", path.display()))?
+    } else {
+        if !options.skip_build {
+            build_server(root)?;
+        }
+        release_binary(root)
+    };
+    ensure!(
+        binary.is_file(),
+        "server binary {} does not exist{}",
+        binary.display(),
+        if options.skip_build {
+            " (drop --skip-build to build it)"
+        } else {
+            ""
+        }
+    );
+
+    let conformance_dir = root.join("conformance");
+    ensure_node_modules(&conformance_dir)?;
+
+    let mut results = Vec::new();
+    for &backend in &options.backends {
+        println!(
+            "==> conformance {}: starting {}",
+            backend.name(),
+            binary.display()
+        );
+        let outcome = match test_backend(&binary, &conformance_dir, backend, options.subscriptions)
+        {
+            Ok(outcome) => outcome,
+            Err(error) => Outcome::Broken(format!("{error:#}")),
+        };
+        if let Outcome::Broken(message) = &outcome {
+            eprintln!("conformance {}: {message}", backend.name());
+        }
+        results.push((backend, outcome));
+    }
+
+    println!();
+    let (mut passed, mut failed) = (0, 0);
+    for (backend, outcome) in &results {
+        println!("conformance {}: {outcome}", backend.name());
+        match outcome {
+            Outcome::Tested(report) => {
+                passed += report.passed;
+                failed += report.failed;
+            }
+            // A broken server counts as one failure so the totals show it.
+            Outcome::Broken(_) => failed += 1,
+            Outcome::NotBuilt => {}
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+
+    let any_built = results
+        .iter()
+        .any(|(_, outcome)| !matches!(outcome, Outcome::NotBuilt));
+    if !any_built {
+        eprintln!("error: none of the requested backends is built into the server");
+    }
+    let any_failure = results.iter().any(|(_, outcome)| outcome.is_failure());
+    Ok(any_built && !any_failure)
+}
+
+/// Builds the release server binary.
+fn build_server(root: &Path) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    println!("==> building the release server binary");
+    let status = Command::new(&cargo)
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "durable-streams-server",
+        ])
+        .status()
+        .with_context(|| format!("running {}", cargo.to_string_lossy()))?;
+    ensure!(
+        status.success(),
+        "building durable-streams-server failed ({status})"
+    );
+    Ok(())
+}
+
+/// Path of the release server binary, honouring `CARGO_TARGET_DIR`.
+fn release_binary(root: &Path) -> PathBuf {
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), |dir| root.join(dir));
+    target_dir.join("release").join(format!(
+        "durable-streams-server{}",
+        std::env::consts::EXE_SUFFIX
+    ))
+}
+
+/// Runs `npm ci` in `conformance/` unless `node_modules` is installed and
+/// newer than `package.json` and `package-lock.json`.
+fn ensure_node_modules(conformance_dir: &Path) -> Result<()> {
+    // npm records what it installed here; its age is the age of the install.
+    let marker = conformance_dir
+        .join("node_modules")
+        .join(".package-lock.json");
+    let installed = modified(&marker);
+    let stale = match installed {
+        None => true,
+        Some(installed) => ["package.json", "package-lock.json"]
+            .iter()
+            .filter_map(|file| modified(&conformance_dir.join(file)))
+            .any(|changed| changed > installed),
+    };
+    if !stale {
+        return Ok(());
+    }
+
+    println!("==> npm ci in {}", conformance_dir.display());
+    let npm = if cfg!(windows) { "npm.cmd" } else { "npm" };
+    let status = Command::new(npm)
+        .current_dir(conformance_dir)
+        .args(["ci", "--no-audit", "--no-fund"])
+        .status()
+        .context("running npm (is Node.js 20+ with npm installed?)")?;
+    ensure!(status.success(), "npm ci failed ({status})");
+    Ok(())
+}
+
+/// Modification time of `path`, if it exists and the platform reports it.
+fn modified(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Starts a server for `backend`, runs the tests against it, and stops it.
+fn test_backend(
+    binary: &Path,
+    conformance_dir: &Path,
+    backend: Backend,
+    subscriptions: bool,
+) -> Result<Outcome> {
+    let temp = TempDir::new(&format!("conformance-{}", backend.name()))?;
+    // The store gets a directory of its own, so the log and the report do not
+    // sit among its files.
+    let data_dir = temp.path().join("data");
+    fs::create_dir(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let log_path = temp.path().join("server.log");
+    let port = server::free_loopback_port()?;
+
+    let mut env: Vec<(String, OsString)> = vec![
+        (
+            "DS_SERVER__BIND_ADDRESS".into(),
+            format!("127.0.0.1:{port}").into(),
+        ),
+        ("DS_STORAGE__MODE".into(), backend.name().into()),
+        (
+            "DS_STORAGE__DATA_DIR".into(),
+            data_dir.clone().into_os_string(),
+        ),
+        (
+            "DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS".into(),
+            LONG_POLL_TIMEOUT_SECS.to_string().into(),
+        ),
+        ("DS_OBSERVABILITY__RUST_LOG".into(), "warn".into()),
+    ];
+    if subscriptions {
+        env.push(("DS_SUBSCRIPTIONS__ALLOW_DEV_WEBHOOKS".into(), "true".into()));
+    }
+
+    let mut server = Server::start(binary, temp.path(), port, &env, &log_path)?;
+    match server.wait_ready()? {
+        Startup::NotBuilt => {
+            temp.remove()?;
+            return Ok(Outcome::NotBuilt);
+        }
+        Startup::Ready => {}
+    }
+
+    let report_path = temp.path().join("vitest-report.json");
+    let base_url = format!("http://127.0.0.1:{port}");
+    let vitest_ok = run_vitest(conformance_dir, &base_url, subscriptions, &report_path)?;
+    let still_running = server.check_running();
+    let log_tail = server.log_tail();
+    server.stop()?;
+
+    let outcome = interpret(&report_path, vitest_ok, still_running);
+    if outcome.is_failure() {
+        if let Outcome::Tested(report) = &outcome {
+            println!("conformance {}: failing tests:", backend.name());
+            for failure in &report.failures {
+                println!("  FAIL {failure}");
+            }
+        }
+        println!(
+            "conformance {}: server log tail:\n{log_tail}",
+            backend.name()
+        );
+    }
+    temp.remove()?;
+    Ok(outcome)
+}
+
+/// Turns the vitest report, vitest's exit status and the server's state
+/// after the run into an outcome.
+fn interpret(report_path: &Path, vitest_ok: bool, still_running: Result<()>) -> Outcome {
+    let report = match fs::read_to_string(report_path)
+        .with_context(|| format!("reading {}", report_path.display()))
+        .and_then(|text| vitest::parse_report(&text))
+    {
+        Ok(report) => report,
+        Err(error) => return Outcome::Broken(format!("no usable vitest report: {error:#}")),
+    };
+    if let Err(error) = still_running {
+        return Outcome::Broken(format!("{error:#}"));
+    }
+    if report.passed + report.failed == 0 {
+        return Outcome::Broken("vitest ran no tests".to_owned());
+    }
+    if !vitest_ok && report.failed == 0 {
+        return Outcome::Broken(
+            "vitest failed without a failing test (unhandled error? see its output above)"
+                .to_owned(),
+        );
+    }
+    Outcome::Tested(report)
+}
+
+/// Runs vitest on the test files against `base_url`, writing the JSON report
+/// to `report_path`; returns whether vitest exited successfully.
+fn run_vitest(
+    conformance_dir: &Path,
+    base_url: &str,
+    subscriptions: bool,
+    report_path: &Path,
+) -> Result<bool> {
+    let vitest = conformance_dir
+        .join("node_modules")
+        .join("vitest")
+        .join("vitest.mjs");
+    if !vitest.is_file() {
+        bail!(
+            "{} is missing; run `npm ci` in {}",
+            vitest.display(),
+            conformance_dir.display()
+        );
+    }
+    let mut output_file = OsString::from("--outputFile.json=");
+    output_file.push(report_path);
+    let status = Command::new("node")
+        .current_dir(conformance_dir)
+        .arg(&vitest)
+        .args([
+            "run",
+            "--config",
+            "vitest.config.mjs",
+            "--reporter=default",
+            "--reporter=json",
+        ])
+        .arg(output_file)
+        .args(TEST_FILES)
+        .env("DS_BASE_URL", base_url)
+        .env(
+            "DS_LONG_POLL_TIMEOUT_MS",
+            (LONG_POLL_TIMEOUT_SECS * 1000).to_string(),
+        )
+        .env(
+            "DS_SUBSCRIPTIONS",
+            if subscriptions { "true" } else { "false" },
+        )
+        .status()
+        .context("running node (is Node.js 20+ installed?)")?;
+    Ok(status.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backend;
+
+    #[test]
+    fn backend_names_round_trip() {
+        for backend in Backend::ALL {
+            assert_eq!(Backend::from_name(backend.name()), Some(backend));
+        }
+        assert_eq!(Backend::from_name("all"), None);
+        assert_eq!(Backend::from_name("Memory"), None);
+    }
+}

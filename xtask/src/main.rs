@@ -1,0 +1,236 @@
+//! Project automation for the Durable Streams workspace, run as
+//! `cargo xtask <command>` (an alias in `.cargo/config.toml`).
+//!
+//! Commands:
+//!
+//! - `conformance`: builds the release server binary, then for each storage
+//!   backend starts it on a free loopback port with a fresh data directory
+//!   and runs the pinned conformance suite plus the official client's
+//!   integration test (`conformance/`) against it. Prints one line per
+//!   backend and a final `N passed, N failed` line; exits non-zero on any
+//!   failure.
+//! - `help`: prints usage.
+//!
+//! `conformance` also accepts `--server-binary <path>`, left out of the
+//! usage text: it tests the given binary (for instance another
+//! implementation of the protocol) instead of building the workspace's.
+//!
+//! The xtask drives the built binary from outside, through its environment
+//! (`DS_*` variables) and HTTP only. It depends on `anyhow` alone; arguments
+//! are parsed by hand.
+
+mod conformance;
+mod json;
+mod server;
+mod tempdir;
+mod vitest;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+
+use crate::conformance::Backend;
+
+/// Usage text for `help`, no arguments, and argument errors.
+const USAGE: &str = "\
+Usage: cargo xtask <command> [options]
+
+Commands:
+  conformance   Run the conformance suite and the client test against the
+                release server binary, once per storage backend
+  help          Show this message
+
+Options of `conformance`:
+  --backend <names>   Backends to test: memory, file-fast, file-durable, acid
+                      or all (default all). Repeatable or comma-separated.
+  --subscriptions     Also run the subscription tests (allows dev webhooks)
+  --skip-build        Use the existing target/release binary, do not build
+";
+
+/// Exit code for command-line mistakes.
+const USAGE_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let args = match std::env::args_os()
+        .skip(1)
+        .map(|arg| {
+            arg.into_string()
+                .map_err(|arg| anyhow::anyhow!("argument {} is not valid UTF-8", arg.display()))
+        })
+        .collect::<Result<Vec<String>>>()
+    {
+        Ok(args) => args,
+        Err(error) => return usage_error(&error),
+    };
+
+    match args.first().map(String::as_str) {
+        None | Some("help" | "-h" | "--help") => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some("conformance") => {
+            let options = match parse_conformance_args(&args[1..]) {
+                Ok(Some(options)) => options,
+                Ok(None) => {
+                    print!("{USAGE}");
+                    return ExitCode::SUCCESS;
+                }
+                Err(error) => return usage_error(&error),
+            };
+            match workspace_root().and_then(|root| conformance::run(&root, &options)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(other) => usage_error(&anyhow::anyhow!("unknown command {other:?}")),
+    }
+}
+
+/// Reports a command-line mistake with the usage text.
+fn usage_error(error: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {error:#}\n\n{USAGE}");
+    ExitCode::from(USAGE_ERROR)
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+fn workspace_root() -> Result<PathBuf> {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .with_context(|| format!("{} has no parent directory", manifest_dir.display()))
+}
+
+/// Parses the arguments after `conformance`; `Ok(None)` means help was asked for.
+fn parse_conformance_args(args: &[String]) -> Result<Option<conformance::Options>> {
+    let mut backends: Vec<Backend> = Vec::new();
+    let mut subscriptions = false;
+    let mut skip_build = false;
+    let mut server_binary = None;
+
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        // Options with a value accept both `--opt value` and `--opt=value`.
+        let (flag, inline_value) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            match &inline_value {
+                Some(value) => Ok(value.clone()),
+                None => iter
+                    .next()
+                    .cloned()
+                    .with_context(|| format!("{name} needs a value")),
+            }
+        };
+        match flag {
+            "-h" | "--help" => return Ok(None),
+            "--backend" => {
+                for name in value("--backend")?.split(',').map(str::trim) {
+                    let selected: Vec<Backend> = if name == "all" {
+                        Backend::ALL.to_vec()
+                    } else {
+                        vec![Backend::from_name(name).with_context(|| {
+                            format!(
+                                "unknown backend {name:?} (expected memory, file-fast, file-durable, acid or all)"
+                            )
+                        })?]
+                    };
+                    for backend in selected {
+                        if !backends.contains(&backend) {
+                            backends.push(backend);
+                        }
+                    }
+                }
+            }
+            "--server-binary" => server_binary = Some(PathBuf::from(value("--server-binary")?)),
+            "--subscriptions" | "--skip-build" if inline_value.is_some() => {
+                bail!("{flag} takes no value")
+            }
+            "--subscriptions" => subscriptions = true,
+            "--skip-build" => skip_build = true,
+            _ => bail!("unknown argument {arg:?} for conformance"),
+        }
+    }
+
+    if backends.is_empty() {
+        backends = Backend::ALL.to_vec();
+    }
+    Ok(Some(conformance::Options {
+        backends,
+        subscriptions,
+        skip_build,
+        server_binary,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Backend, parse_conformance_args};
+
+    /// Parses `args` (space-separated), expecting success.
+    fn parse(args: &str) -> super::conformance::Options {
+        let args: Vec<String> = args.split_whitespace().map(str::to_owned).collect();
+        parse_conformance_args(&args)
+            .expect("valid arguments")
+            .expect("not a help request")
+    }
+
+    #[test]
+    fn defaults_to_all_backends() {
+        let options = parse("");
+        assert_eq!(options.backends, Backend::ALL);
+        assert!(!options.subscriptions);
+        assert!(!options.skip_build);
+        assert!(options.server_binary.is_none());
+    }
+
+    #[test]
+    fn backends_are_repeatable_comma_separated_and_deduplicated() {
+        let options = parse("--backend acid,memory --backend=memory --backend file-fast");
+        assert_eq!(
+            options.backends,
+            [Backend::Acid, Backend::Memory, Backend::FileFast]
+        );
+        assert_eq!(parse("--backend memory,all").backends.len(), 4);
+    }
+
+    #[test]
+    fn flags_and_server_binary() {
+        let options = parse("--subscriptions --skip-build --server-binary /tmp/x");
+        assert!(options.subscriptions);
+        assert!(options.skip_build);
+        assert_eq!(
+            options.server_binary.as_deref(),
+            Some(std::path::Path::new("/tmp/x"))
+        );
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        for bad in [
+            &["--backend", "sqlite"][..],
+            &["--backend"],
+            &["--frobnicate"],
+            &["--skip-build=yes"],
+        ] {
+            let args: Vec<String> = bad.iter().map(|s| (*s).to_owned()).collect();
+            assert!(parse_conformance_args(&args).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn help_is_recognised() {
+        assert!(
+            parse_conformance_args(&["--help".to_owned()])
+                .expect("valid")
+                .is_none()
+        );
+    }
+}
