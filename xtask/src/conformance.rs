@@ -113,6 +113,11 @@ impl fmt::Display for Outcome {
 
 /// Runs the conformance tests; returns whether every built backend passed
 /// (and at least one was built).
+///
+/// Progress and diagnostics go out on lines starting with `==>`; the results
+/// are the final block: one `conformance <backend>: ...` line per backend,
+/// then `N passed, N failed` (totals; a backend whose server or test run
+/// broke counts as one failure).
 pub(crate) fn run(root: &Path, options: &Options) -> Result<bool> {
     let binary = if let Some(path) = &options.server_binary {
         std::path::absolute(path)
@@ -150,7 +155,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<bool> {
             Err(error) => Outcome::Broken(format!("{error:#}")),
         };
         if let Outcome::Broken(message) = &outcome {
-            eprintln!("conformance {}: {message}", backend.name());
+            eprintln!("==> conformance {} broke: {message}", backend.name());
         }
         results.push((backend, outcome));
     }
@@ -303,13 +308,13 @@ fn test_backend(
     let outcome = interpret(&report_path, vitest_ok, still_running);
     if outcome.is_failure() {
         if let Outcome::Tested(report) = &outcome {
-            println!("conformance {}: failing tests:", backend.name());
+            println!("==> conformance {} failing tests:", backend.name());
             for failure in &report.failures {
                 println!("  FAIL {failure}");
             }
         }
         println!(
-            "conformance {}: server log tail:\n{log_tail}",
+            "==> conformance {} server log tail:\n{log_tail}",
             backend.name()
         );
     }

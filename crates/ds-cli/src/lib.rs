@@ -13,7 +13,11 @@ use ds_server::startup::{self, StartupError};
 
 /// Command line arguments.
 #[derive(Debug, Parser)]
-#[command(name = "durable-streams-server", version, about = "Durable Streams protocol server")]
+#[command(
+    name = "durable-streams-server",
+    version,
+    about = "Durable Streams protocol server"
+)]
 pub struct Cli {
     /// Extra TOML config file, layered over `config/default.toml`.
     #[arg(long, global = true, value_name = "PATH")]

@@ -32,7 +32,6 @@ impl PiecesBody {
     }
 
     /// Into an axum body.
-    #[must_use]
     pub fn into_body(self) -> Body {
         if self.pieces.len() == 1 {
             // One piece: hand it over as a full body (no frame bookkeeping).
@@ -84,7 +83,10 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> Result
     let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             Err(ApiError::BodyTooLarge { limit })
         }
         Err(e) => Err(ApiError::bad_request(

@@ -51,8 +51,11 @@ impl Default for ServerConfig {
 pub struct LimitsConfig {
     /// Payload bytes all streams together may hold in memory mode.
     pub max_memory_bytes: u64,
-    /// Payload bytes one stream may hold; also the largest accepted request body.
-    pub max_stream_bytes: u64,
+    /// Payload bytes one stream may hold. Unset: 10 MiB in memory mode, unbounded (free disk)
+    /// in the durable modes.
+    pub max_stream_bytes: Option<u64>,
+    /// Largest accepted request body (further capped by `max_stream_bytes` when set).
+    pub max_request_body_bytes: u64,
     /// Longest stream name, in bytes after percent-decoding.
     pub max_stream_name_bytes: usize,
     /// Most `/`-separated segments in a stream name.
@@ -61,11 +64,36 @@ pub struct LimitsConfig {
     pub max_read_chunk_bytes: usize,
 }
 
+/// The memory backend's per-stream cap when `limits.max_stream_bytes` is unset (the seed's).
+pub const DEFAULT_MEMORY_MAX_STREAM_BYTES: u64 = 10 * 1024 * 1024;
+
+impl LimitsConfig {
+    /// The per-stream cap in force for `mode`.
+    #[must_use]
+    pub fn effective_max_stream_bytes(&self, mode: StorageMode) -> Option<u64> {
+        match (self.max_stream_bytes, mode) {
+            (Some(n), _) => Some(n),
+            (None, StorageMode::Memory) => Some(DEFAULT_MEMORY_MAX_STREAM_BYTES),
+            (None, _) => None,
+        }
+    }
+
+    /// The largest request body accepted in `mode`.
+    #[must_use]
+    pub fn effective_max_body_bytes(&self, mode: StorageMode) -> u64 {
+        self.effective_max_stream_bytes(mode)
+            .map_or(self.max_request_body_bytes, |n| {
+                n.min(self.max_request_body_bytes)
+            })
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_memory_bytes: 100 * 1024 * 1024,
-            max_stream_bytes: 10 * 1024 * 1024,
+            max_stream_bytes: None,
+            max_request_body_bytes: 64 * 1024 * 1024,
             max_stream_name_bytes: 1024,
             max_stream_name_segments: 16,
             max_read_chunk_bytes: 1024 * 1024,
@@ -116,6 +144,19 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Shards of the `acid` backend (a power of two in 1..=256).
     pub acid_shard_count: u32,
+    /// Where the `acid` backend keeps its databases: `file` or `in-memory`.
+    pub acid_backend: AcidBackendMode,
+}
+
+/// `storage.acid_backend`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcidBackendMode {
+    /// redb files under `storage.data_dir`.
+    #[default]
+    File,
+    /// redb in memory (tests, ephemeral deployments).
+    InMemory,
 }
 
 impl Default for StorageConfig {
@@ -124,6 +165,7 @@ impl Default for StorageConfig {
             mode: StorageMode::Memory,
             data_dir: PathBuf::from("./data/streams"),
             acid_shard_count: 16,
+            acid_backend: AcidBackendMode::File,
         }
     }
 }
@@ -389,7 +431,12 @@ impl Config {
     /// Checks the rules that hold whatever the deployment.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
-        if self.server.bind_address.parse::<std::net::SocketAddr>().is_err() {
+        if self
+            .server
+            .bind_address
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
             return invalid(format!(
                 "server.bind_address {:?} is not an `ip:port` socket address",
                 self.server.bind_address
@@ -402,14 +449,24 @@ impl Config {
                 "http.stream_base_path {base:?} must start with '/' and not end with '/'"
             ));
         }
-        if self.limits.max_stream_bytes == 0 || self.limits.max_read_chunk_bytes == 0 {
-            return invalid("limits.max_stream_bytes and limits.max_read_chunk_bytes must be positive".to_owned());
+        if self.limits.max_stream_bytes == Some(0)
+            || self.limits.max_request_body_bytes == 0
+            || self.limits.max_read_chunk_bytes == 0
+        {
+            return invalid(
+                "limits.max_stream_bytes, limits.max_request_body_bytes and limits.max_read_chunk_bytes must be positive"
+                    .to_owned(),
+            );
         }
         if self.transport.connection.long_poll_timeout_secs == 0 {
-            return invalid("transport.connection.long_poll_timeout_secs must be at least 1".to_owned());
+            return invalid(
+                "transport.connection.long_poll_timeout_secs must be at least 1".to_owned(),
+            );
         }
         if self.transport.connection.sse_reconnect_interval_secs == 0 {
-            return invalid("transport.connection.sse_reconnect_interval_secs must be at least 1".to_owned());
+            return invalid(
+                "transport.connection.sse_reconnect_interval_secs must be at least 1".to_owned(),
+            );
         }
         if !(1..=256).contains(&self.storage.acid_shard_count)
             || !self.storage.acid_shard_count.is_power_of_two()
@@ -452,7 +509,15 @@ mod tests {
         assert_eq!(cfg.storage.mode, StorageMode::Memory);
         assert_eq!(cfg.transport.connection.long_poll_timeout_secs, 30);
         assert_eq!(cfg.limits.max_memory_bytes, 104_857_600);
-        assert_eq!(cfg.limits.max_stream_bytes, 10_485_760);
+        assert_eq!(
+            cfg.limits.effective_max_stream_bytes(StorageMode::Memory),
+            Some(10_485_760)
+        );
+        assert_eq!(
+            cfg.limits
+                .effective_max_stream_bytes(StorageMode::FileDurable),
+            None
+        );
         cfg.validate().expect("defaults are valid");
     }
 

@@ -62,41 +62,126 @@ enum Extra {
     RetryAfter,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// Status, machine code, title and extra headers of this error.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one arm per error: the exhaustive table is the point"
+    )]
+    fn classify(&self) -> (u16, &'static str, &'static str, Extra) {
         use ds_storage::Error as E;
-        let (status, code, title, extra) = match &self {
+        match self {
             ApiError::Storage(e) => match e {
                 E::NotFound => (404, "STREAM_NOT_FOUND", "Stream not found", Extra::None),
                 E::Gone => (410, "STREAM_GONE", "Stream deleted", Extra::None),
-                E::ConfigMismatch { .. } => (409, "STREAM_EXISTS", "Stream exists with a different configuration", Extra::None),
-                E::NameHeldBySoftDeleted => (409, "STREAM_NAME_HELD", "Stream name held by a deleted stream", Extra::None),
-                E::ForkSourceNotFound => (404, "FORK_SOURCE_NOT_FOUND", "Fork source not found", Extra::None),
+                E::ConfigMismatch { .. } => (
+                    409,
+                    "STREAM_EXISTS",
+                    "Stream exists with a different configuration",
+                    Extra::None,
+                ),
+                E::NameHeldBySoftDeleted => (
+                    409,
+                    "STREAM_NAME_HELD",
+                    "Stream name held by a deleted stream",
+                    Extra::None,
+                ),
+                E::ForkSourceNotFound => (
+                    404,
+                    "FORK_SOURCE_NOT_FOUND",
+                    "Fork source not found",
+                    Extra::None,
+                ),
                 E::ForkSourceGone => (409, "FORK_SOURCE_GONE", "Fork source deleted", Extra::None),
-                E::ForkOffsetBeyondTail { .. } => (400, "FORK_OFFSET_BEYOND_TAIL", "Fork offset beyond the source's tail", Extra::None),
-                E::ForkOffsetInvalid { .. } => (400, "INVALID_FORK_OFFSET", "Invalid fork offset", Extra::None),
-                E::SubOffsetOvershoot { .. } => (400, "INVALID_FORK_SUB_OFFSET", "Fork sub-offset past the next data boundary", Extra::None),
-                E::ContentTypeMismatch { .. } => (409, "CONTENT_TYPE_MISMATCH", "Content type mismatch", Extra::None),
+                E::ForkOffsetBeyondTail { .. } => (
+                    400,
+                    "FORK_OFFSET_BEYOND_TAIL",
+                    "Fork offset beyond the source's tail",
+                    Extra::None,
+                ),
+                E::ForkOffsetInvalid { .. } => (
+                    400,
+                    "INVALID_FORK_OFFSET",
+                    "Invalid fork offset",
+                    Extra::None,
+                ),
+                E::SubOffsetOvershoot { .. } => (
+                    400,
+                    "INVALID_FORK_SUB_OFFSET",
+                    "Fork sub-offset past the next data boundary",
+                    Extra::None,
+                ),
+                E::ContentTypeMismatch { .. } => (
+                    409,
+                    "CONTENT_TYPE_MISMATCH",
+                    "Content type mismatch",
+                    Extra::None,
+                ),
                 E::Closed { next } => (409, "STREAM_CLOSED", "Stream closed", Extra::Closed(*next)),
-                E::SeqRegression { .. } => (409, "SEQUENCE_CONFLICT", "Stream-Seq not increasing", Extra::None),
-                E::StaleEpoch { current } => (403, "STALE_EPOCH", "Stale producer epoch", Extra::Epoch(*current)),
-                E::SeqGap { expected, received } => (409, "SEQUENCE_GAP", "Producer sequence gap", Extra::SeqGap(*expected, *received)),
-                E::EpochSeqNotZero { .. } => (400, "INVALID_EPOCH_SEQ", "New producer epoch must start at seq 0", Extra::None),
+                E::SeqRegression { .. } => (
+                    409,
+                    "SEQUENCE_CONFLICT",
+                    "Stream-Seq not increasing",
+                    Extra::None,
+                ),
+                E::StaleEpoch { current } => (
+                    403,
+                    "STALE_EPOCH",
+                    "Stale producer epoch",
+                    Extra::Epoch(*current),
+                ),
+                E::SeqGap { expected, received } => (
+                    409,
+                    "SEQUENCE_GAP",
+                    "Producer sequence gap",
+                    Extra::SeqGap(*expected, *received),
+                ),
+                E::EpochSeqNotZero { .. } => (
+                    400,
+                    "INVALID_EPOCH_SEQ",
+                    "New producer epoch must start at seq 0",
+                    Extra::None,
+                ),
                 E::EmptyBody => (400, "EMPTY_BODY", "Empty append body", Extra::None),
                 E::InvalidJson(_) => (400, "INVALID_JSON", "Invalid JSON", Extra::None),
                 E::EmptyJsonArray => (400, "EMPTY_JSON_ARRAY", "Empty JSON array", Extra::None),
                 E::InvalidOffset { .. } => (400, "INVALID_OFFSET", "Invalid offset", Extra::None),
-                E::StreamTooLarge { .. } => (413, "STREAM_TOO_LARGE", "Stream size limit reached", Extra::None),
+                E::StreamTooLarge { .. } => (
+                    413,
+                    "STREAM_TOO_LARGE",
+                    "Stream size limit reached",
+                    Extra::None,
+                ),
                 E::StorageFull { .. } => (507, "STORAGE_FULL", "Storage full", Extra::RetryAfter),
-                E::Backend { .. } => (503, "STORAGE_UNAVAILABLE", "Storage unavailable", Extra::RetryAfter),
+                E::Backend { .. } => (
+                    503,
+                    "STORAGE_UNAVAILABLE",
+                    "Storage unavailable",
+                    Extra::RetryAfter,
+                ),
             },
             ApiError::Header(_) => (400, "INVALID_HEADER", "Invalid header", Extra::None),
             ApiError::BadRequest { code, .. } => (400, *code, "Bad request", Extra::None),
-            ApiError::Name(_) => (400, "INVALID_STREAM_NAME", "Invalid stream name", Extra::None),
-            ApiError::BodyTooLarge { .. } => (413, "PAYLOAD_TOO_LARGE", "Payload too large", Extra::None),
+            ApiError::Name(_) => (
+                400,
+                "INVALID_STREAM_NAME",
+                "Invalid stream name",
+                Extra::None,
+            ),
+            ApiError::BodyTooLarge { .. } => {
+                (413, "PAYLOAD_TOO_LARGE", "Payload too large", Extra::None)
+            }
             ApiError::NoRoute => (404, "NOT_FOUND", "Not found", Extra::None),
-            ApiError::MethodNotAllowed => (405, "METHOD_NOT_ALLOWED", "Method not allowed", Extra::None),
-        };
+            ApiError::MethodNotAllowed => {
+                (405, "METHOD_NOT_ALLOWED", "Method not allowed", Extra::None)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title, extra) = self.classify();
         let detail = match &self {
             ApiError::Storage(ds_storage::Error::Backend { op, source }) => {
                 tracing::error!(op, error = %source, "storage backend failure");

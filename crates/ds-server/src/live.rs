@@ -70,7 +70,10 @@ pub(crate) async fn long_poll<S: Storage>(
             let mut res = crate::handlers::read::data_response(chunk);
             let out = res.headers_mut();
             out.insert(header::CACHE_CONTROL, app.settings.cacheable.clone());
-            out.insert(h::STREAM_CURSOR, HeaderValue::from(next_cursor(client_cursor)));
+            out.insert(
+                h::STREAM_CURSOR,
+                HeaderValue::from(next_cursor(client_cursor)),
+            );
             return Ok(res);
         }
         if chunk.closed {
@@ -157,7 +160,10 @@ pub(crate) async fn sse<S: Storage>(
     });
     let mut res = Response::new(axum::body::Body::from_stream(stream));
     let out = res.headers_mut();
-    out.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if encoding == SseEncoding::Base64 {
         out.insert(
@@ -185,7 +191,11 @@ impl<S: Storage> SseConn<S> {
                 None => match self
                     .app
                     .storage
-                    .read(&self.name, ReadFrom::At(self.pos), self.app.settings.read_chunk_bytes)
+                    .read(
+                        &self.name,
+                        ReadFrom::At(self.pos),
+                        self.app.settings.read_chunk_bytes,
+                    )
                     .await
                 {
                     Ok(c) => c,
@@ -233,7 +243,3 @@ impl<S: Storage> SseConn<S> {
         sse::control_event(&control)
     }
 }
-
-
-
-

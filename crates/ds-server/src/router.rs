@@ -53,23 +53,24 @@ impl RouterSettings {
             CacheVisibility::Public => "public",
             CacheVisibility::Private => "private",
         };
+        debug_assert!(visibility == "public" || visibility == "private");
         RouterSettings {
             base_path: base,
             name_limits: NameLimits {
                 max_bytes: cfg.limits.max_stream_name_bytes,
                 max_segments: cfg.limits.max_stream_name_segments,
             },
-            max_body_bytes: cfg.limits.max_stream_bytes,
+            max_body_bytes: cfg.limits.effective_max_body_bytes(cfg.storage.mode),
             read_chunk_bytes: cfg.limits.max_read_chunk_bytes,
             long_poll_timeout: Duration::from_secs(cfg.transport.connection.long_poll_timeout_secs),
             sse_reconnect_interval: Duration::from_secs(
                 cfg.transport.connection.sse_reconnect_interval_secs,
             ),
             sse_keep_alive: Duration::from_secs(15),
-            cacheable: HeaderValue::from_str(&format!(
-                "{visibility}, max-age=60, stale-while-revalidate=300"
-            ))
-            .expect("static header text is valid"),
+            cacheable: HeaderValue::from_static(match visibility {
+                "private" => "private, max-age=60, stale-while-revalidate=300",
+                _ => "public, max-age=60, stale-while-revalidate=300",
+            }),
             cors_origins: cfg.http.cors_origins.clone(),
         }
     }
@@ -119,7 +120,10 @@ pub fn build_router<S: Storage>(storage: Arc<S>, settings: RouterSettings) -> Ro
 
 async fn healthz() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
         "{\"status\":\"ok\"}",
     )
 }
@@ -128,11 +132,17 @@ async fn readyz<S: Storage>(State(app): State<App<S>>) -> Response {
     let (status, body) = if app.storage.is_ready() {
         (StatusCode::OK, "{\"status\":\"ready\"}")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"not ready\"}")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"status\":\"not ready\"}",
+        )
     };
     (
         status,
-        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
         body,
     )
         .into_response()

@@ -114,7 +114,10 @@ pub async fn serve(
         StorageMode::Memory => {
             let storage = MemoryStorage::new(MemoryOptions {
                 max_memory_bytes: cfg.limits.max_memory_bytes,
-                max_stream_bytes: cfg.limits.max_stream_bytes,
+                max_stream_bytes: cfg
+                    .limits
+                    .effective_max_stream_bytes(StorageMode::Memory)
+                    .unwrap_or(u64::MAX),
                 ..MemoryOptions::default()
             });
             run(cfg, Arc::new(storage), shutdown).await
@@ -146,7 +149,10 @@ async fn run<S: Storage>(
         StartupError::new(Phase::BindListener, format!("cannot listen on {addr}: {e}"))
     })?;
     let local = listener.local_addr().map_err(|e| {
-        StartupError::new(Phase::BindListener, format!("cannot read the bound address: {e}"))
+        StartupError::new(
+            Phase::BindListener,
+            format!("cannot read the bound address: {e}"),
+        )
     })?;
     let settings = RouterSettings::from_config(&cfg);
     let router = build_router(Arc::clone(&storage), settings);

@@ -20,8 +20,8 @@ use bytes::Bytes;
 use ds_protocol::{Expiry, Offset, StreamName, content_type, fork_expiry};
 use ds_storage::rules::{self, Clock, SystemClock, WriterState};
 use ds_storage::{
-    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Error, ReadChunk, ReadFrom,
-    Result, Storage, StreamInfo, Tail,
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Error, ForkRequest, ReadChunk,
+    ReadFrom, Result, Storage, StreamInfo, Tail,
 };
 use tokio::sync::watch;
 
@@ -123,8 +123,25 @@ impl State {
 
     /// Index of the record containing byte `byte` (which must be `< tail.byte` and `>= base`).
     fn record_index(&self, byte: u64) -> usize {
-        self.records.partition_point(|r| r.start <= byte).saturating_sub(1)
+        self.records
+            .partition_point(|r| r.start <= byte)
+            .saturating_sub(1)
     }
+}
+
+/// Appends one batch of messages as records starting at `pos`; returns the new tail.
+fn push_batch(records: &mut Vec<Record>, mut pos: Offset, messages: Vec<Bytes>) -> Offset {
+    let count = messages.len();
+    for (k, data) in messages.into_iter().enumerate() {
+        let n = data.len() as u64;
+        records.push(Record {
+            start: pos.byte,
+            data,
+            batch_end: k + 1 == count,
+        });
+        pos = Offset::new(pos.seq + 1, pos.byte + n);
+    }
+    pos
 }
 
 fn lock(entry: &Entry) -> MutexGuard<'_, State> {
@@ -247,13 +264,29 @@ impl Inner {
             if st.removed {
                 return;
             }
+            // A fork may have been created after the caller saw no references. Fork creation
+            // counts its reference under the map lock held here, so this check is final: keep
+            // the data for the fork and soft-delete instead.
+            if st.fork_refs > 0 {
+                drop(map);
+                st.soft_deleted = true;
+                let tail = st.tail;
+                drop(st);
+                entry.tail_tx.send_replace(Tail {
+                    next: tail,
+                    closed: true,
+                    gone: true,
+                });
+                return;
+            }
             st.removed = true;
             if map.get(&entry.name).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
                 map.remove(&entry.name);
             }
             drop(map);
+            // The records stay: a read that looked the stream up just before this removal may
+            // still be walking them. They are freed with the last handle to the entry.
             self.used_bytes.fetch_sub(st.bytes, Ordering::Relaxed);
-            st.records = Vec::new();
             let tail = st.tail;
             drop(st);
             entry.tail_tx.send_replace(Tail {
@@ -272,7 +305,7 @@ impl Inner {
     }
 
     /// Resolves `at` in `entry`'s view (inherited data included) for fork creation.
-    fn locate(&self, entry: &Arc<Entry>, at: Offset) -> Result<Located> {
+    fn locate(entry: &Arc<Entry>, at: Offset) -> Result<Located> {
         let st = lock(entry);
         if at.byte > st.tail.byte || at > st.tail {
             return Err(Error::ForkOffsetBeyondTail {
@@ -283,8 +316,11 @@ impl Inner {
         if at.byte < st.base.byte {
             let base = st.base;
             drop(st);
-            let link = entry.fork.as_ref().ok_or(Error::ForkOffsetInvalid { offset: at })?;
-            let inner = self.locate(&link.source, at)?;
+            let link = entry
+                .fork
+                .as_ref()
+                .ok_or(Error::ForkOffsetInvalid { offset: at })?;
+            let inner = Self::locate(&link.source, at)?;
             // Inherited records end where this stream's own data begins.
             return Ok(Located {
                 bytes_to_boundary: inner.bytes_to_boundary.min(base.byte - at.byte),
@@ -338,13 +374,18 @@ impl Inner {
         let mut from = from;
         let st = lock(entry);
         let end = limit.map_or(st.tail.byte, |l| l.min(st.tail.byte));
-        if from.byte > st.tail.byte || (limit.is_none() && from.byte == st.tail.byte && from != st.tail) {
+        if from.byte > st.tail.byte
+            || (limit.is_none() && from.byte == st.tail.byte && from != st.tail)
+        {
             return Err(Error::InvalidOffset { offset: from });
         }
         if from.byte < st.base.byte {
             let base = st.base;
             drop(st);
-            let link = entry.fork.as_ref().ok_or(Error::InvalidOffset { offset: from })?;
+            let link = entry
+                .fork
+                .as_ref()
+                .ok_or(Error::InvalidOffset { offset: from })?;
             let upto = base.byte.min(end);
             let next = self.read_view(&link.source, from, Some(upto), budget, out)?;
             if next.byte < base.byte || end <= base.byte {
@@ -374,7 +415,11 @@ impl Inner {
             if from.byte == st.tail.byte && from.seq != st.tail.seq {
                 return Err(Error::InvalidOffset { offset: from });
             }
-            return Ok(if from.byte == st.tail.byte { st.tail } else { from });
+            return Ok(if from.byte == st.tail.byte {
+                st.tail
+            } else {
+                from
+            });
         }
         let mut i = st.record_index(from.byte);
         {
@@ -446,6 +491,60 @@ impl Inner {
             .map_err(|_| Error::StorageFull { limit })
     }
 
+    /// Resolves a fork request against its live source: the link the fork keeps, the fork's
+    /// first own position, and its expiry (the inheritance table of section 4.2).
+    fn resolve_fork(
+        &self,
+        f: &ForkRequest,
+        req: &CreateRequest,
+    ) -> Result<(ForkLink, Offset, Expiry)> {
+        let source = match self.live(&f.source) {
+            Ok(s) => s,
+            Err(Error::NotFound) => return Err(Error::ForkSourceNotFound),
+            Err(Error::Gone) => return Err(Error::ForkSourceGone),
+            Err(e) => return Err(e),
+        };
+        if let Some(ct) = &req.content_type
+            && !content_type::matches(ct, &source.content_type)
+        {
+            return Err(Error::ContentTypeMismatch {
+                expected: source.content_type.clone(),
+                actual: ct.clone(),
+            });
+        }
+        let (source_tail, source_expiry) = {
+            let st = lock(&source);
+            (st.tail, st.expiry)
+        };
+        let anchor = f.offset.unwrap_or(source_tail);
+        let located = Self::locate(&source, anchor)?;
+        let base = if f.sub_offset == 0 {
+            anchor
+        } else if source.json {
+            if f.sub_offset > located.messages_to_boundary {
+                return Err(Error::SubOffsetOvershoot {
+                    sub_offset: f.sub_offset,
+                    available: located.messages_to_boundary,
+                });
+            }
+            self.json_position(&source, anchor, f.sub_offset)?
+        } else {
+            if f.sub_offset > located.bytes_to_boundary {
+                return Err(Error::SubOffsetOvershoot {
+                    sub_offset: f.sub_offset,
+                    available: located.bytes_to_boundary,
+                });
+            }
+            Offset::new(anchor.seq + 1, anchor.byte + f.sub_offset)
+        };
+        let link = ForkLink {
+            source,
+            anchor,
+            sub_offset: f.sub_offset,
+        };
+        Ok((link, base, fork_expiry(source_expiry, req.expiry)))
+    }
+
     fn create(&self, name: &StreamName, req: CreateRequest) -> Result<CreateOutcome> {
         // Existing stream: idempotent success or conflict. No body is written.
         if let Some(existing) = self.get(name) {
@@ -475,68 +574,20 @@ impl Inner {
         }
 
         let now = self.now();
-        let (source, content_type, expiry, base, link) = match &req.fork {
+        let (link, content_type, expiry, base) = match &req.fork {
             None => (
                 None,
                 rules::effective_content_type(req.content_type.as_deref()),
                 req.expiry,
                 Offset::ZERO,
-                None,
             ),
             Some(f) => {
-                let source = match self.live(&f.source) {
-                    Ok(s) => s,
-                    Err(Error::NotFound) => return Err(Error::ForkSourceNotFound),
-                    Err(Error::Gone) => return Err(Error::ForkSourceGone),
-                    Err(e) => return Err(e),
-                };
-                if let Some(ct) = &req.content_type
-                    && !content_type::matches(ct, &source.content_type)
-                {
-                    return Err(Error::ContentTypeMismatch {
-                        expected: source.content_type.clone(),
-                        actual: ct.clone(),
-                    });
-                }
-                let (source_tail, source_expiry) = {
-                    let st = lock(&source);
-                    (st.tail, st.expiry)
-                };
-                let anchor = f.offset.unwrap_or(source_tail);
-                let located = self.locate(&source, anchor)?;
-                let base = if f.sub_offset == 0 {
-                    anchor
-                } else if source.json {
-                    if f.sub_offset > located.messages_to_boundary {
-                        return Err(Error::SubOffsetOvershoot {
-                            sub_offset: f.sub_offset,
-                            available: located.messages_to_boundary,
-                        });
-                    }
-                    self.json_position(&source, anchor, f.sub_offset)?
-                } else {
-                    if f.sub_offset > located.bytes_to_boundary {
-                        return Err(Error::SubOffsetOvershoot {
-                            sub_offset: f.sub_offset,
-                            available: located.bytes_to_boundary,
-                        });
-                    }
-                    Offset::new(anchor.seq + 1, anchor.byte + f.sub_offset)
-                };
-                let link = ForkLink {
-                    source: Arc::clone(&source),
-                    anchor,
-                    sub_offset: f.sub_offset,
-                };
-                (
-                    Some(source.clone()),
-                    source.content_type.clone(),
-                    fork_expiry(source_expiry, req.expiry),
-                    base,
-                    Some(link),
-                )
+                let (link, base, expiry) = self.resolve_fork(f, &req)?;
+                let content_type = link.source.content_type.clone();
+                (Some(link), content_type, expiry, base)
             }
         };
+        let source = link.as_ref().map(|l| Arc::clone(&l.source));
 
         let json = content_type::is_json(&content_type);
         let messages = rules::split_body(&content_type, &req.body, true)?;
@@ -544,17 +595,7 @@ impl Inner {
         self.reserve(0, len)?;
 
         let mut records = Vec::with_capacity(messages.len());
-        let mut pos = base;
-        let count = messages.len();
-        for (k, data) in messages.into_iter().enumerate() {
-            let n = data.len() as u64;
-            records.push(Record {
-                start: pos.byte,
-                data,
-                batch_end: k + 1 == count,
-            });
-            pos = Offset::new(pos.seq + 1, pos.byte + n);
-        }
+        let pos = push_batch(&mut records, base, messages);
         let writer = WriterState {
             closed: req.closed,
             ..WriterState::default()
@@ -623,7 +664,11 @@ impl Inner {
             st.tail.byte
         };
         self.read_view(entry, anchor, Some(limit), &mut budget, &mut pieces)?;
-        let bytes: u64 = pieces.iter().take(count as usize).map(|p| p.len() as u64).sum();
+        let bytes: u64 = pieces
+            .iter()
+            .take(count as usize)
+            .map(|p| p.len() as u64)
+            .sum();
         Ok(Offset::new(anchor.seq + count, anchor.byte + bytes))
     }
 
@@ -633,8 +678,12 @@ impl Inner {
         // precedence by `plan_append`.
         let messages = rules::split_body(&entry.content_type, &req.body, false);
         let mut st = lock(&entry);
+        // A delete may have won the race since `live` looked the stream up.
         if st.removed {
             return Err(Error::NotFound);
+        }
+        if st.soft_deleted {
+            return Err(Error::Gone);
         }
         let plan = rules::plan_append(&st.writer, &entry.content_type, st.tail, req, &messages)?;
         match &plan {
@@ -653,18 +702,8 @@ impl Inner {
         let messages = messages?;
         let len: u64 = messages.iter().map(|m| m.len() as u64).sum();
         self.reserve(st.bytes, len)?;
-        let count = messages.len();
-        let mut pos = st.tail;
-        for (k, data) in messages.into_iter().enumerate() {
-            let n = data.len() as u64;
-            st.records.push(Record {
-                start: pos.byte,
-                data,
-                batch_end: k + 1 == count,
-            });
-            pos = Offset::new(pos.seq + 1, pos.byte + n);
-        }
-        st.tail = pos;
+        let tail = st.tail;
+        st.tail = push_batch(&mut st.records, tail, messages);
         st.bytes += len;
         st.last_access_ms = self.now();
         rules::apply_append(&mut st.writer, req, &plan);
@@ -731,6 +770,9 @@ impl Inner {
             if st.removed {
                 return Err(Error::NotFound);
             }
+            if st.soft_deleted {
+                return Err(Error::Gone);
+            }
             if st.fork_refs > 0 {
                 st.soft_deleted = true;
                 let tail = st.tail;
@@ -760,7 +802,9 @@ impl Inner {
         for entry in entries {
             let expired = {
                 let st = lock(&entry);
-                !st.removed && !st.soft_deleted && rules::is_expired(st.expiry, st.last_access_ms, now)
+                !st.removed
+                    && !st.soft_deleted
+                    && rules::is_expired(st.expiry, st.last_access_ms, now)
             };
             if expired {
                 self.expire(&entry);

@@ -9,8 +9,8 @@
 //!
 //! It deliberately knows nothing about HTTP: status codes are decided in `ds-server`.
 //!
-//! With the `testkit` feature, [`testkit`] provides the contract suite every backend runs
-//! (see [`contract_tests!`]).
+//! With the `testkit` feature, the `testkit` module provides the contract suite every backend
+//! runs, and the `contract_tests!` macro that expands it into one test per case.
 
 pub mod error;
 pub mod rules;

@@ -148,7 +148,11 @@ pub fn check_create_matches(existing: &ExistingConfig<'_>, req: &CreateRequest) 
 
 /// Splits a body into what a backend stores: for JSON streams one entry per message (one
 /// array level flattened), otherwise the body itself. An empty non-JSON body yields nothing.
-pub fn split_body(stream_content_type: &str, body: &Bytes, allow_empty_array: bool) -> Result<Vec<Bytes>> {
+pub fn split_body(
+    stream_content_type: &str,
+    body: &Bytes,
+    allow_empty_array: bool,
+) -> Result<Vec<Bytes>> {
     if content_type::is_json(stream_content_type) {
         if body.is_empty() {
             return Ok(Vec::new());
@@ -291,7 +295,10 @@ pub fn apply_append(state: &mut WriterState, req: &AppendRequest, plan: &AppendP
         }
         if *close {
             state.closed = true;
-            state.closed_by = req.producer.as_ref().map(|p| (p.id.clone(), p.epoch, p.seq));
+            state.closed_by = req
+                .producer
+                .as_ref()
+                .map(|p| (p.id.clone(), p.epoch, p.seq));
         }
     }
 }
@@ -306,7 +313,10 @@ pub enum ProducerCheck {
 }
 
 /// The validation logic of section 5.2.1 for one producer.
-pub fn check_producer(state: Option<ProducerState>, req: &ProducerHeaders) -> Result<ProducerCheck> {
+pub fn check_producer(
+    state: Option<ProducerState>,
+    req: &ProducerHeaders,
+) -> Result<ProducerCheck> {
     let accept = |seq| {
         Ok(ProducerCheck::Accept(ProducerState {
             epoch: req.epoch,
@@ -367,22 +377,40 @@ mod tests {
     fn new_producer_must_start_at_seq_zero() {
         assert!(matches!(
             check_producer(None, &producer(0, 0)),
-            Ok(ProducerCheck::Accept(ProducerState { epoch: 0, last_seq: 0 }))
+            Ok(ProducerCheck::Accept(ProducerState {
+                epoch: 0,
+                last_seq: 0
+            }))
         ));
         assert!(matches!(
             check_producer(None, &producer(3, 2)),
-            Err(Error::SeqGap { expected: 0, received: 2 })
+            Err(Error::SeqGap {
+                expected: 0,
+                received: 2
+            })
         ));
     }
 
     #[test]
     fn producer_validation_follows_section_5_2_1() {
-        let s = Some(ProducerState { epoch: 2, last_seq: 5 });
-        assert!(matches!(check_producer(s, &producer(1, 6)), Err(Error::StaleEpoch { current: 2 })));
-        assert!(matches!(check_producer(s, &producer(3, 1)), Err(Error::EpochSeqNotZero { seq: 1 })));
+        let s = Some(ProducerState {
+            epoch: 2,
+            last_seq: 5,
+        });
+        assert!(matches!(
+            check_producer(s, &producer(1, 6)),
+            Err(Error::StaleEpoch { current: 2 })
+        ));
+        assert!(matches!(
+            check_producer(s, &producer(3, 1)),
+            Err(Error::EpochSeqNotZero { seq: 1 })
+        ));
         assert!(matches!(
             check_producer(s, &producer(3, 0)),
-            Ok(ProducerCheck::Accept(ProducerState { epoch: 3, last_seq: 0 }))
+            Ok(ProducerCheck::Accept(ProducerState {
+                epoch: 3,
+                last_seq: 0
+            }))
         ));
         assert!(matches!(
             check_producer(s, &producer(2, 3)),
@@ -390,11 +418,17 @@ mod tests {
         ));
         assert!(matches!(
             check_producer(s, &producer(2, 6)),
-            Ok(ProducerCheck::Accept(ProducerState { epoch: 2, last_seq: 6 }))
+            Ok(ProducerCheck::Accept(ProducerState {
+                epoch: 2,
+                last_seq: 6
+            }))
         ));
         assert!(matches!(
             check_producer(s, &producer(2, 8)),
-            Err(Error::SeqGap { expected: 6, received: 8 })
+            Err(Error::SeqGap {
+                expected: 6,
+                received: 8
+            })
         ));
     }
 
@@ -409,7 +443,13 @@ mod tests {
             body: Bytes::from_static(b"x"),
             ..AppendRequest::default()
         };
-        let plan = plan_append(&state, "text/plain", ds_protocol::Offset::ZERO, &req, &Ok(vec![]));
+        let plan = plan_append(
+            &state,
+            "text/plain",
+            ds_protocol::Offset::ZERO,
+            &req,
+            &Ok(vec![]),
+        );
         assert!(matches!(plan, Err(Error::Closed { .. })));
     }
 
@@ -426,7 +466,13 @@ mod tests {
             ..AppendRequest::default()
         };
         assert!(matches!(
-            plan_append(&state, "text/plain", ds_protocol::Offset::ZERO, &req, &Ok(vec![])),
+            plan_append(
+                &state,
+                "text/plain",
+                ds_protocol::Offset::ZERO,
+                &req,
+                &Ok(vec![])
+            ),
             Err(Error::SeqRegression { .. })
         ));
     }

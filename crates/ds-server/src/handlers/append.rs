@@ -30,7 +30,10 @@ pub(super) async fn append<S: Storage>(app: &App<S>, req: Request) -> Result<Res
         let raw = header_str(headers, "content-type")?
             .filter(|v| !v.trim().is_empty())
             .ok_or_else(|| {
-                ApiError::bad_request("MISSING_CONTENT_TYPE", "an append with a body needs a Content-Type")
+                ApiError::bad_request(
+                    "MISSING_CONTENT_TYPE",
+                    "an append with a body needs a Content-Type",
+                )
             })?;
         Some(
             ds_protocol::content_type::normalize(raw)

@@ -41,7 +41,10 @@ pub(crate) fn stream_name<S>(app: &App<S>, path: &str) -> Result<StreamName, Api
 }
 
 /// A header as text; a value that is not visible ASCII/UTF-8 is a `400`.
-pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
+pub(crate) fn header_str<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+) -> Result<Option<&'a str>, ApiError> {
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v.to_str().map(Some).map_err(|_| {
@@ -151,10 +154,19 @@ mod tests {
         assert_eq!(q.offset.as_deref(), Some("-1"));
         assert_eq!(q.live.as_deref(), Some("sse"));
         assert!(Query::parse(Some("offset=a&offset=b")).is_err());
-        assert_eq!(Query::parse(Some("offset=")).expect("valid").offset.as_deref(), Some(""));
+        assert_eq!(
+            Query::parse(Some("offset="))
+                .expect("valid")
+                .offset
+                .as_deref(),
+            Some("")
+        );
         assert!(Query::parse(Some("offset=%zz")).is_err());
         assert_eq!(
-            Query::parse(Some("offset=0%201")).expect("valid").offset.as_deref(),
+            Query::parse(Some("offset=0%201"))
+                .expect("valid")
+                .offset
+                .as_deref(),
             Some("0 1")
         );
     }

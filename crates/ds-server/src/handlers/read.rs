@@ -7,7 +7,9 @@ use ds_protocol::headers as h;
 use ds_protocol::{OffsetParam, content_type, etag, json};
 use ds_storage::{ReadChunk, ReadFrom, Storage};
 
-use super::{Query, header_str, set_closed, set_content_type, set_no_store, set_offset, stream_name};
+use super::{
+    Query, header_str, set_closed, set_content_type, set_no_store, set_offset, stream_name,
+};
 use crate::body::PiecesBody;
 use crate::error::ApiError;
 use crate::live;
@@ -25,7 +27,13 @@ pub(super) async fn read<S: Storage>(app: &App<S>, req: Request) -> Result<Respo
     match q.live.as_deref() {
         None => {
             let if_none_match = header_str(req.headers(), "if-none-match")?.map(str::to_owned);
-            catch_up(app, &name, offset.unwrap_or(OffsetParam::Start), if_none_match.as_deref()).await
+            catch_up(
+                app,
+                &name,
+                offset.unwrap_or(OffsetParam::Start),
+                if_none_match.as_deref(),
+            )
+            .await
         }
         Some(mode @ ("long-poll" | "sse")) => {
             let offset = offset.ok_or_else(|| {

@@ -14,11 +14,17 @@ async fn assert_problem(app: &axum::Router, r: axum::http::Request<Body>, status
         Some("application/problem+json"),
         "{what}"
     );
-    assert_eq!(header(&res, "x-content-type-options").as_deref(), Some("nosniff"));
+    assert_eq!(
+        header(&res, "x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
     let body = body_bytes(res).await;
     let json: serde_json::Value = serde_json::from_slice(&body).expect("problem body is JSON");
     assert_eq!(json["status"], status.as_u16(), "{what}: {json}");
-    assert!(json["title"].is_string() && json["type"].is_string(), "{json}");
+    assert!(
+        json["title"].is_string() && json["type"].is_string(),
+        "{json}"
+    );
 }
 
 #[tokio::test]
@@ -40,7 +46,12 @@ async fn malformed_offsets_are_400() {
         "live=long-poll",
         "live=sse",
     ] {
-        assert_problem(&app, req("GET", &format!("/v1/stream/s?{q}"), &[], Body::empty()), StatusCode::BAD_REQUEST).await;
+        assert_problem(
+            &app,
+            req("GET", &format!("/v1/stream/s?{q}"), &[], Body::empty()),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
     }
 }
 
@@ -58,11 +69,24 @@ async fn malformed_headers_are_400() {
         ("stream-fork-sub-offset", "0"),
         ("content-type", "not a type"),
     ] {
-        assert_problem(&app, req("PUT", "/v1/stream/h", &[(k, v)], Body::empty()), StatusCode::BAD_REQUEST).await;
+        assert_problem(
+            &app,
+            req("PUT", "/v1/stream/h", &[(k, v)], Body::empty()),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
     }
     assert_problem(
         &app,
-        req("PUT", "/v1/stream/h", &[("stream-ttl", "10"), ("stream-expires-at", "2030-01-01T00:00:00Z")], Body::empty()),
+        req(
+            "PUT",
+            "/v1/stream/h",
+            &[
+                ("stream-ttl", "10"),
+                ("stream-expires-at", "2030-01-01T00:00:00Z"),
+            ],
+            Body::empty(),
+        ),
         StatusCode::BAD_REQUEST,
     )
     .await;
@@ -70,19 +94,55 @@ async fn malformed_headers_are_400() {
     for headers in [
         vec![("producer-id", "p")],
         vec![("producer-id", "p"), ("producer-epoch", "0")],
-        vec![("producer-id", ""), ("producer-epoch", "0"), ("producer-seq", "0")],
-        vec![("producer-id", "p"), ("producer-epoch", "-1"), ("producer-seq", "0")],
-        vec![("producer-id", "p"), ("producer-epoch", "0"), ("producer-seq", "9007199254740992")],
-        vec![("producer-id", "p"), ("producer-epoch", "0x1"), ("producer-seq", "0")],
+        vec![
+            ("producer-id", ""),
+            ("producer-epoch", "0"),
+            ("producer-seq", "0"),
+        ],
+        vec![
+            ("producer-id", "p"),
+            ("producer-epoch", "-1"),
+            ("producer-seq", "0"),
+        ],
+        vec![
+            ("producer-id", "p"),
+            ("producer-epoch", "0"),
+            ("producer-seq", "9007199254740992"),
+        ],
+        vec![
+            ("producer-id", "p"),
+            ("producer-epoch", "0x1"),
+            ("producer-seq", "0"),
+        ],
     ] {
         let mut h = headers.clone();
         h.push(("content-type", "text/plain"));
-        assert_problem(&app, req("POST", "/v1/stream/h", &h, "x"), StatusCode::BAD_REQUEST).await;
+        assert_problem(
+            &app,
+            req("POST", "/v1/stream/h", &h, "x"),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
     }
     // Missing Content-Type on an append with a body.
-    assert_problem(&app, req("POST", "/v1/stream/h", &[], "x"), StatusCode::BAD_REQUEST).await;
+    assert_problem(
+        &app,
+        req("POST", "/v1/stream/h", &[], "x"),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     // Empty body without Stream-Closed.
-    assert_problem(&app, req("POST", "/v1/stream/h", &[("content-type", "text/plain")], Body::empty()), StatusCode::BAD_REQUEST).await;
+    assert_problem(
+        &app,
+        req(
+            "POST",
+            "/v1/stream/h",
+            &[("content-type", "text/plain")],
+            Body::empty(),
+        ),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -92,14 +152,24 @@ async fn malformed_json_is_400() {
     for body in ["{", "[1,", "nope", "[]", "   ", "{\"a\":1}{"] {
         assert_problem(
             &app,
-            req("POST", "/v1/stream/j", &[("content-type", "application/json")], body),
+            req(
+                "POST",
+                "/v1/stream/j",
+                &[("content-type", "application/json")],
+                body,
+            ),
             StatusCode::BAD_REQUEST,
         )
         .await;
     }
     assert_problem(
         &app,
-        req("PUT", "/v1/stream/j2", &[("content-type", "application/json")], "[1,"),
+        req(
+            "PUT",
+            "/v1/stream/j2",
+            &[("content-type", "application/json")],
+            "[1,",
+        ),
         StatusCode::BAD_REQUEST,
     )
     .await;
@@ -116,12 +186,32 @@ async fn malformed_stream_names_are_400() {
         "/v1/stream/a%zz",
         "/v1/stream/%ff%fe",
     ] {
-        assert_problem(&app, req("PUT", path, &[("content-type", "text/plain")], Body::empty()), StatusCode::BAD_REQUEST).await;
+        assert_problem(
+            &app,
+            req(
+                "PUT",
+                path,
+                &[("content-type", "text/plain")],
+                Body::empty(),
+            ),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
     }
     let long = format!("/v1/stream/{}", "x".repeat(2000));
-    assert_problem(&app, req("PUT", &long, &[], Body::empty()), StatusCode::BAD_REQUEST).await;
+    assert_problem(
+        &app,
+        req("PUT", &long, &[], Body::empty()),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     let deep = format!("/v1/stream/{}", vec!["a"; 40].join("/"));
-    assert_problem(&app, req("PUT", &deep, &[], Body::empty()), StatusCode::BAD_REQUEST).await;
+    assert_problem(
+        &app,
+        req("PUT", &deep, &[], Body::empty()),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -130,7 +220,12 @@ async fn oversized_bodies_are_413() {
     create(&app, "/v1/stream/big", "application/octet-stream").await;
     assert_problem(
         &app,
-        req("POST", "/v1/stream/big", &[("content-type", "application/octet-stream")], vec![0u8; 2048]),
+        req(
+            "POST",
+            "/v1/stream/big",
+            &[("content-type", "application/octet-stream")],
+            vec![0u8; 2048],
+        ),
         StatusCode::PAYLOAD_TOO_LARGE,
     )
     .await;
@@ -140,21 +235,54 @@ async fn oversized_bodies_are_413() {
     );
     assert_problem(
         &app,
-        req("POST", "/v1/stream/big", &[("content-type", "application/octet-stream")], Body::from_stream(stream)),
+        req(
+            "POST",
+            "/v1/stream/big",
+            &[("content-type", "application/octet-stream")],
+            Body::from_stream(stream),
+        ),
         StatusCode::PAYLOAD_TOO_LARGE,
     )
     .await;
     // Nothing was stored.
     let res = send(&app, req("HEAD", "/v1/stream/big", &[], Body::empty())).await;
-    assert_eq!(header(&res, "stream-next-offset").as_deref(), Some("0000000000000000_0000000000000000"));
+    assert_eq!(
+        header(&res, "stream-next-offset").as_deref(),
+        Some("0000000000000000_0000000000000000")
+    );
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods_are_problems() {
     let app = router();
-    assert_problem(&app, req("GET", "/nope", &[], Body::empty()), StatusCode::NOT_FOUND).await;
-    assert_problem(&app, req("GET", "/v1/stream/__ds/anything", &[], Body::empty()), StatusCode::NOT_FOUND).await;
-    assert_problem(&app, req("PUT", "/v1/stream/__ds", &[], Body::empty()), StatusCode::NOT_FOUND).await;
-    assert_problem(&app, req("PATCH", "/v1/stream/x", &[], Body::empty()), StatusCode::METHOD_NOT_ALLOWED).await;
-    assert_problem(&app, req("GET", "/v1/stream/missing", &[], Body::empty()), StatusCode::NOT_FOUND).await;
+    assert_problem(
+        &app,
+        req("GET", "/nope", &[], Body::empty()),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_problem(
+        &app,
+        req("GET", "/v1/stream/__ds/anything", &[], Body::empty()),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_problem(
+        &app,
+        req("PUT", "/v1/stream/__ds", &[], Body::empty()),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_problem(
+        &app,
+        req("PATCH", "/v1/stream/x", &[], Body::empty()),
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+    .await;
+    assert_problem(
+        &app,
+        req("GET", "/v1/stream/missing", &[], Body::empty()),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
 }

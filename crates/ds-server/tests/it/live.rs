@@ -17,14 +17,24 @@ async fn long_poll_reader(app: Router, path: String) -> Vec<u64> {
     let mut seen = Vec::new();
     let mut offset = "-1".to_owned();
     loop {
-        let res = send(&app, req("GET", &format!("{path}?offset={offset}&live=long-poll"), &[], Body::empty())).await;
+        let res = send(
+            &app,
+            req(
+                "GET",
+                &format!("{path}?offset={offset}&live=long-poll"),
+                &[],
+                Body::empty(),
+            ),
+        )
+        .await;
         let status = res.status();
         let next = header(&res, "stream-next-offset").expect("next offset on every live answer");
         let closed = header(&res, "stream-closed").is_some();
         match status {
             StatusCode::OK => {
                 let body = body_bytes(res).await;
-                let msgs: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("JSON array");
+                let msgs: Vec<serde_json::Value> =
+                    serde_json::from_slice(&body).expect("JSON array");
                 seen.extend(msgs.iter().map(|m| m["i"].as_u64().expect("i")));
             }
             StatusCode::NO_CONTENT => {
@@ -32,7 +42,10 @@ async fn long_poll_reader(app: Router, path: String) -> Vec<u64> {
             }
             other => panic!("unexpected status {other}"),
         }
-        assert!(offset == "-1" || next >= offset, "offsets never go backwards");
+        assert!(
+            offset == "-1" || next >= offset,
+            "offsets never go backwards"
+        );
         offset = next;
         if closed {
             return seen;
@@ -45,13 +58,24 @@ async fn sse_reader(app: Router, path: String) -> Vec<u64> {
     let mut seen = Vec::new();
     let mut offset = "-1".to_owned();
     loop {
-        let res = send(&app, req("GET", &format!("{path}?offset={offset}&live=sse"), &[], Body::empty())).await;
+        let res = send(
+            &app,
+            req(
+                "GET",
+                &format!("{path}?offset={offset}&live=sse"),
+                &[],
+                Body::empty(),
+            ),
+        )
+        .await;
         assert_eq!(res.status(), StatusCode::OK);
         let mut body = res.into_body();
         let mut buf = String::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.expect("frame");
-            let Some(data) = frame.data_ref() else { continue };
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
             buf.push_str(std::str::from_utf8(data).expect("utf-8"));
             while let Some(end) = buf.find("\n\n") {
                 let event: String = buf.drain(..end + 2).collect();
@@ -69,12 +93,17 @@ async fn sse_reader(app: Router, path: String) -> Vec<u64> {
                 }
                 match kind {
                     "data" => {
-                        let msgs: Vec<serde_json::Value> = serde_json::from_str(&payload).expect("JSON array");
+                        let msgs: Vec<serde_json::Value> =
+                            serde_json::from_str(&payload).expect("JSON array");
                         seen.extend(msgs.iter().map(|m| m["i"].as_u64().expect("i")));
                     }
                     "control" => {
-                        let c: serde_json::Value = serde_json::from_str(&payload).expect("control JSON");
-                        offset = c["streamNextOffset"].as_str().expect("offset").to_owned();
+                        let c: serde_json::Value =
+                            serde_json::from_str(&payload).expect("control JSON");
+                        c["streamNextOffset"]
+                            .as_str()
+                            .expect("offset")
+                            .clone_into(&mut offset);
                         if c["streamClosed"] == true {
                             return seen;
                         }
@@ -104,13 +133,22 @@ async fn every_live_reader_gets_every_append_exactly_once_in_order() {
     for i in 0..MESSAGES {
         let res = send(
             &app,
-            req("POST", &path, &[("content-type", "application/json")], format!("{{\"i\":{i}}}")),
+            req(
+                "POST",
+                &path,
+                &[("content-type", "application/json")],
+                format!("{{\"i\":{i}}}"),
+            ),
         )
         .await;
         assert_eq!(res.status(), StatusCode::NO_CONTENT);
         tokio::time::sleep(Duration::from_millis(fastrand::u64(0..15))).await;
     }
-    let res = send(&app, req("POST", &path, &[("stream-closed", "true")], Body::empty())).await;
+    let res = send(
+        &app,
+        req("POST", &path, &[("stream-closed", "true")], Body::empty()),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
 
     let expected: Vec<u64> = (0..MESSAGES as u64).collect();
@@ -119,7 +157,12 @@ async fn every_live_reader_gets_every_append_exactly_once_in_order() {
             .await
             .expect("reader finished")
             .expect("reader did not panic");
-        assert_eq!(seen, expected, "reader {k} ({})", if k % 2 == 0 { "long-poll" } else { "sse" });
+        assert_eq!(
+            seen,
+            expected,
+            "reader {k} ({})",
+            if k % 2 == 0 { "long-poll" } else { "sse" }
+        );
     }
 }
 
@@ -127,9 +170,21 @@ async fn every_live_reader_gets_every_append_exactly_once_in_order() {
 async fn long_poll_at_tail_times_out_with_204_and_the_waited_offset() {
     let app = router_with(|s| s.long_poll_timeout = Duration::from_millis(50));
     create(&app, "/v1/stream/lp", "text/plain").await;
-    let res = send(&app, req("GET", "/v1/stream/lp?offset=now&live=long-poll", &[], Body::empty())).await;
+    let res = send(
+        &app,
+        req(
+            "GET",
+            "/v1/stream/lp?offset=now&live=long-poll",
+            &[],
+            Body::empty(),
+        ),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    assert_eq!(header(&res, "stream-next-offset").as_deref(), Some("0000000000000000_0000000000000000"));
+    assert_eq!(
+        header(&res, "stream-next-offset").as_deref(),
+        Some("0000000000000000_0000000000000000")
+    );
     assert_eq!(header(&res, "stream-up-to-date").as_deref(), Some("true"));
     assert!(header(&res, "stream-cursor").is_some());
     assert_eq!(header(&res, "cache-control").as_deref(), Some("no-store"));
@@ -138,12 +193,29 @@ async fn long_poll_at_tail_times_out_with_204_and_the_waited_offset() {
 #[tokio::test]
 async fn long_poll_on_closed_stream_at_tail_returns_at_once() {
     let app = router_with(|s| s.long_poll_timeout = Duration::from_secs(30));
-    let res = send(&app, req("PUT", "/v1/stream/c", &[("content-type", "text/plain"), ("stream-closed", "true")], "x")).await;
+    let res = send(
+        &app,
+        req(
+            "PUT",
+            "/v1/stream/c",
+            &[("content-type", "text/plain"), ("stream-closed", "true")],
+            "x",
+        ),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let tail = header(&res, "stream-next-offset").expect("tail");
     let res = tokio::time::timeout(
         Duration::from_secs(2),
-        send(&app, req("GET", &format!("/v1/stream/c?offset={tail}&live=long-poll"), &[], Body::empty())),
+        send(
+            &app,
+            req(
+                "GET",
+                &format!("/v1/stream/c?offset={tail}&live=long-poll"),
+                &[],
+                Body::empty(),
+            ),
+        ),
     )
     .await
     .expect("no wait on a closed stream");
@@ -157,13 +229,31 @@ async fn sse_binary_streams_are_base64_with_a_control_after_each_data_event() {
     let app = router_with(|_| {});
     let res = send(
         &app,
-        req("PUT", "/v1/stream/b", &[("content-type", "application/octet-stream"), ("stream-closed", "true")], vec![0u8, 1, 2, 255]),
+        req(
+            "PUT",
+            "/v1/stream/b",
+            &[
+                ("content-type", "application/octet-stream"),
+                ("stream-closed", "true"),
+            ],
+            vec![0u8, 1, 2, 255],
+        ),
     )
     .await;
     assert_eq!(res.status(), StatusCode::CREATED);
-    let res = send(&app, req("GET", "/v1/stream/b?offset=-1&live=sse", &[], Body::empty())).await;
-    assert_eq!(header(&res, "stream-sse-data-encoding").as_deref(), Some("base64"));
-    assert_eq!(header(&res, "content-type").as_deref(), Some("text/event-stream"));
+    let res = send(
+        &app,
+        req("GET", "/v1/stream/b?offset=-1&live=sse", &[], Body::empty()),
+    )
+    .await;
+    assert_eq!(
+        header(&res, "stream-sse-data-encoding").as_deref(),
+        Some("base64")
+    );
+    assert_eq!(
+        header(&res, "content-type").as_deref(),
+        Some("text/event-stream")
+    );
     let text = String::from_utf8(body_bytes(res).await.to_vec()).expect("utf-8");
     assert!(text.contains("event: data\ndata:AAEC/w==\n\n"), "{text}");
     let control_at = text.find("event: control").expect("control event");

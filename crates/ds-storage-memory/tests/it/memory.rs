@@ -62,7 +62,10 @@ async fn append_beyond_max_memory_bytes_is_storage_full_and_writes_nothing() {
     ));
     assert_eq!(store.head(&b).await.expect("head"), before);
     assert_eq!(store.used_bytes(), 60);
-    store.append(&b, append_req(40)).await.expect("fits exactly");
+    store
+        .append(&b, append_req(40))
+        .await
+        .expect("fits exactly");
     assert_eq!(store.used_bytes(), 100);
 }
 
@@ -94,7 +97,10 @@ async fn deleting_a_stream_frees_its_memory() {
     ));
     store.delete(&a).await.expect("delete");
     assert_eq!(store.used_bytes(), 0);
-    store.append(&b, append_req(100)).await.expect("memory was freed");
+    store
+        .append(&b, append_req(100))
+        .await
+        .expect("memory was freed");
 }
 
 #[tokio::test]
@@ -102,7 +108,10 @@ async fn forks_share_their_source_data() {
     let store = store(1000, Arc::new(ManualClock::new(0)));
     let (source, fork) = (name("src"), name("fork"));
     store.create(&source, create_req()).await.expect("create");
-    store.append(&source, append_req(100)).await.expect("append");
+    store
+        .append(&source, append_req(100))
+        .await
+        .expect("append");
     store.create(&fork, fork_req(&source)).await.expect("fork");
     assert_eq!(store.used_bytes(), 100);
     store.append(&fork, append_req(10)).await.expect("append");
@@ -114,7 +123,10 @@ async fn soft_deleted_source_holds_memory_until_last_fork_is_deleted() {
     let store = store(1000, Arc::new(ManualClock::new(0)));
     let (source, fork) = (name("src"), name("fork"));
     store.create(&source, create_req()).await.expect("create");
-    store.append(&source, append_req(100)).await.expect("append");
+    store
+        .append(&source, append_req(100))
+        .await
+        .expect("append");
     store.create(&fork, fork_req(&source)).await.expect("fork");
     store.append(&fork, append_req(10)).await.expect("append");
     store.delete(&source).await.expect("soft delete");

@@ -5,7 +5,8 @@ use ds_protocol::Offset;
 
 use super::Harness;
 use super::support::{
-    ALL, JSON, TEXT, append, append_req, create, name, read_all, read_messages, read_pieces,
+    ALL, JSON, TEXT, append, append_req, appended, create, name, read_all, read_messages,
+    read_pieces,
 };
 use crate::{AppendOutcome, AppendRequest, Error, ReadFrom, Storage};
 
@@ -26,7 +27,10 @@ pub async fn append_offsets_strictly_increase<H: Harness>(h: &H) {
     let mut tails = vec![Offset::ZERO];
     for body in bodies {
         let next = append(&store, &s, TEXT, body).await;
-        assert!(next > *tails.last().expect("non-empty"), "{next} after {tails:?}");
+        assert!(
+            next > *tails.last().expect("non-empty"),
+            "{next} after {tails:?}"
+        );
         tails.push(next);
     }
     for (i, from) in tails.iter().enumerate() {
@@ -42,7 +46,12 @@ pub async fn append_returns_new_tail_and_updates_head<H: Harness>(h: &H) {
     let s = name("tail");
     create(&store, &s, TEXT).await;
     let outcome = store.append(&s, append_req(TEXT, "hello")).await;
-    let Ok(AppendOutcome::Appended { next, closed: false, producer: None }) = outcome else {
+    let Ok(AppendOutcome::Appended {
+        next,
+        closed: false,
+        producer: None,
+    }) = outcome
+    else {
         panic!("expected a plain Appended, got {outcome:?}");
     };
     let info = store.head(&s).await.expect("head");
@@ -100,7 +109,7 @@ pub async fn append_stream_seq_must_strictly_increase<H: Harness>(h: &H) {
     let store = h.open().await;
     let s = name("stream-seq");
     create(&store, &s, TEXT).await;
-    appended_ok(store.append(&s, with_seq("a", "b")).await);
+    appended(store.append(&s, with_seq("a", "b")).await);
     assert_matches!(
         store.append(&s, with_seq("x", "b")).await,
         Err(Error::SeqRegression { last, received }) if last == "b" && received == "b"
@@ -109,7 +118,7 @@ pub async fn append_stream_seq_must_strictly_increase<H: Harness>(h: &H) {
         store.append(&s, with_seq("x", "a")).await,
         Err(Error::SeqRegression { last, received }) if last == "b" && received == "a"
     );
-    appended_ok(store.append(&s, with_seq("c", "c")).await);
+    appended(store.append(&s, with_seq("c", "c")).await);
     // Appends without Stream-Seq are not ordered against it.
     append(&store, &s, TEXT, "d").await;
     assert_eq!(read_all(&store, &s).await, b"acd");
@@ -120,12 +129,12 @@ pub async fn append_stream_seq_is_compared_bytewise<H: Harness>(h: &H) {
     let store = h.open().await;
     let s = name("bytewise");
     create(&store, &s, TEXT).await;
-    appended_ok(store.append(&s, with_seq("a", "2")).await);
+    appended(store.append(&s, with_seq("a", "2")).await);
     assert_matches!(
         store.append(&s, with_seq("b", "10")).await,
         Err(Error::SeqRegression { last, received }) if last == "2" && received == "10"
     );
-    appended_ok(store.append(&s, with_seq("c", "3")).await);
+    appended(store.append(&s, with_seq("c", "3")).await);
     assert_eq!(read_all(&store, &s).await, b"ac");
 }
 
@@ -134,13 +143,16 @@ pub async fn append_rejected_stream_seq_is_not_recorded<H: Harness>(h: &H) {
     let store = h.open().await;
     let s = name("seq-not-recorded");
     create(&store, &s, TEXT).await;
-    appended_ok(store.append(&s, with_seq("a", "1")).await);
+    appended(store.append(&s, with_seq("a", "1")).await);
     let wrong_type = AppendRequest {
         content_type: Some(JSON.to_owned()),
         ..with_seq("{}", "5")
     };
-    assert_matches!(store.append(&s, wrong_type).await, Err(Error::ContentTypeMismatch { .. }));
-    appended_ok(store.append(&s, with_seq("b", "2")).await);
+    assert_matches!(
+        store.append(&s, wrong_type).await,
+        Err(Error::ContentTypeMismatch { .. })
+    );
+    appended(store.append(&s, with_seq("b", "2")).await);
     assert_eq!(read_all(&store, &s).await, b"ab");
 }
 
@@ -185,7 +197,10 @@ pub async fn json_append_of_empty_array_is_rejected<H: Harness>(h: &H) {
     let store = h.open().await;
     let s = name("json-empty-append");
     create(&store, &s, JSON).await;
-    assert_matches!(store.append(&s, append_req(JSON, "[]")).await, Err(Error::EmptyJsonArray));
+    assert_matches!(
+        store.append(&s, append_req(JSON, "[]")).await,
+        Err(Error::EmptyJsonArray)
+    );
     assert_eq!(store.head(&s).await.expect("head").next, Offset::ZERO);
 }
 
@@ -202,8 +217,4 @@ pub async fn json_append_of_invalid_json_is_rejected<H: Harness>(h: &H) {
     }
     assert_eq!(store.head(&s).await.expect("head").next, Offset::ZERO);
     assert!(read_messages(&store, &s).await.is_empty());
-}
-
-fn appended_ok(result: crate::Result<AppendOutcome>) {
-    assert_matches!(result, Ok(AppendOutcome::Appended { .. }));
 }

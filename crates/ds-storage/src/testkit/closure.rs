@@ -89,7 +89,10 @@ pub async fn append_and_close_is_atomic<H: Harness>(h: &H) {
         close: true,
         ..append_req(TEXT, "last")
     };
-    let Ok(AppendOutcome::Appended { next, closed: true, .. }) = store.append(&s, req).await else {
+    let Ok(AppendOutcome::Appended {
+        next, closed: true, ..
+    }) = store.append(&s, req).await
+    else {
         panic!("append-and-close did not close");
     };
     let chunk = store.read(&s, ReadFrom::Start, ALL).await.expect("read");

@@ -95,13 +95,22 @@ pub async fn create_with_different_ttl_conflicts<H: Harness>(h: &H) {
         ..create_req(TEXT)
     };
     created(store.create(&s, with_ttl(60)).await);
-    assert_matches!(store.create(&s, with_ttl(120)).await, Err(Error::ConfigMismatch { .. }));
-    assert_matches!(store.create(&s, create_req(TEXT)).await, Err(Error::ConfigMismatch { .. }));
+    assert_matches!(
+        store.create(&s, with_ttl(120)).await,
+        Err(Error::ConfigMismatch { .. })
+    );
+    assert_matches!(
+        store.create(&s, create_req(TEXT)).await,
+        Err(Error::ConfigMismatch { .. })
+    );
     existed(store.create(&s, with_ttl(60)).await);
 
     let plain = name("no-ttl");
     create(&store, &plain, TEXT).await;
-    assert_matches!(store.create(&plain, with_ttl(60)).await, Err(Error::ConfigMismatch { .. }));
+    assert_matches!(
+        store.create(&plain, with_ttl(60)).await,
+        Err(Error::ConfigMismatch { .. })
+    );
 }
 
 /// A different absolute expiry, or a TTL instead of one, is a configuration conflict.
@@ -114,12 +123,18 @@ pub async fn create_with_different_expires_at_conflicts<H: Harness>(h: &H) {
         ..create_req(TEXT)
     };
     created(store.create(&s, at(0)).await);
-    assert_matches!(store.create(&s, at(1)).await, Err(Error::ConfigMismatch { .. }));
+    assert_matches!(
+        store.create(&s, at(1)).await,
+        Err(Error::ConfigMismatch { .. })
+    );
     let ttl = CreateRequest {
         expiry: Expiry::Ttl(3600),
         ..create_req(TEXT)
     };
-    assert_matches!(store.create(&s, ttl).await, Err(Error::ConfigMismatch { .. }));
+    assert_matches!(
+        store.create(&s, ttl).await,
+        Err(Error::ConfigMismatch { .. })
+    );
     existed(store.create(&s, at(0)).await);
 }
 
@@ -132,18 +147,27 @@ pub async fn create_with_different_closure_status_conflicts<H: Harness>(h: &H) {
         closed: true,
         ..create_req(TEXT)
     };
-    assert_matches!(store.create(&open, closed_req.clone()).await, Err(Error::ConfigMismatch { .. }));
+    assert_matches!(
+        store.create(&open, closed_req.clone()).await,
+        Err(Error::ConfigMismatch { .. })
+    );
     assert!(!store.head(&open).await.expect("head").closed);
 
     let closed = name("closed");
     created(store.create(&closed, closed_req).await);
-    assert_matches!(store.create(&closed, create_req(TEXT)).await, Err(Error::ConfigMismatch { .. }));
+    assert_matches!(
+        store.create(&closed, create_req(TEXT)).await,
+        Err(Error::ConfigMismatch { .. })
+    );
 
     // A stream closed after creation no longer matches a plain PUT.
     let later = name("closed-later");
     create(&store, &later, TEXT).await;
     store.append(&later, close_req()).await.expect("close");
-    assert_matches!(store.create(&later, create_req(TEXT)).await, Err(Error::ConfigMismatch { .. }));
+    assert_matches!(
+        store.create(&later, create_req(TEXT)).await,
+        Err(Error::ConfigMismatch { .. })
+    );
 }
 
 /// `Stream-Closed: true` on a closed stream with matching configuration is idempotent, also
@@ -172,8 +196,16 @@ pub async fn create_content_type_compare_ignores_case_and_params<H: Harness>(h: 
     let s = name("ct-case");
     create(&store, &s, TEXT).await;
     existed(store.create(&s, create_req("Text/Plain")).await);
-    existed(store.create(&s, create_req("text/plain; charset=utf-8")).await);
-    existed(store.create(&s, create_req("TEXT/PLAIN;charset=UTF-8")).await);
+    existed(
+        store
+            .create(&s, create_req("text/plain; charset=utf-8"))
+            .await,
+    );
+    existed(
+        store
+            .create(&s, create_req("TEXT/PLAIN;charset=UTF-8"))
+            .await,
+    );
 }
 
 /// A stream created closed with a body holds exactly that body, reads as EOF, and rejects
@@ -261,8 +293,14 @@ pub async fn create_on_soft_deleted_name_is_rejected<H: Harness>(h: &H) {
     create(&store, &source, TEXT).await;
     created(store.create(&fork, fork_req(&source, None, 0)).await);
     store.delete(&source).await.expect("soft delete");
-    assert_matches!(store.create(&source, create_req(TEXT)).await, Err(Error::NameHeldBySoftDeleted));
-    assert_matches!(store.create(&source, create_req(JSON)).await, Err(Error::NameHeldBySoftDeleted));
+    assert_matches!(
+        store.create(&source, create_req(TEXT)).await,
+        Err(Error::NameHeldBySoftDeleted)
+    );
+    assert_matches!(
+        store.create(&source, create_req(JSON)).await,
+        Err(Error::NameHeldBySoftDeleted)
+    );
 }
 
 /// `list` returns every live stream once, in name order.

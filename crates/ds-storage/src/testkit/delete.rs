@@ -12,8 +12,14 @@ pub async fn deleted_stream_is_not_found<H: Harness>(h: &H) {
     append(&store, &s, TEXT, "data").await;
     store.delete(&s).await.expect("delete");
     assert_matches!(store.head(&s).await, Err(Error::NotFound));
-    assert_matches!(store.read(&s, ReadFrom::Start, ALL).await, Err(Error::NotFound));
-    assert_matches!(store.append(&s, append_req(TEXT, "x")).await, Err(Error::NotFound));
+    assert_matches!(
+        store.read(&s, ReadFrom::Start, ALL).await,
+        Err(Error::NotFound)
+    );
+    assert_matches!(
+        store.append(&s, append_req(TEXT, "x")).await,
+        Err(Error::NotFound)
+    );
     assert_matches!(store.subscribe(&s).await, Err(Error::NotFound));
     assert_matches!(store.delete(&s).await, Err(Error::NotFound));
 }

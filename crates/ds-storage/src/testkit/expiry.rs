@@ -25,7 +25,10 @@ pub async fn ttl_stream_expires_after_idle_period<H: Harness>(h: &H) {
     let info = created(store.create(&s, with_expiry(Expiry::Ttl(10))).await);
     assert_eq!(info.expiry, Expiry::Ttl(10));
     h.clock().advance_ms(9 * SECOND);
-    assert_eq!(store.head(&s).await.expect("alive before the TTL").expiry, Expiry::Ttl(10));
+    assert_eq!(
+        store.head(&s).await.expect("alive before the TTL").expiry,
+        Expiry::Ttl(10)
+    );
     h.clock().advance_ms(2 * SECOND);
     assert_matches!(store.head(&s).await, Err(Error::NotFound));
 }
@@ -90,8 +93,14 @@ pub async fn expired_stream_is_not_found_everywhere<H: Harness>(h: &H) {
     created(store.create(&s, with_expiry(Expiry::Ttl(10))).await);
     append(&store, &s, TEXT, "data").await;
     h.clock().advance_ms(11 * SECOND);
-    assert_matches!(store.read(&s, ReadFrom::Start, ALL).await, Err(Error::NotFound));
-    assert_matches!(store.append(&s, append_req(TEXT, "x")).await, Err(Error::NotFound));
+    assert_matches!(
+        store.read(&s, ReadFrom::Start, ALL).await,
+        Err(Error::NotFound)
+    );
+    assert_matches!(
+        store.append(&s, append_req(TEXT, "x")).await,
+        Err(Error::NotFound)
+    );
     assert_matches!(store.subscribe(&s).await, Err(Error::NotFound));
     assert_matches!(
         store.create(&name("fork"), fork_req(&s, None, 0)).await,
@@ -117,8 +126,16 @@ pub async fn expired_stream_can_be_recreated<H: Harness>(h: &H) {
 /// An expired stream is not listed, even before anything touched it.
 pub async fn expired_stream_is_not_listed<H: Harness>(h: &H) {
     let store = h.open().await;
-    created(store.create(&name("short"), with_expiry(Expiry::Ttl(10))).await);
-    created(store.create(&name("long"), with_expiry(Expiry::Ttl(100))).await);
+    created(
+        store
+            .create(&name("short"), with_expiry(Expiry::Ttl(10)))
+            .await,
+    );
+    created(
+        store
+            .create(&name("long"), with_expiry(Expiry::Ttl(100)))
+            .await,
+    );
     h.clock().advance_ms(11 * SECOND);
     let listed = store.list().await.expect("list");
     let names: Vec<&str> = listed.iter().map(|i| i.name.as_str()).collect();
@@ -131,7 +148,11 @@ pub async fn sweep_reclaims_expired_streams<H: Harness>(h: &H) {
     let store = h.open().await;
     let (short, at, long, forever) = (name("short"), name("at"), name("long"), name("forever"));
     created(store.create(&short, with_expiry(Expiry::Ttl(10))).await);
-    created(store.create(&at, with_expiry(Expiry::ExpiresAt(expires_in(h, 10)))).await);
+    created(
+        store
+            .create(&at, with_expiry(Expiry::ExpiresAt(expires_in(h, 10))))
+            .await,
+    );
     created(store.create(&long, with_expiry(Expiry::Ttl(100))).await);
     created(store.create(&forever, create_req(TEXT)).await);
     let rx = store.subscribe(&short).await.expect("subscribe");
@@ -161,11 +182,38 @@ pub async fn expired_source_with_live_fork_is_gone<H: Harness>(h: &H) {
     created(store.create(&fork, req).await);
     h.clock().advance_ms(11 * SECOND);
     assert_matches!(store.head(&source).await, Err(Error::Gone));
-    assert_matches!(store.read(&source, ReadFrom::Start, ALL).await, Err(Error::Gone));
-    assert_matches!(store.create(&source, create_req(TEXT)).await, Err(Error::NameHeldBySoftDeleted));
+    assert_matches!(
+        store.read(&source, ReadFrom::Start, ALL).await,
+        Err(Error::Gone)
+    );
+    assert_matches!(
+        store.create(&source, create_req(TEXT)).await,
+        Err(Error::NameHeldBySoftDeleted)
+    );
     assert_eq!(read_all(&store, &fork).await, b"inherited");
     store.delete(&fork).await.expect("delete fork");
     assert_matches!(store.head(&source).await, Err(Error::NotFound));
+}
+
+/// `sweep_expired` soft-deletes an expired source that forks still reference: it counts,
+/// the source is `Gone`, and the fork reads on.
+pub async fn sweep_keeps_expired_source_for_its_forks<H: Harness>(h: &H) {
+    let store = h.open().await;
+    let (source, fork) = (name("src"), name("fork"));
+    created(store.create(&source, with_expiry(Expiry::Ttl(10))).await);
+    append(&store, &source, TEXT, "inherited").await;
+    let req = CreateRequest {
+        expiry: Expiry::Ttl(1000),
+        ..fork_req(&source, None, 0)
+    };
+    created(store.create(&fork, req).await);
+    let rx = store.subscribe(&source).await.expect("subscribe");
+    h.clock().advance_ms(11 * SECOND);
+    assert_eq!(store.sweep_expired().await.expect("sweep"), 1);
+    assert!(rx.borrow().gone);
+    assert_matches!(store.head(&source).await, Err(Error::Gone));
+    assert_eq!(read_all(&store, &fork).await, b"inherited");
+    assert_eq!(store.sweep_expired().await.expect("sweep"), 0);
 }
 
 /// A fork's expiry follows the table of section 4.2: an explicit request wins, otherwise the
@@ -197,7 +245,11 @@ pub async fn fork_expiry_follows_inheritance_table<H: Harness>(h: &H) {
         (2, 2, Expiry::ExpiresAt(fork_at)),
     ];
     for (label, expiry) in sources {
-        created(store.create(&name(&format!("src-{label}")), with_expiry(expiry)).await);
+        created(
+            store
+                .create(&name(&format!("src-{label}")), with_expiry(expiry))
+                .await,
+        );
     }
     for (s, r, want) in table {
         let (source_label, _) = sources[s];
@@ -208,7 +260,10 @@ pub async fn fork_expiry_follows_inheritance_table<H: Harness>(h: &H) {
             ..fork_req(&name(&format!("src-{source_label}")), None, 0)
         };
         let info = created(store.create(&fork, req).await);
-        assert_eq!(info.expiry, want, "source {source_label}, request {request_label}");
+        assert_eq!(
+            info.expiry, want,
+            "source {source_label}, request {request_label}"
+        );
         assert_eq!(store.head(&fork).await.expect("head").expiry, want);
     }
 }

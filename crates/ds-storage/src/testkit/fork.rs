@@ -24,7 +24,10 @@ pub async fn fork_defaults_to_source_tail<H: Harness>(h: &H) {
     assert_eq!(info.content_type, TEXT);
     assert_eq!(info.bytes, 0);
     assert!(!info.closed);
-    assert_ne!(info.stream_id, store.head(&source).await.expect("head").stream_id);
+    assert_ne!(
+        info.stream_id,
+        store.head(&source).await.expect("head").stream_id
+    );
     let chunk = store.read(&fork, ReadFrom::Start, ALL).await.expect("read");
     assert_eq!(chunk.pieces.concat(), b"hello world");
     assert_eq!(chunk.next, tail);
@@ -40,10 +43,17 @@ pub async fn fork_at_offset_inherits_data_before_it<H: Harness>(h: &H) {
     let after_a = append(&store, &source, TEXT, "aaa").await;
     let after_b = append(&store, &source, TEXT, "bbb").await;
     append(&store, &source, TEXT, "ccc").await;
-    let info = created(store.create(&fork, fork_req(&source, Some(after_b), 0)).await);
+    let info = created(
+        store
+            .create(&fork, fork_req(&source, Some(after_b), 0))
+            .await,
+    );
     assert_eq!(info.next, after_b);
     assert_eq!(read_all(&store, &fork).await, b"aaabbb");
-    let chunk = store.read(&fork, ReadFrom::At(after_a), ALL).await.expect("read");
+    let chunk = store
+        .read(&fork, ReadFrom::At(after_a), ALL)
+        .await
+        .expect("read");
     assert_eq!(chunk.pieces.concat(), b"bbb");
     assert_eq!(chunk.next, after_b);
 }
@@ -54,7 +64,11 @@ pub async fn fork_at_zero_inherits_nothing<H: Harness>(h: &H) {
     let (source, fork) = (name("src"), name("fork"));
     create(&store, &source, TEXT).await;
     append(&store, &source, TEXT, "data").await;
-    let info = created(store.create(&fork, fork_req(&source, Some(Offset::ZERO), 0)).await);
+    let info = created(
+        store
+            .create(&fork, fork_req(&source, Some(Offset::ZERO), 0))
+            .await,
+    );
     assert_eq!(info.next, Offset::ZERO);
     assert!(read_all(&store, &fork).await.is_empty());
     append(&store, &fork, TEXT, "own").await;
@@ -68,7 +82,11 @@ pub async fn fork_binary_sub_offset_splits_a_record<H: Harness>(h: &H) {
     create(&store, &source, BINARY).await;
     let after_hello = append(&store, &source, BINARY, "hello").await;
     append(&store, &source, BINARY, "world").await;
-    let info = created(store.create(&fork, fork_req(&source, Some(Offset::ZERO), 3)).await);
+    let info = created(
+        store
+            .create(&fork, fork_req(&source, Some(Offset::ZERO), 3))
+            .await,
+    );
     assert!(info.next > Offset::ZERO);
     assert_eq!(read_all(&store, &fork).await, b"hel");
     let tail = append(&store, &fork, BINARY, "p!").await;
@@ -80,7 +98,11 @@ pub async fn fork_binary_sub_offset_splits_a_record<H: Harness>(h: &H) {
     assert_eq!(end, tail);
     // The anchor can be any position; "world" starts after "hello".
     let second = name("fork-2");
-    created(store.create(&second, fork_req(&source, Some(after_hello), 2)).await);
+    created(
+        store
+            .create(&second, fork_req(&source, Some(after_hello), 2))
+            .await,
+    );
     assert_eq!(read_all(&store, &second).await, b"hellowo");
 }
 
@@ -91,7 +113,11 @@ pub async fn fork_sub_offset_equal_to_record_length_is_allowed<H: Harness>(h: &H
     create(&store, &source, BINARY).await;
     append(&store, &source, BINARY, "hello").await;
     append(&store, &source, BINARY, "world").await;
-    created(store.create(&fork, fork_req(&source, Some(Offset::ZERO), 5)).await);
+    created(
+        store
+            .create(&fork, fork_req(&source, Some(Offset::ZERO), 5))
+            .await,
+    );
     assert_eq!(read_all(&store, &fork).await, b"hello");
     append(&store, &fork, BINARY, "!").await;
     assert_eq!(read_all(&store, &fork).await, b"hello!");
@@ -105,14 +131,24 @@ pub async fn fork_binary_sub_offset_overshoot_is_rejected<H: Harness>(h: &H) {
     append(&store, &source, BINARY, "hello").await;
     append(&store, &source, BINARY, "world").await;
     assert_matches!(
-        store.create(&fork, fork_req(&source, Some(Offset::ZERO), 6)).await,
-        Err(Error::SubOffsetOvershoot { sub_offset: 6, available: 5 })
+        store
+            .create(&fork, fork_req(&source, Some(Offset::ZERO), 6))
+            .await,
+        Err(Error::SubOffsetOvershoot {
+            sub_offset: 6,
+            available: 5
+        })
     );
     let source_tail = store.head(&source).await.expect("head").next;
     let at_tail = name("fork-at-tail");
     assert_matches!(
-        store.create(&at_tail, fork_req(&source, Some(source_tail), 1)).await,
-        Err(Error::SubOffsetOvershoot { sub_offset: 1, available: 0 })
+        store
+            .create(&at_tail, fork_req(&source, Some(source_tail), 1))
+            .await,
+        Err(Error::SubOffsetOvershoot {
+            sub_offset: 1,
+            available: 0
+        })
     );
     assert_matches!(store.head(&fork).await, Err(Error::NotFound));
     // The failed forks hold no reference: deleting the source removes it outright.
@@ -127,14 +163,31 @@ pub async fn fork_json_sub_offset_counts_messages_of_a_batch<H: Harness>(h: &H) 
     create(&store, &source, JSON).await;
     append(&store, &source, JSON, "[1,2,3]").await;
     append(&store, &source, JSON, "[4,5]").await;
-    for (sub, expected) in [(0, vec![]), (1, vec!["1"]), (2, vec!["1", "2"]), (3, vec!["1", "2", "3"])] {
+    for (sub, expected) in [
+        (0, vec![]),
+        (1, vec!["1"]),
+        (2, vec!["1", "2"]),
+        (3, vec!["1", "2", "3"]),
+    ] {
         let fork = name(&format!("fork-{sub}"));
-        created(store.create(&fork, fork_req(&source, Some(Offset::ZERO), sub)).await);
-        assert_eq!(read_messages(&store, &fork).await, expected, "sub-offset {sub}");
+        created(
+            store
+                .create(&fork, fork_req(&source, Some(Offset::ZERO), sub))
+                .await,
+        );
+        assert_eq!(
+            read_messages(&store, &fork).await,
+            expected,
+            "sub-offset {sub}"
+        );
         append(&store, &fork, JSON, "9").await;
         let mut with_own = expected.clone();
         with_own.push("9");
-        assert_eq!(read_messages(&store, &fork).await, with_own, "sub-offset {sub}");
+        assert_eq!(
+            read_messages(&store, &fork).await,
+            with_own,
+            "sub-offset {sub}"
+        );
     }
 }
 
@@ -146,8 +199,13 @@ pub async fn fork_json_sub_offset_overshoot_is_rejected<H: Harness>(h: &H) {
     append(&store, &source, JSON, "[1,2,3]").await;
     append(&store, &source, JSON, "[4,5]").await;
     assert_matches!(
-        store.create(&fork, fork_req(&source, Some(Offset::ZERO), 4)).await,
-        Err(Error::SubOffsetOvershoot { sub_offset: 4, available: 3 })
+        store
+            .create(&fork, fork_req(&source, Some(Offset::ZERO), 4))
+            .await,
+        Err(Error::SubOffsetOvershoot {
+            sub_offset: 4,
+            available: 3
+        })
     );
 }
 
@@ -258,7 +316,11 @@ pub async fn fork_inherits_content_type<H: Harness>(h: &H) {
     };
     created(store.create(&explicit, req).await);
     // A re-PUT of the fork without Content-Type still matches.
-    existed(store.create(&fork, fork_req(&source, Some(info.next), 0)).await);
+    existed(
+        store
+            .create(&fork, fork_req(&source, Some(info.next), 0))
+            .await,
+    );
 }
 
 /// A JSON read across the fork boundary returns inherited and own messages in one chunk.
@@ -273,6 +335,10 @@ pub async fn fork_json_read_spans_the_boundary<H: Harness>(h: &H) {
     assert_eq!(chunk.pieces.len(), 3);
     assert_eq!(chunk.pieces.concat(), br#"{"n":1}{"n":2}{"n":3}"#);
     assert!(chunk.up_to_date);
+    // One message at a time, across the boundary too.
+    let (pieces, tail) = super::support::read_pieces(&store, &fork, ReadFrom::Start, 1).await;
+    assert_eq!(pieces.len(), 3);
+    assert_eq!(tail, chunk.next);
 }
 
 /// A fork whose Content-Type differs from the source's is rejected and leaves no reference:
@@ -302,24 +368,43 @@ pub async fn fork_does_not_inherit_writer_state<H: Harness>(h: &H) {
     let store = h.open().await;
     let (source, fork) = (name("src"), name("fork"));
     create(&store, &source, TEXT).await;
-    store.append(&source, producer_req(TEXT, "a", "p", 5, 0)).await.expect("append");
     store
-        .append(&source, AppendRequest { stream_seq: Some("9".to_owned()), ..append_req(TEXT, "b") })
+        .append(&source, producer_req(TEXT, "a", "p", 5, 0))
+        .await
+        .expect("append");
+    store
+        .append(
+            &source,
+            AppendRequest {
+                stream_seq: Some("9".to_owned()),
+                ..append_req(TEXT, "b")
+            },
+        )
         .await
         .expect("append");
     created(store.create(&fork, fork_req(&source, None, 0)).await);
     assert_matches!(
-        store.append(&fork, producer_req(TEXT, "c", "p", 0, 0)).await,
+        store
+            .append(&fork, producer_req(TEXT, "c", "p", 0, 0))
+            .await,
         Ok(AppendOutcome::Appended { .. })
     );
     store
-        .append(&fork, AppendRequest { stream_seq: Some("1".to_owned()), ..append_req(TEXT, "d") })
+        .append(
+            &fork,
+            AppendRequest {
+                stream_seq: Some("1".to_owned()),
+                ..append_req(TEXT, "d")
+            },
+        )
         .await
         .expect("Stream-Seq starts afresh on the fork");
     assert_eq!(read_all(&store, &fork).await, b"abcd");
     // And the source's state is untouched by the fork's.
     assert_matches!(
-        store.append(&source, producer_req(TEXT, "x", "p", 0, 1)).await,
+        store
+            .append(&source, producer_req(TEXT, "x", "p", 0, 1))
+            .await,
         Err(Error::StaleEpoch { current: 5 })
     );
 }
@@ -334,12 +419,21 @@ pub async fn deleting_forked_source_soft_deletes_it<H: Harness>(h: &H) {
     created(store.create(&fork, fork_req(&source, None, 0)).await);
     store.delete(&source).await.expect("soft delete");
     assert_matches!(store.head(&source).await, Err(Error::Gone));
-    assert_matches!(store.read(&source, ReadFrom::Start, ALL).await, Err(Error::Gone));
-    assert_matches!(store.append(&source, append_req(TEXT, "x")).await, Err(Error::Gone));
+    assert_matches!(
+        store.read(&source, ReadFrom::Start, ALL).await,
+        Err(Error::Gone)
+    );
+    assert_matches!(
+        store.append(&source, append_req(TEXT, "x")).await,
+        Err(Error::Gone)
+    );
     assert_matches!(store.append(&source, close_req()).await, Err(Error::Gone));
     assert_matches!(store.subscribe(&source).await, Err(Error::Gone));
     assert_matches!(store.delete(&source).await, Err(Error::Gone));
-    assert_matches!(store.create(&source, create_req(TEXT)).await, Err(Error::NameHeldBySoftDeleted));
+    assert_matches!(
+        store.create(&source, create_req(TEXT)).await,
+        Err(Error::NameHeldBySoftDeleted)
+    );
     let listed = store.list().await.expect("list");
     let names: Vec<&str> = listed.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, ["fork"]);
@@ -359,7 +453,10 @@ pub async fn soft_deleted_source_stays_readable_through_fork<H: Harness>(h: &H) 
     append(&store, &fork, TEXT, "!").await;
     let (pieces, _) = super::support::read_pieces(&store, &fork, ReadFrom::Start, 3).await;
     assert_eq!(pieces.concat(), b"inherited data!");
-    assert_eq!(store.head(&fork).await.expect("head").forked_from.as_ref(), Some(&source));
+    assert_eq!(
+        store.head(&fork).await.expect("head").forked_from.as_ref(),
+        Some(&source)
+    );
 }
 
 /// Deleting the last fork of a soft-deleted source removes the source: its name is then
@@ -438,14 +535,21 @@ pub async fn fork_recreate_with_different_config_conflicts<H: Harness>(h: &H) {
     create(&store, &source, BINARY).await;
     create(&store, &other, BINARY).await;
     let tail = append(&store, &source, BINARY, "hello").await;
-    created(store.create(&fork, fork_req(&source, Some(Offset::ZERO), 3)).await);
+    created(
+        store
+            .create(&fork, fork_req(&source, Some(Offset::ZERO), 3))
+            .await,
+    );
     for req in [
         fork_req(&source, Some(Offset::ZERO), 2),
         fork_req(&source, Some(tail), 0),
         fork_req(&other, Some(Offset::ZERO), 3),
         create_req(BINARY),
     ] {
-        assert_matches!(store.create(&fork, req).await, Err(Error::ConfigMismatch { .. }));
+        assert_matches!(
+            store.create(&fork, req).await,
+            Err(Error::ConfigMismatch { .. })
+        );
     }
     // A plain stream re-created as a fork conflicts too.
     assert_matches!(
@@ -459,7 +563,9 @@ pub async fn fork_of_missing_source_is_rejected<H: Harness>(h: &H) {
     let store = h.open().await;
     let fork = name("fork");
     assert_matches!(
-        store.create(&fork, fork_req(&name("missing"), None, 0)).await,
+        store
+            .create(&fork, fork_req(&name("missing"), None, 0))
+            .await,
         Err(Error::ForkSourceNotFound)
     );
     assert_matches!(store.head(&fork).await, Err(Error::NotFound));

@@ -11,7 +11,11 @@ use crate::{CreateRequest, Error, Storage};
 /// An append that would take a stream past `max_stream_bytes` is `StreamTooLarge` and writes
 /// nothing; filling the stream exactly to the limit is allowed.
 pub async fn append_beyond_max_stream_bytes_is_rejected_and_writes_nothing<H: Harness>(h: &H) {
-    let store = h.open_with(Limits { max_stream_bytes: 100 }).await;
+    let store = h
+        .open_with(Limits {
+            max_stream_bytes: 100,
+        })
+        .await;
     let s = name("big");
     create(&store, &s, BINARY).await;
     let tail = append(&store, &s, BINARY, vec![1u8; 60]).await;
@@ -23,7 +27,10 @@ pub async fn append_beyond_max_stream_bytes_is_rejected_and_writes_nothing<H: Ha
     assert_eq!(info.next, tail);
     assert_eq!(info.bytes, 60);
     append(&store, &s, BINARY, vec![3u8; 40]).await;
-    assert_eq!(read_all(&store, &s).await, [vec![1u8; 60], vec![3u8; 40]].concat());
+    assert_eq!(
+        read_all(&store, &s).await,
+        [vec![1u8; 60], vec![3u8; 40]].concat()
+    );
     assert_matches!(
         store.append(&s, append_req(BINARY, vec![4u8; 1])).await,
         Err(Error::StreamTooLarge { limit: 100 })
@@ -36,13 +43,20 @@ pub async fn append_beyond_max_stream_bytes_is_rejected_and_writes_nothing<H: Ha
 
 /// A create whose initial content exceeds `max_stream_bytes` is rejected and creates nothing.
 pub async fn create_beyond_max_stream_bytes_is_rejected<H: Harness>(h: &H) {
-    let store = h.open_with(Limits { max_stream_bytes: 100 }).await;
+    let store = h
+        .open_with(Limits {
+            max_stream_bytes: 100,
+        })
+        .await;
     let s = name("big-create");
     let req = CreateRequest {
         body: Bytes::from(vec![0u8; 101]),
         ..create_req(BINARY)
     };
-    assert_matches!(store.create(&s, req).await, Err(Error::StreamTooLarge { limit: 100 }));
+    assert_matches!(
+        store.create(&s, req).await,
+        Err(Error::StreamTooLarge { limit: 100 })
+    );
     assert_matches!(store.head(&s).await, Err(Error::NotFound));
     let req = CreateRequest {
         body: Bytes::from(vec![0u8; 100]),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Harness;
-use super::support::{TEXT, append, close_req, create, fork_req, created, name};
+use super::support::{TEXT, append, close_req, create, created, fork_req, name};
 use crate::{Error, Storage, Tail};
 
 /// Waits (bounded) for the next change and returns the latest value. A closed channel counts
@@ -104,7 +104,10 @@ pub async fn fork_subscriber_ignores_source_appends<H: Harness>(h: &H) {
     let info = created(store.create(&fork, fork_req(&source, None, 0)).await);
     let mut rx = store.subscribe(&fork).await.expect("subscribe");
     append(&store, &source, TEXT, "source only").await;
-    store.append(&source, close_req()).await.expect("close source");
+    store
+        .append(&source, close_req())
+        .await
+        .expect("close source");
     assert!(!rx.has_changed().expect("fork is alive"));
     assert_eq!(rx.borrow().next, info.next);
     let tail = append(&store, &fork, TEXT, "fork").await;
@@ -114,5 +117,8 @@ pub async fn fork_subscriber_ignores_source_appends<H: Harness>(h: &H) {
 /// Subscribing to a stream that does not exist is `NotFound`.
 pub async fn subscribe_to_missing_stream_is_not_found<H: Harness>(h: &H) {
     let store = h.open().await;
-    assert_matches!(store.subscribe(&name("missing")).await, Err(Error::NotFound));
+    assert_matches!(
+        store.subscribe(&name("missing")).await,
+        Err(Error::NotFound)
+    );
 }

@@ -1,4 +1,4 @@
-//! The storage contract suite: every behaviour a [`Storage`](crate::Storage) backend must show,
+//! The storage contract suite: every behaviour a [`Storage`] backend must show,
 //! written once and run against every backend.
 //!
 //! A backend crate enables the `testkit` feature as a dev-dependency, implements [`Harness`] for
@@ -280,6 +280,7 @@ macro_rules! __contract_cases {
                 expired_stream_is_not_listed,
                 sweep_reclaims_expired_streams,
                 expired_source_with_live_fork_is_gone,
+                sweep_keeps_expired_source_for_its_forks,
                 fork_expiry_follows_inheritance_table,
                 inherited_ttl_slides_independently,
             }
@@ -301,6 +302,8 @@ macro_rules! __contract_cases {
                 concurrent_producer_appends_end_in_seq_order,
                 concurrent_appends_to_two_streams_stay_separate,
                 concurrent_creates_of_one_name_make_one_stream,
+                concurrent_fork_and_delete_never_lose_inherited_data,
+                reads_racing_a_delete_see_all_or_nothing,
             }
             restart [CurrentThread] {
                 data_survives_restart,

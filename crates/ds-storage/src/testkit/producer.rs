@@ -4,8 +4,8 @@ use super::Harness;
 use super::support::{JSON, TEXT, create, name, producer_req, read_all};
 use crate::{AppendOutcome, AppendRequest, Error, ProducerAck, Storage};
 
-fn ack(epoch: u64, seq: u64) -> Option<ProducerAck> {
-    Some(ProducerAck { epoch, seq })
+fn ack(epoch: u64, seq: u64) -> ProducerAck {
+    ProducerAck { epoch, seq }
 }
 
 fn req(body: &'static str, id: &str, epoch: u64, seq: u64) -> AppendRequest {
@@ -26,11 +26,14 @@ pub async fn producer_first_append_must_be_seq_zero<H: Harness>(h: &H) {
     create(&store, &s, TEXT).await;
     assert_matches!(
         store.append(&s, req("a", "p", 0, 1)).await,
-        Err(Error::SeqGap { expected: 0, received: 1 })
+        Err(Error::SeqGap {
+            expected: 0,
+            received: 1
+        })
     );
     assert_matches!(
         store.append(&s, req("a", "p", 0, 0)).await,
-        Ok(AppendOutcome::Appended { producer, .. }) if producer == ack(0, 0)
+        Ok(AppendOutcome::Appended { producer, .. }) if producer == Some(ack(0, 0))
     );
 }
 
@@ -42,10 +45,15 @@ pub async fn producer_sequential_appends_are_accepted<H: Harness>(h: &H) {
     let mut last = store.head(&s).await.expect("head").next;
     for (seq, body) in [(0, "a"), (1, "b"), (2, "c")] {
         let outcome = store.append(&s, req(body, "p", 0, seq)).await;
-        let Ok(AppendOutcome::Appended { next, closed: false, producer }) = outcome else {
+        let Ok(AppendOutcome::Appended {
+            next,
+            closed: false,
+            producer,
+        }) = outcome
+        else {
             panic!("seq {seq}: expected Appended, got {outcome:?}");
         };
-        assert_eq!(producer, ack(0, seq));
+        assert_eq!(producer, Some(ack(0, seq)));
         assert!(next > last);
         last = next;
     }
@@ -59,7 +67,7 @@ pub async fn producer_may_start_at_any_epoch<H: Harness>(h: &H) {
     create(&store, &s, TEXT).await;
     assert_matches!(
         store.append(&s, req("a", "p", 7, 0)).await,
-        Ok(AppendOutcome::Appended { producer, .. }) if producer == ack(7, 0)
+        Ok(AppendOutcome::Appended { producer, .. }) if producer == Some(ack(7, 0))
     );
     assert_matches!(
         store.append(&s, req("b", "p", 6, 1)).await,
@@ -74,7 +82,10 @@ pub async fn producer_duplicate_returns_highest_accepted_seq<H: Harness>(h: &H) 
     let s = name("duplicate");
     create(&store, &s, TEXT).await;
     for (seq, body) in [(0, "a"), (1, "b"), (2, "c")] {
-        store.append(&s, req(body, "p", 0, seq)).await.expect("append");
+        store
+            .append(&s, req(body, "p", 0, seq))
+            .await
+            .expect("append");
     }
     let tail = store.head(&s).await.expect("head").next;
     for seq in [0, 1, 2] {
@@ -91,7 +102,10 @@ pub async fn producer_duplicate_does_not_duplicate_data<H: Harness>(h: &H) {
     let store = h.open().await;
     let s = name("no-dup-data");
     create(&store, &s, TEXT).await;
-    store.append(&s, req("once", "p", 0, 0)).await.expect("append");
+    store
+        .append(&s, req("once", "p", 0, 0))
+        .await
+        .expect("append");
     let tail = store.head(&s).await.expect("head").next;
     for _ in 0..3 {
         assert_matches!(
@@ -109,7 +123,10 @@ pub async fn producer_stale_epoch_is_fenced<H: Harness>(h: &H) {
     let s = name("stale");
     create(&store, &s, TEXT).await;
     store.append(&s, req("a", "p", 0, 0)).await.expect("append");
-    store.append(&s, req("b", "p", 1, 0)).await.expect("epoch bump");
+    store
+        .append(&s, req("b", "p", 1, 0))
+        .await
+        .expect("epoch bump");
     assert_matches!(
         store.append(&s, req("zombie", "p", 0, 1)).await,
         Err(Error::StaleEpoch { current: 1 })
@@ -130,11 +147,14 @@ pub async fn producer_seq_gap_is_rejected<H: Harness>(h: &H) {
     store.append(&s, req("b", "p", 0, 1)).await.expect("append");
     assert_matches!(
         store.append(&s, req("d", "p", 0, 3)).await,
-        Err(Error::SeqGap { expected: 2, received: 3 })
+        Err(Error::SeqGap {
+            expected: 2,
+            received: 3
+        })
     );
     assert_matches!(
         store.append(&s, req("c", "p", 0, 2)).await,
-        Ok(AppendOutcome::Appended { producer, .. }) if producer == ack(0, 2)
+        Ok(AppendOutcome::Appended { producer, .. }) if producer == Some(ack(0, 2))
     );
     assert_eq!(read_all(&store, &s).await, b"abc");
 }
@@ -158,19 +178,25 @@ pub async fn producer_epoch_bump_resets_sequence<H: Harness>(h: &H) {
     let s = name("bump");
     create(&store, &s, TEXT).await;
     for seq in 0..3 {
-        store.append(&s, req("a", "p", 0, seq)).await.expect("append");
+        store
+            .append(&s, req("a", "p", 0, seq))
+            .await
+            .expect("append");
     }
     assert_matches!(
         store.append(&s, req("b", "p", 1, 0)).await,
-        Ok(AppendOutcome::Appended { producer, .. }) if producer == ack(1, 0)
+        Ok(AppendOutcome::Appended { producer, .. }) if producer == Some(ack(1, 0))
     );
     assert_matches!(
         store.append(&s, req("c", "p", 1, 1)).await,
-        Ok(AppendOutcome::Appended { producer, .. }) if producer == ack(1, 1)
+        Ok(AppendOutcome::Appended { producer, .. }) if producer == Some(ack(1, 1))
     );
     assert_matches!(
         store.append(&s, req("x", "p", 1, 0)).await,
-        Ok(AppendOutcome::Duplicate { producer: ProducerAck { epoch: 1, seq: 1 }, .. })
+        Ok(AppendOutcome::Duplicate {
+            producer: ProducerAck { epoch: 1, seq: 1 },
+            ..
+        })
     );
     assert_eq!(read_all(&store, &s).await, b"aaabc");
 }
@@ -180,17 +206,32 @@ pub async fn producers_are_independent<H: Harness>(h: &H) {
     let store = h.open().await;
     let s = name("independent");
     create(&store, &s, TEXT).await;
-    store.append(&s, req("a", "p1", 0, 0)).await.expect("append");
-    store.append(&s, req("b", "p2", 0, 0)).await.expect("append");
-    store.append(&s, req("c", "p1", 0, 1)).await.expect("append");
-    store.append(&s, req("d", "p2", 3, 0)).await.expect("append");
+    store
+        .append(&s, req("a", "p1", 0, 0))
+        .await
+        .expect("append");
+    store
+        .append(&s, req("b", "p2", 0, 0))
+        .await
+        .expect("append");
+    store
+        .append(&s, req("c", "p1", 0, 1))
+        .await
+        .expect("append");
+    store
+        .append(&s, req("d", "p2", 3, 0))
+        .await
+        .expect("append");
     assert_matches!(
         store.append(&s, req("e", "p1", 0, 2)).await,
-        Ok(AppendOutcome::Appended { producer, .. }) if producer == ack(0, 2)
+        Ok(AppendOutcome::Appended { producer, .. }) if producer == Some(ack(0, 2))
     );
     assert_matches!(
         store.append(&s, req("x", "p2", 3, 0)).await,
-        Ok(AppendOutcome::Duplicate { producer: ProducerAck { epoch: 3, seq: 0 }, .. })
+        Ok(AppendOutcome::Duplicate {
+            producer: ProducerAck { epoch: 3, seq: 0 },
+            ..
+        })
     );
     assert_eq!(read_all(&store, &s).await, b"abcde");
 }
@@ -205,7 +246,9 @@ pub async fn producer_rejected_append_does_not_advance_state<H: Harness>(h: &H) 
         Err(Error::ContentTypeMismatch { .. })
     );
     assert_matches!(
-        store.append(&s, producer_req(JSON, "{bad", "p", 0, 0)).await,
+        store
+            .append(&s, producer_req(JSON, "{bad", "p", 0, 0))
+            .await,
         Err(Error::InvalidJson(_))
     );
     assert_matches!(
@@ -214,7 +257,7 @@ pub async fn producer_rejected_append_does_not_advance_state<H: Harness>(h: &H) 
     );
     assert_matches!(
         store.append(&s, producer_req(JSON, "1", "p", 0, 0)).await,
-        Ok(AppendOutcome::Appended { producer, .. }) if producer == ack(0, 0)
+        Ok(AppendOutcome::Appended { producer, .. }) if producer == Some(ack(0, 0))
     );
 }
 
@@ -229,7 +272,10 @@ pub async fn producer_duplicate_ignores_stream_seq<H: Harness>(h: &H) {
         ..req("a", "p", 0, 0)
     };
     store.append(&s, with_seq("1")).await.expect("append");
-    assert_matches!(store.append(&s, with_seq("1")).await, Ok(AppendOutcome::Duplicate { .. }));
+    assert_matches!(
+        store.append(&s, with_seq("1")).await,
+        Ok(AppendOutcome::Duplicate { .. })
+    );
     assert_eq!(read_all(&store, &s).await, b"a");
 }
 
@@ -241,10 +287,15 @@ pub async fn producer_close_retry_of_closing_tuple_is_duplicate<H: Harness>(h: &
     create(&store, &s, TEXT).await;
     store.append(&s, req("a", "p", 0, 0)).await.expect("append");
     let outcome = store.append(&s, closing("end", "p", 0, 1)).await;
-    let Ok(AppendOutcome::Appended { next: tail, closed: true, producer }) = outcome else {
+    let Ok(AppendOutcome::Appended {
+        next: tail,
+        closed: true,
+        producer,
+    }) = outcome
+    else {
         panic!("expected a closing Appended, got {outcome:?}");
     };
-    assert_eq!(producer, ack(0, 1));
+    assert_eq!(producer, Some(ack(0, 1)));
     assert_matches!(
         store.append(&s, closing("end", "p", 0, 1)).await,
         Ok(AppendOutcome::Duplicate { next, closed: true, producer: ProducerAck { epoch: 0, seq: 1 } })
@@ -264,7 +315,9 @@ pub async fn producer_close_only_retry_is_duplicate<H: Harness>(h: &H) {
         ..closing("", "p", 0, 1)
     };
     let tail = match store.append(&s, close()).await {
-        Ok(AppendOutcome::Appended { next, closed: true, .. }) => next,
+        Ok(AppendOutcome::Appended {
+            next, closed: true, ..
+        }) => next,
         other => panic!("expected a closing Appended, got {other:?}"),
     };
     assert_matches!(
@@ -280,7 +333,12 @@ pub async fn producer_other_tuple_on_closed_stream_is_closed<H: Harness>(h: &H) 
     create(&store, &s, TEXT).await;
     store.append(&s, req("a", "p", 0, 0)).await.expect("append");
     let tail = super::support::appended(store.append(&s, closing("b", "p", 0, 1)).await);
-    for other in [req("c", "p", 0, 2), closing("c", "p", 0, 2), req("c", "q", 0, 0), req("c", "p", 1, 0)] {
+    for other in [
+        req("c", "p", 0, 2),
+        closing("c", "p", 0, 2),
+        req("c", "q", 0, 0),
+        req("c", "p", 1, 0),
+    ] {
         assert_matches!(store.append(&s, other).await, Err(Error::Closed { next }) if next == tail);
     }
     assert_eq!(read_all(&store, &s).await, b"ab");
@@ -292,7 +350,10 @@ pub async fn producer_stale_epoch_on_closed_stream_is_fenced<H: Harness>(h: &H) 
     let s = name("closed-stale");
     create(&store, &s, TEXT).await;
     store.append(&s, req("a", "p", 0, 0)).await.expect("append");
-    store.append(&s, closing("b", "p", 1, 0)).await.expect("close");
+    store
+        .append(&s, closing("b", "p", 1, 0))
+        .await
+        .expect("close");
     assert_matches!(
         store.append(&s, req("zombie", "p", 0, 1)).await,
         Err(Error::StaleEpoch { current: 1 })

@@ -4,7 +4,9 @@ use bytes::Bytes;
 use ds_protocol::Offset;
 
 use super::Harness;
-use super::support::{ALL, BINARY, JSON, TEXT, append, close_req, create, name, read_all, read_pieces};
+use super::support::{
+    ALL, BINARY, JSON, TEXT, append, close_req, create, name, read_all, read_pieces,
+};
 use crate::{Error, ReadFrom, Storage};
 
 /// Reading from the start returns every byte, up to date, ending at the tail.
@@ -43,11 +45,17 @@ pub async fn read_from_mid_stream_offset_returns_the_rest<H: Harness>(h: &H) {
     let after_a = append(&store, &s, TEXT, "aaa").await;
     let after_b = append(&store, &s, TEXT, "bbb").await;
     let tail = append(&store, &s, TEXT, "ccc").await;
-    let chunk = store.read(&s, ReadFrom::At(after_a), ALL).await.expect("read");
+    let chunk = store
+        .read(&s, ReadFrom::At(after_a), ALL)
+        .await
+        .expect("read");
     assert_eq!(chunk.pieces.concat(), b"bbbccc");
     assert_eq!(chunk.start, after_a);
     assert_eq!(chunk.next, tail);
-    let chunk = store.read(&s, ReadFrom::At(after_b), ALL).await.expect("read");
+    let chunk = store
+        .read(&s, ReadFrom::At(after_b), ALL)
+        .await
+        .expect("read");
     assert_eq!(chunk.pieces.concat(), b"ccc");
     let chunk = store.read(&s, ReadFrom::At(tail), ALL).await.expect("read");
     assert!(chunk.is_empty());
@@ -75,11 +83,18 @@ pub async fn read_with_small_limit_returns_prefix_and_resumes_exactly<H: Harness
     let tail = append(&store, &s, BINARY, data.clone()).await;
     let first = store.read(&s, ReadFrom::Start, 100).await.expect("read");
     assert!(!first.is_empty());
-    assert!(first.len() <= 100, "chunk of {} bytes for a limit of 100", first.len());
+    assert!(
+        first.len() <= 100,
+        "chunk of {} bytes for a limit of 100",
+        first.len()
+    );
     assert_eq!(first.pieces.concat(), data[..first.len()]);
     assert!(!first.up_to_date);
     assert!(first.next > first.start && first.next < tail);
-    let rest = store.read(&s, ReadFrom::At(first.next), ALL).await.expect("read");
+    let rest = store
+        .read(&s, ReadFrom::At(first.next), ALL)
+        .await
+        .expect("read");
     assert_eq!(rest.start, first.next);
     assert_eq!(rest.pieces.concat(), data[first.len()..]);
     assert_eq!(rest.next, tail);
@@ -94,7 +109,9 @@ pub async fn read_in_small_chunks_reassembles_the_bytes<H: Harness>(h: &H) {
     create(&store, &s, BINARY).await;
     let mut expected = Vec::new();
     for i in 0..7u8 {
-        let body: Vec<u8> = (0..(i * 5 + 3)).map(|j| i.wrapping_mul(31).wrapping_add(j)).collect();
+        let body: Vec<u8> = (0..(i * 5 + 3))
+            .map(|j| i.wrapping_mul(31).wrapping_add(j))
+            .collect();
         append(&store, &s, BINARY, body.clone()).await;
         expected.extend(body);
     }
@@ -104,13 +121,20 @@ pub async fn read_in_small_chunks_reassembles_the_bytes<H: Harness>(h: &H) {
         let mut chunks = 0;
         loop {
             let chunk = store.read(&s, from, limit).await.expect("read");
-            assert!(chunk.len() <= limit, "chunk of {} bytes for a limit of {limit}", chunk.len());
+            assert!(
+                chunk.len() <= limit,
+                "chunk of {} bytes for a limit of {limit}",
+                chunk.len()
+            );
             got.extend(chunk.pieces.concat());
             chunks += 1;
             if chunk.up_to_date {
                 break;
             }
-            assert!(!chunk.is_empty(), "a chunk that is not up to date carries data");
+            assert!(
+                !chunk.is_empty(),
+                "a chunk that is not up to date carries data"
+            );
             from = ReadFrom::At(chunk.next);
             assert!(chunks <= expected.len() + 1, "read does not make progress");
         }
@@ -125,7 +149,11 @@ pub async fn json_read_returns_whole_messages<H: Harness>(h: &H) {
     create(&store, &s, JSON).await;
     append(&store, &s, JSON, r#"["aaaaaaaaaa","bbbbbbbbbb"]"#).await;
     append(&store, &s, JSON, r#"{"c":"cccccccccc"}"#).await;
-    let expected = [r#""aaaaaaaaaa""#, r#""bbbbbbbbbb""#, r#"{"c":"cccccccccc"}"#];
+    let expected = [
+        r#""aaaaaaaaaa""#,
+        r#""bbbbbbbbbb""#,
+        r#"{"c":"cccccccccc"}"#,
+    ];
     for limit in [1, 15, 30, ALL] {
         let (pieces, _) = read_pieces(&store, &s, ReadFrom::Start, limit).await;
         let got: Vec<&[u8]> = pieces.iter().map(Bytes::as_ref).collect();
@@ -141,9 +169,15 @@ pub async fn json_read_returns_at_least_one_message<H: Harness>(h: &H) {
     create(&store, &s, JSON).await;
     append(&store, &s, JSON, r#"["a long first message","second"]"#).await;
     let chunk = store.read(&s, ReadFrom::Start, 1).await.expect("read");
-    assert_eq!(chunk.pieces, [Bytes::from_static(br#""a long first message""#)]);
+    assert_eq!(
+        chunk.pieces,
+        [Bytes::from_static(br#""a long first message""#)]
+    );
     assert!(!chunk.up_to_date);
-    let rest = store.read(&s, ReadFrom::At(chunk.next), 1).await.expect("read");
+    let rest = store
+        .read(&s, ReadFrom::At(chunk.next), 1)
+        .await
+        .expect("read");
     assert_eq!(rest.pieces, [Bytes::from_static(br#""second""#)]);
     assert!(rest.up_to_date);
 }
@@ -186,7 +220,10 @@ pub async fn read_partial_chunk_is_neither_up_to_date_nor_closed<H: Harness>(h: 
     let first = store.read(&s, ReadFrom::Start, 50).await.expect("read");
     assert!(!first.up_to_date);
     assert!(!first.closed);
-    let last = store.read(&s, ReadFrom::At(first.next), ALL).await.expect("read");
+    let last = store
+        .read(&s, ReadFrom::At(first.next), ALL)
+        .await
+        .expect("read");
     assert!(last.up_to_date);
     assert!(last.closed);
 }

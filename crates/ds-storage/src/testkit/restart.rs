@@ -5,8 +5,8 @@ use ds_protocol::Expiry;
 
 use super::Harness;
 use super::support::{
-    TEXT, append, append_req, close_req, create, create_req, created, fork_req, name,
-    producer_req, read_all, skip,
+    TEXT, append, append_req, close_req, create, create_req, created, fork_req, name, producer_req,
+    read_all, skip,
 };
 use crate::{AppendOutcome, AppendRequest, CreateRequest, Error, ProducerAck, Storage};
 
@@ -14,7 +14,10 @@ use crate::{AppendOutcome, AppendRequest, CreateRequest, Error, ProducerAck, Sto
 fn persistent<H: Harness>(h: &H, case: &str) -> bool {
     let persistent = h.capabilities().persistent;
     if !persistent {
-        skip(case, "the backend keeps nothing across a restart (persistent: false)");
+        skip(
+            case,
+            "the backend keeps nothing across a restart (persistent: false)",
+        );
     }
     persistent
 }
@@ -69,12 +72,21 @@ pub async fn producer_state_survives_restart<H: Harness>(h: &H) {
     let store = h.open().await;
     let s = name("producer");
     create(&store, &s, TEXT).await;
-    store.append(&s, producer_req(TEXT, "a", "p", 1, 0)).await.expect("append");
-    store.append(&s, producer_req(TEXT, "b", "p", 1, 1)).await.expect("append");
+    store
+        .append(&s, producer_req(TEXT, "a", "p", 1, 0))
+        .await
+        .expect("append");
+    store
+        .append(&s, producer_req(TEXT, "b", "p", 1, 1))
+        .await
+        .expect("append");
     let store = h.reopen(store).await;
     assert_matches!(
         store.append(&s, producer_req(TEXT, "b", "p", 1, 1)).await,
-        Ok(AppendOutcome::Duplicate { producer: ProducerAck { epoch: 1, seq: 1 }, .. })
+        Ok(AppendOutcome::Duplicate {
+            producer: ProducerAck { epoch: 1, seq: 1 },
+            ..
+        })
     );
     assert_matches!(
         store.append(&s, producer_req(TEXT, "z", "p", 0, 5)).await,
@@ -86,7 +98,10 @@ pub async fn producer_state_survives_restart<H: Harness>(h: &H) {
     };
     store.append(&s, closing.clone()).await.expect("close");
     let store = h.reopen(store).await;
-    assert_matches!(store.append(&s, closing).await, Ok(AppendOutcome::Duplicate { closed: true, .. }));
+    assert_matches!(
+        store.append(&s, closing).await,
+        Ok(AppendOutcome::Duplicate { closed: true, .. })
+    );
     assert_eq!(read_all(&store, &s).await, b"abc");
 }
 
@@ -104,7 +119,10 @@ pub async fn stream_seq_survives_restart<H: Harness>(h: &H) {
     };
     store.append(&s, with_seq("5")).await.expect("append");
     let store = h.reopen(store).await;
-    assert_matches!(store.append(&s, with_seq("5")).await, Err(Error::SeqRegression { .. }));
+    assert_matches!(
+        store.append(&s, with_seq("5")).await,
+        Err(Error::SeqRegression { .. })
+    );
     store.append(&s, with_seq("6")).await.expect("append");
 }
 
@@ -137,14 +155,24 @@ pub async fn forks_and_soft_deletes_survive_restart<H: Harness>(h: &H) {
     let (source, fork) = (name("src"), name("fork"));
     create(&store, &source, TEXT).await;
     append(&store, &source, TEXT, "hello").await;
-    created(store.create(&fork, fork_req(&source, Some(ds_protocol::Offset::ZERO), 3)).await);
+    created(
+        store
+            .create(&fork, fork_req(&source, Some(ds_protocol::Offset::ZERO), 3))
+            .await,
+    );
     append(&store, &fork, TEXT, "p").await;
     store.delete(&source).await.expect("soft delete");
     let store = h.reopen(store).await;
     assert_eq!(read_all(&store, &fork).await, b"help");
-    assert_eq!(store.head(&fork).await.expect("head").forked_from.as_ref(), Some(&source));
+    assert_eq!(
+        store.head(&fork).await.expect("head").forked_from.as_ref(),
+        Some(&source)
+    );
     assert_matches!(store.head(&source).await, Err(Error::Gone));
-    assert_matches!(store.create(&source, create_req(TEXT)).await, Err(Error::NameHeldBySoftDeleted));
+    assert_matches!(
+        store.create(&source, create_req(TEXT)).await,
+        Err(Error::NameHeldBySoftDeleted)
+    );
     store.delete(&fork).await.expect("delete fork");
     assert_matches!(store.head(&source).await, Err(Error::NotFound));
     let store = h.reopen(store).await;

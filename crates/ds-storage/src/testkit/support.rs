@@ -31,7 +31,11 @@ pub(crate) fn create_req(content_type: &str) -> CreateRequest {
 }
 
 /// A create request for a fork of `source`, inheriting the content type.
-pub(crate) fn fork_req(source: &StreamName, offset: Option<Offset>, sub_offset: u64) -> CreateRequest {
+pub(crate) fn fork_req(
+    source: &StreamName,
+    offset: Option<Offset>,
+    sub_offset: u64,
+) -> CreateRequest {
     CreateRequest {
         fork: Some(ForkRequest {
             source: source.clone(),
@@ -102,7 +106,11 @@ pub(crate) fn appended(result: Result<AppendOutcome>) -> Offset {
 }
 
 /// Creates an open stream of `content_type` and returns its info.
-pub(crate) async fn create<S: Storage>(store: &S, stream: &StreamName, content_type: &str) -> StreamInfo {
+pub(crate) async fn create<S: Storage>(
+    store: &S,
+    stream: &StreamName,
+    content_type: &str,
+) -> StreamInfo {
     created(store.create(stream, create_req(content_type)).await)
 }
 
@@ -127,12 +135,18 @@ pub(crate) async fn read_pieces<S: Storage>(
     let mut pieces = Vec::new();
     let mut from = from;
     for _ in 0..100_000 {
-        let chunk = store.read(stream, from, max_bytes).await.expect("read succeeds");
+        let chunk = store
+            .read(stream, from, max_bytes)
+            .await
+            .expect("read succeeds");
         pieces.extend(chunk.pieces.iter().cloned());
         if chunk.up_to_date {
             return (pieces, chunk.next);
         }
-        assert!(chunk.next > chunk.start, "a read that is not up to date makes progress");
+        assert!(
+            chunk.next > chunk.start,
+            "a read that is not up to date makes progress"
+        );
         from = ReadFrom::At(chunk.next);
     }
     panic!("read did not reach the tail");
