@@ -97,11 +97,22 @@ impl Outcome {
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Outcome::Tested(r) => write!(
-                f,
-                "{} passed, {} failed, {} skipped",
-                r.passed, r.failed, r.skipped
-            ),
+            Outcome::Tested(r) => {
+                write!(
+                    f,
+                    "{} passed, {} failed, {} skipped",
+                    r.passed, r.failed, r.skipped
+                )?;
+                let files: Vec<String> = r
+                    .per_file
+                    .iter()
+                    .map(|(file, passed, failed)| format!("{file}: {passed} passed, {failed} failed"))
+                    .collect();
+                if !files.is_empty() {
+                    write!(f, " ({})", files.join("; "))?;
+                }
+                Ok(())
+            }
             Outcome::NotBuilt => f.write_str("not built"),
             Outcome::Broken(message) => {
                 let first = message.lines().next().unwrap_or("failed");

@@ -21,6 +21,8 @@ pub(crate) struct Report {
     pub(crate) skipped: u64,
     /// One line per failure: the test's full name and the first line of its message.
     pub(crate) failures: Vec<String>,
+    /// Passed and failed counts per test file, in report order.
+    pub(crate) per_file: Vec<(String, u64, u64)>,
 }
 
 /// Parses the text of a vitest JSON report.
@@ -39,6 +41,7 @@ pub(crate) fn parse_report(text: &str) -> Result<Report> {
             .and_then(Value::as_array)
             .unwrap_or_default();
         let mut failed_in_file = 0;
+        let passed_before = report.passed;
         for test in tests {
             let name = test
                 .get("fullName")
@@ -71,6 +74,11 @@ pub(crate) fn parse_report(text: &str) -> Result<Report> {
             }
         }
         report.failed += failed_in_file;
+        report.per_file.push((
+            short_file(file_name).to_owned(),
+            report.passed - passed_before,
+            failed_in_file,
+        ));
 
         // A file can fail without any failing test (import error, error in a
         // hook, unhandled rejection): count it once so it cannot go unnoticed.

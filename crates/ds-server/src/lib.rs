@@ -23,6 +23,7 @@
 //! # }
 //! ```
 
+mod backend;
 pub mod body;
 pub mod config;
 pub mod error;

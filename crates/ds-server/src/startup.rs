@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ds_storage::Storage;
-use ds_storage_memory::{MemoryOptions, MemoryStorage};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, ConfigError, ConfigLoadOptions, StorageMode, TransportMode};
@@ -68,7 +67,8 @@ pub struct StartupError {
 }
 
 impl StartupError {
-    fn new(phase: Phase, message: impl Into<String>) -> Self {
+    /// A failure in `phase`.
+    pub fn new(phase: Phase, message: impl Into<String>) -> Self {
         StartupError {
             phase,
             message: message.into(),
@@ -110,31 +110,12 @@ pub async fn serve(
             ),
         ));
     }
-    match cfg.storage.mode {
-        StorageMode::Memory => {
-            let storage = MemoryStorage::new(MemoryOptions {
-                max_memory_bytes: cfg.limits.max_memory_bytes,
-                max_stream_bytes: cfg
-                    .limits
-                    .effective_max_stream_bytes(StorageMode::Memory)
-                    .unwrap_or(u64::MAX),
-                ..MemoryOptions::default()
-            });
-            run(cfg, Arc::new(storage), shutdown).await
-        }
-        mode @ (StorageMode::FileFast | StorageMode::FileDurable | StorageMode::Acid) => {
-            Err(StartupError::new(
-                Phase::ValidateConfig,
-                format!(
-                    "storage mode \"{}\" is not built in this version; use \"memory\"",
-                    mode.as_str()
-                ),
-            ))
-        }
-    }
+    crate::backend::serve_on_configured_backend(cfg, shutdown).await
 }
 
-async fn run<S: Storage>(
+/// Serves `storage` with `cfg` until shutdown: binds, builds the router, runs the expiry
+/// sweeper, and drains on shutdown.
+pub async fn run<S: Storage>(
     cfg: Config,
     storage: Arc<S>,
     shutdown: Option<tokio::sync::oneshot::Receiver<()>>,
