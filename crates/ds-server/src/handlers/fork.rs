@@ -49,6 +49,10 @@ pub(super) fn parse<S>(app: &App<S>, headers: &HeaderMap) -> Result<Option<ForkR
         .filter(|r| r.starts_with('/'))
         .unwrap_or(path);
     let source = ds_protocol::StreamName::parse(rest, app.settings.name_limits)?;
+    // Internal streams under the reserved prefix are not application streams: never a source.
+    if source.is_reserved() {
+        return Err(ApiError::Storage(ds_storage::Error::ForkSourceNotFound));
+    }
     Ok(Some(ForkRequest {
         source,
         offset,

@@ -37,7 +37,12 @@ pub(crate) fn stream_name<S>(app: &App<S>, path: &str) -> Result<StreamName, Api
         .strip_prefix(app.settings.base_path.as_str())
         .and_then(|r| r.strip_prefix('/'))
         .ok_or(ApiError::NoRoute)?;
-    Ok(StreamName::parse(rest, app.settings.name_limits)?)
+    let name = StreamName::parse(rest, app.settings.name_limits)?;
+    // `__ds` spelled with percent-escapes decodes to the reserved prefix: it is still reserved.
+    if name.is_reserved() {
+        return Err(ApiError::NoRoute);
+    }
+    Ok(name)
 }
 
 /// A header as text; a value that is not visible ASCII/UTF-8 is a `400`.
