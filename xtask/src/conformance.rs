@@ -106,7 +106,9 @@ impl fmt::Display for Outcome {
                 let files: Vec<String> = r
                     .per_file
                     .iter()
-                    .map(|(file, passed, failed)| format!("{file}: {passed} passed, {failed} failed"))
+                    .map(|(file, passed, failed)| {
+                        format!("{file}: {passed} passed, {failed} failed")
+                    })
                     .collect();
                 if !files.is_empty() {
                     write!(f, " ({})", files.join("; "))?;
@@ -130,25 +132,7 @@ impl fmt::Display for Outcome {
 /// then `N passed, N failed` (totals; a backend whose server or test run
 /// broke counts as one failure).
 pub(crate) fn run(root: &Path, options: &Options) -> Result<bool> {
-    let binary = if let Some(path) = &options.server_binary {
-        std::path::absolute(path)
-            .with_context(|| format!("resolving --server-binary {}", path.display()))?
-    } else {
-        if !options.skip_build {
-            build_server(root)?;
-        }
-        release_binary(root)
-    };
-    ensure!(
-        binary.is_file(),
-        "server binary {} does not exist{}",
-        binary.display(),
-        if options.skip_build {
-            " (drop --skip-build to build it)"
-        } else {
-            ""
-        }
-    );
+    let binary = server_binary(root, options.skip_build, options.server_binary.as_deref())?;
 
     let conformance_dir = root.join("conformance");
     ensure_node_modules(&conformance_dir)?;
@@ -195,6 +179,35 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<bool> {
     }
     let any_failure = results.iter().any(|(_, outcome)| outcome.is_failure());
     Ok(any_built && !any_failure)
+}
+
+/// The server binary to test: `explicit` if given (never built), else the
+/// workspace's release binary, built first unless `skip_build`.
+pub(crate) fn server_binary(
+    root: &Path,
+    skip_build: bool,
+    explicit: Option<&Path>,
+) -> Result<PathBuf> {
+    let binary = if let Some(path) = explicit {
+        std::path::absolute(path)
+            .with_context(|| format!("resolving --server-binary {}", path.display()))?
+    } else {
+        if !skip_build {
+            build_server(root)?;
+        }
+        release_binary(root)
+    };
+    ensure!(
+        binary.is_file(),
+        "server binary {} does not exist{}",
+        binary.display(),
+        if skip_build && explicit.is_none() {
+            " (drop --skip-build to build it)"
+        } else {
+            ""
+        }
+    );
+    Ok(binary)
 }
 
 /// Builds the release server binary.

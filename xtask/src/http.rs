@@ -6,6 +6,7 @@
 //! reset, timeout, malformed response) drops the connection and is returned
 //! as an error; callers that retry simply call [`Client::request`] again.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
@@ -147,7 +148,7 @@ fn encode_request(
         head.push_str("\r\n");
     }
     if !body.is_empty() || matches!(method, "POST" | "PUT") {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        let _ = write!(head, "Content-Length: {}\r\n", body.len());
     }
     head.push_str("\r\n");
     let mut request = head.into_bytes();
@@ -159,7 +160,10 @@ fn encode_request(
 ///
 /// `head_request` says the request was `HEAD`, whose response has no body
 /// whatever its headers say.
-pub(crate) fn read_response(reader: &mut impl BufRead, head_request: bool) -> Result<(Response, bool)> {
+pub(crate) fn read_response(
+    reader: &mut impl BufRead,
+    head_request: bool,
+) -> Result<(Response, bool)> {
     let status_line = read_line(reader)?;
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
@@ -207,7 +211,10 @@ pub(crate) fn read_response(reader: &mut impl BufRead, head_request: bool) -> Re
         let length: usize = length
             .parse()
             .with_context(|| format!("bad Content-Length {length:?}"))?;
-        ensure!(length <= MAX_BODY, "response body of {length} bytes is too large");
+        ensure!(
+            length <= MAX_BODY,
+            "response body of {length} bytes is too large"
+        );
         let mut body = vec![0; length];
         reader
             .read_exact(&mut body)
@@ -219,7 +226,10 @@ pub(crate) fn read_response(reader: &mut impl BufRead, head_request: bool) -> Re
             .take(MAX_BODY as u64 + 1)
             .read_to_end(&mut response.body)
             .context("reading the response body")?;
-        ensure!(response.body.len() <= MAX_BODY, "response body is too large");
+        ensure!(
+            response.body.len() <= MAX_BODY,
+            "response body is too large"
+        );
         keep_alive = false;
     }
     Ok((response, keep_alive))
@@ -281,7 +291,7 @@ pub(crate) fn encode_query_value(value: &str) -> String {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(byte));
         } else {
-            out.push_str(&format!("%{byte:02X}"));
+            let _ = write!(out, "%{byte:02X}");
         }
     }
     out
@@ -322,7 +332,10 @@ mod tests {
 
     #[test]
     fn no_body_cases() {
-        let (r, keep) = parse("HTTP/1.1 204 No Content\r\nStream-Closed: true\r\n\r\n", false);
+        let (r, keep) = parse(
+            "HTTP/1.1 204 No Content\r\nStream-Closed: true\r\n\r\n",
+            false,
+        );
         assert_eq!(r.status, 204);
         assert!(r.body.is_empty());
         assert!(r.flag("stream-closed"));

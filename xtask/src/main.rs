@@ -9,17 +9,33 @@
 //!   integration test (`conformance/`) against it. Prints one line per
 //!   backend and a final `N passed, N failed` line; exits non-zero on any
 //!   failure.
+//! - `crash`: builds the release server binary, then for each durable
+//!   storage mode (`file-fast`, `file-durable`, `acid`) runs it on a fresh
+//!   data directory under a load of idempotent producers, SIGKILLs and
+//!   restarts it `--kills` times at seeded random moments (closing one
+//!   stream mid-run), and finally reads every stream back: every
+//!   acknowledged append must be there exactly once, in order and intact,
+//!   and the closed stream must still be closed. Prints one line per mode
+//!   (`not built` for a mode the binary lacks) and a final
+//!   `N passed, N failed` line (modes); exits non-zero if a built mode
+//!   failed or no requested mode is built. See `crash.rs` for the details.
 //! - `help`: prints usage.
 //!
-//! `conformance` also accepts `--server-binary <path>`, left out of the
-//! usage text: it tests the given binary (for instance another
-//! implementation of the protocol) instead of building the workspace's.
+//! `conformance` also accepts `--server-binary <path>`, left out of its
+//! usage text (`crash` lists it): it tests the given binary (for instance
+//! another implementation of the protocol that reads the same `DS_*`
+//! variables) instead of building the workspace's. `crash --mode memory` is
+//! accepted too, outside `all` and the usage text: the memory backend
+//! forgets everything on a kill, so it is a self-check that the harness
+//! reports lost data.
 //!
 //! The xtask drives the built binary from outside, through its environment
 //! (`DS_*` variables) and HTTP only. It depends on `anyhow` alone; arguments
 //! are parsed by hand.
 
 mod conformance;
+mod crash;
+mod http;
 mod json;
 mod server;
 mod tempdir;
@@ -39,6 +55,10 @@ Usage: cargo xtask <command> [options]
 Commands:
   conformance   Run the conformance suite and the client test against the
                 release server binary, once per storage backend
+  crash         Kill -9 the release server binary repeatedly under a load
+                of idempotent producers and check that no acknowledged
+                append is lost, duplicated, torn or reordered, once per
+                durable storage mode
   help          Show this message
 
 Options of `conformance`:
@@ -46,7 +66,19 @@ Options of `conformance`:
                       or all (default all). Repeatable or comma-separated.
   --subscriptions     Also run the subscription tests (allows dev webhooks)
   --skip-build        Use the existing target/release binary, do not build
+
+Options of `crash`:
+  --mode <names>      Storage modes: file-fast, file-durable, acid or all
+                      (default all). Repeatable or comma-separated.
+  --kills <n>         Kills per mode, at least 1 (default 20)
+  --seed <s>          Seed of the schedule (default random; printed)
+  --skip-build        Use the existing target/release binary, do not build
+  --server-binary <path>
+                      Test this binary instead of building the workspace's
 ";
+
+/// Default number of kills per mode of `crash`.
+const DEFAULT_KILLS: u32 = 20;
 
 /// Exit code for command-line mistakes.
 const USAGE_ERROR: u8 = 2;
@@ -79,6 +111,24 @@ fn main() -> ExitCode {
                 Err(error) => return usage_error(&error),
             };
             match workspace_root().and_then(|root| conformance::run(&root, &options)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("crash") => {
+            let options = match parse_crash_args(&args[1..]) {
+                Ok(Some(options)) => options,
+                Ok(None) => {
+                    print!("{USAGE}");
+                    return ExitCode::SUCCESS;
+                }
+                Err(error) => return usage_error(&error),
+            };
+            match workspace_root().and_then(|root| crash::run(&root, &options)) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(error) => {
@@ -170,9 +220,146 @@ fn parse_conformance_args(args: &[String]) -> Result<Option<conformance::Options
     }))
 }
 
+/// Parses the arguments after `crash`; `Ok(None)` means help was asked for.
+fn parse_crash_args(args: &[String]) -> Result<Option<crash::Options>> {
+    let mut modes: Vec<Backend> = Vec::new();
+    let mut kills = DEFAULT_KILLS;
+    let mut seed = None;
+    let mut skip_build = false;
+    let mut server_binary = None;
+
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        // Options with a value accept both `--opt value` and `--opt=value`.
+        let (flag, inline_value) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            match &inline_value {
+                Some(value) => Ok(value.clone()),
+                None => iter
+                    .next()
+                    .cloned()
+                    .with_context(|| format!("{name} needs a value")),
+            }
+        };
+        match flag {
+            "-h" | "--help" => return Ok(None),
+            "--mode" => {
+                for name in value("--mode")?.split(',').map(str::trim) {
+                    let selected: Vec<Backend> = if name == "all" {
+                        crash::DURABLE_MODES.to_vec()
+                    } else {
+                        vec![Backend::from_name(name).with_context(|| {
+                            format!(
+                                "unknown storage mode {name:?} (expected file-fast, file-durable, acid or all)"
+                            )
+                        })?]
+                    };
+                    for mode in selected {
+                        if !modes.contains(&mode) {
+                            modes.push(mode);
+                        }
+                    }
+                }
+            }
+            "--kills" => {
+                let text = value("--kills")?;
+                kills = text.parse().ok().filter(|&n| n >= 1).with_context(|| {
+                    format!("--kills needs a whole number of at least 1, not {text:?}")
+                })?;
+            }
+            "--seed" => {
+                let text = value("--seed")?;
+                seed = Some(
+                    text.parse()
+                        .with_context(|| format!("--seed needs a whole number, not {text:?}"))?,
+                );
+            }
+            "--server-binary" => server_binary = Some(PathBuf::from(value("--server-binary")?)),
+            "--skip-build" if inline_value.is_some() => bail!("{flag} takes no value"),
+            "--skip-build" => skip_build = true,
+            _ => bail!("unknown argument {arg:?} for crash"),
+        }
+    }
+
+    if modes.is_empty() {
+        modes = crash::DURABLE_MODES.to_vec();
+    }
+    Ok(Some(crash::Options {
+        modes,
+        kills,
+        seed,
+        skip_build,
+        server_binary,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Backend, parse_conformance_args};
+    use super::{Backend, DEFAULT_KILLS, parse_conformance_args, parse_crash_args};
+
+    /// Parses `crash` arguments (space-separated), expecting success.
+    fn parse_crash(args: &str) -> super::crash::Options {
+        let args: Vec<String> = args.split_whitespace().map(str::to_owned).collect();
+        parse_crash_args(&args)
+            .expect("valid arguments")
+            .expect("not a help request")
+    }
+
+    #[test]
+    fn crash_defaults() {
+        let options = parse_crash("");
+        assert_eq!(
+            options.modes,
+            [Backend::FileFast, Backend::FileDurable, Backend::Acid]
+        );
+        assert_eq!(options.kills, DEFAULT_KILLS);
+        assert!(options.seed.is_none());
+        assert!(!options.skip_build);
+        assert!(options.server_binary.is_none());
+    }
+
+    #[test]
+    fn crash_options() {
+        let options = parse_crash(
+            "--mode file-durable --mode=acid,file-durable --kills 5 --seed=42 --skip-build --server-binary /tmp/x",
+        );
+        assert_eq!(options.modes, [Backend::FileDurable, Backend::Acid]);
+        assert_eq!(options.kills, 5);
+        assert_eq!(options.seed, Some(42));
+        assert!(options.skip_build);
+        assert_eq!(
+            options.server_binary.as_deref(),
+            Some(std::path::Path::new("/tmp/x"))
+        );
+        // `all` means the durable modes; memory only when named.
+        assert_eq!(parse_crash("--mode all").modes.len(), 3);
+        assert_eq!(parse_crash("--mode memory").modes, [Backend::Memory]);
+        assert!(
+            parse_crash_args(&["-h".to_owned()])
+                .expect("valid")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn crash_rejects_bad_arguments() {
+        for bad in [
+            &["--mode", "sqlite"][..],
+            &["--mode"],
+            &["--kills", "0"],
+            &["--kills", "-3"],
+            &["--kills=many"],
+            &["--seed", "x"],
+            &["--subscriptions"],
+            &["--skip-build=yes"],
+        ] {
+            let args: Vec<String> = bad.iter().map(|s| (*s).to_owned()).collect();
+            assert!(parse_crash_args(&args).is_err(), "accepted {bad:?}");
+        }
+    }
 
     /// Parses `args` (space-separated), expecting success.
     fn parse(args: &str) -> super::conformance::Options {

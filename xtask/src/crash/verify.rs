@@ -72,7 +72,11 @@ pub(crate) fn verify(streams: &[(String, Vec<u8>)], producers: &[ProducerLog]) -
             };
             let at = offset;
             offset += line.len() + 1;
-            rest = if complete { &rest[line.len() + 1..] } else { &[] };
+            rest = if complete {
+                &rest[line.len() + 1..]
+            } else {
+                &[]
+            };
 
             let record = if complete {
                 parse_line(line)
@@ -225,7 +229,14 @@ mod tests {
 
     #[test]
     fn duplicates_are_detected_including_in_flight() {
-        let s = streams(vec![content(&[(0, 0), (0, 1), (0, 1), (0, 2), (0, 2), (0, 2)])]);
+        let s = streams(vec![content(&[
+            (0, 0),
+            (0, 1),
+            (0, 1),
+            (0, 2),
+            (0, 2),
+            (0, 2),
+        ])]);
         let findings = verify(&s, &[log(0, 0, 2, Some(2))]);
         assert_eq!(findings.duplicated.len(), 2, "{findings:?}");
         assert!(findings.duplicated[0].contains("seq 1 appears 2 times"));
