@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use ds_server::ConfigLoadOptions;
 use ds_server::startup::{self, StartupError};
+use ds_server::{ConfigLoadOptions, DeploymentProfile};
 
 /// Command line arguments.
 #[derive(Debug, Parser)]
@@ -19,10 +19,15 @@ use ds_server::startup::{self, StartupError};
     about = "Durable Streams protocol server"
 )]
 pub struct Cli {
-    /// Extra TOML config file, layered over `config/default.toml`.
+    /// Deployment profile: default, dev, prod, prod-tls or prod-mtls. Its built-in defaults
+    /// sit under `config/default.toml`, and `config/<profile>.toml` is read after it.
+    #[arg(long, global = true, value_name = "NAME", default_value = "default")]
+    pub profile: String,
+    /// Extra TOML config file, layered over `config/default.toml`, `config/<profile>.toml` and
+    /// `config/local.toml`; it must exist.
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Directory holding `default.toml` (default `./config`).
+    /// Directory holding `default.toml`, `<profile>.toml` and `local.toml` (default `./config`).
     #[arg(long, global = true, value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
     /// What to do (default: serve).
@@ -44,10 +49,17 @@ pub fn main() -> Result<(), StartupError> {
 
 /// Runs a parsed command line to completion.
 pub fn run(cli: Cli) -> Result<(), StartupError> {
+    // An unknown profile is a configuration error, reported (and exiting) as `[load_config]`.
+    let profile = cli
+        .profile
+        .parse::<DeploymentProfile>()
+        .map_err(|e| StartupError::new(startup::Phase::LoadConfig, e.to_string()))?;
     let opts = ConfigLoadOptions {
+        profile,
         config_dir: cli.config_dir,
         config_file: cli.config,
         ignore_env: false,
+        env: None,
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
@@ -60,7 +72,10 @@ pub fn run(cli: Cli) -> Result<(), StartupError> {
                     phase: startup::Phase::StartServer,
                     message: format!("cannot start the async runtime: {e}"),
                 })?;
-            runtime.block_on(startup::serve(cfg, None))
+            let result = runtime.block_on(startup::serve(cfg, None));
+            // Connections still open past the drain timeout are dropped, not awaited.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            result
         }
     }
 }

@@ -1,13 +1,175 @@
-//! Server configuration: the seed's TOML schema and `DS_*` environment overrides.
+//! Server configuration: the seed's TOML schema, built-in deployment profiles, `DS_*`
+//! environment overrides, legacy keys, and validation.
 //!
-//! Sources, later winning: built-in defaults, `config/default.toml` (when present in the
-//! working directory), `--config <path>`, then `DS_SECTION__FIELD` environment variables.
-//! Profiles (`dev`, `prod`, ...) are layered in by the operator-surface work; every key here
-//! already has the seed's name, so each `DS_*` variable maps one to one.
+//! Sources, later winning:
+//!
+//! 1. built-in defaults (the `Default` impls below),
+//! 2. built-in profile defaults ([`DeploymentProfile`]: `default`, `dev`, `prod`, `prod-tls`,
+//!    `prod-mtls`),
+//! 3. `config/default.toml`, 4. `config/<profile>.toml`, 5. `config/local.toml` (each skipped
+//!    when missing; the directory is `./config` unless told otherwise),
+//! 6. `--config <path>` (which must exist),
+//! 7. `DS_SECTION__FIELD` environment variables (list keys accept comma-separated values).
+//!
+//! Every key has the seed's name, so each `DS_*` variable maps one to one. Unknown keys are
+//! rejected, except the three legacy ones (`server.port`, `[tls]`, `[log]`), which still load,
+//! map onto the new model and leave a deprecation warning in [`Config::deprecations`].
+//! [`Config::validate`] checks the cross-key rules and names the keys in every message.
 
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
+use ipnet::IpNet;
 use serde::Deserialize;
+
+/// A built-in deployment profile: a set of defaults layered under the config files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum DeploymentProfile {
+    /// Minimal HTTP baseline: the built-in defaults unchanged.
+    #[default]
+    Default,
+    /// Local loopback development: binds `127.0.0.1`, pretty debug logs, memory storage.
+    Dev,
+    /// Production behind external TLS termination: plain HTTP, durable file storage, JSON
+    /// logs, hashed stream names in logs, no wildcard CORS.
+    Prod,
+    /// `prod` with direct TLS termination: HTTP/1.1 and HTTP/2 over ALPN.
+    ProdTls,
+    /// `prod-tls` with required client certificates.
+    ProdMtls,
+}
+
+impl DeploymentProfile {
+    /// Every profile, in the order the docs list them.
+    pub const ALL: [DeploymentProfile; 5] = [
+        DeploymentProfile::Default,
+        DeploymentProfile::Dev,
+        DeploymentProfile::Prod,
+        DeploymentProfile::ProdTls,
+        DeploymentProfile::ProdMtls,
+    ];
+
+    /// The name used on the command line and for `config/<profile>.toml`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentProfile::Default => "default",
+            DeploymentProfile::Dev => "dev",
+            DeploymentProfile::Prod => "prod",
+            DeploymentProfile::ProdTls => "prod-tls",
+            DeploymentProfile::ProdMtls => "prod-mtls",
+        }
+    }
+
+    /// Whether this is one of the production profiles (which refuse wildcard CORS unless
+    /// `http.allow_wildcard_cors` is set).
+    #[must_use]
+    pub fn is_production(self) -> bool {
+        matches!(
+            self,
+            DeploymentProfile::Prod | DeploymentProfile::ProdTls | DeploymentProfile::ProdMtls
+        )
+    }
+
+    /// The profile's defaults, as a TOML document layered over the built-in defaults.
+    #[must_use]
+    pub fn defaults_toml(self) -> &'static str {
+        match self {
+            DeploymentProfile::Default => "",
+            DeploymentProfile::Dev => DEV_DEFAULTS,
+            DeploymentProfile::Prod => PROD_DEFAULTS,
+            DeploymentProfile::ProdTls => PROD_TLS_DEFAULTS,
+            DeploymentProfile::ProdMtls => PROD_MTLS_DEFAULTS,
+        }
+    }
+}
+
+const DEV_DEFAULTS: &str = r#"
+[server]
+bind_address = "127.0.0.1:4437"
+drain_timeout_secs = 5
+[observability]
+rust_log = "info,ds_server=debug"
+log_format = "pretty"
+"#;
+
+const PROD_DEFAULTS: &str = r#"
+[limits]
+max_memory_bytes = 536870912
+max_stream_bytes = 268435456
+[http]
+cors_origins = ""
+[storage]
+mode = "file-durable"
+data_dir = "/var/lib/durable-streams"
+[observability]
+log_format = "json"
+stream_names = "hashed"
+"#;
+
+const PROD_TLS_DEFAULTS: &str = r#"
+[limits]
+max_memory_bytes = 536870912
+max_stream_bytes = 268435456
+[http]
+cors_origins = ""
+[storage]
+mode = "file-durable"
+data_dir = "/var/lib/durable-streams"
+[transport]
+mode = "tls"
+[transport.http]
+versions = ["http1", "http2"]
+[transport.tls]
+alpn_protocols = ["http/1.1", "h2"]
+[observability]
+log_format = "json"
+stream_names = "hashed"
+"#;
+
+const PROD_MTLS_DEFAULTS: &str = r#"
+[limits]
+max_memory_bytes = 536870912
+max_stream_bytes = 268435456
+[http]
+cors_origins = ""
+[storage]
+mode = "file-durable"
+data_dir = "/var/lib/durable-streams"
+[transport]
+mode = "mtls"
+[transport.http]
+versions = ["http1", "http2"]
+[transport.tls]
+alpn_protocols = ["http/1.1", "h2"]
+[observability]
+log_format = "json"
+stream_names = "hashed"
+"#;
+
+impl fmt::Display for DeploymentProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeploymentProfile {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DeploymentProfile::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s.trim())
+            .ok_or_else(|| {
+                ConfigError::Load(format!(
+                    "unknown profile {s:?}; expected one of default, dev, prod, prod-tls, prod-mtls"
+                ))
+            })
+    }
+}
 
 /// The resolved configuration.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -27,6 +189,17 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[observability]`
     pub observability: ObservabilityConfig,
+    /// Legacy `[tls]` (deprecated: use `[transport.tls]`). Always `None` after loading.
+    pub tls: Option<LegacyTlsConfig>,
+    /// Legacy `[log]` (deprecated: use `[observability]`). Always `None` after loading.
+    pub log: Option<LegacyLogConfig>,
+    /// The profile the configuration was resolved with (not a TOML key).
+    #[serde(skip)]
+    pub profile: DeploymentProfile,
+    /// Deprecation warnings left by legacy keys while loading (not a TOML key); startup logs
+    /// them once logging is up.
+    #[serde(skip)]
+    pub deprecations: Vec<String>,
 }
 
 /// `[server]`
@@ -35,12 +208,22 @@ pub struct Config {
 pub struct ServerConfig {
     /// Listen address, `host:port` (default `0.0.0.0:4437`, the protocol's registered port).
     pub bind_address: String,
+    /// Longest wait, on shutdown, for in-flight requests to finish before the process exits.
+    pub drain_timeout_secs: u64,
+    /// Seconds between `/readyz` turning `503` and the listener closing on shutdown, so load
+    /// balancers stop routing first (default 0).
+    pub shutdown_delay_secs: u64,
+    /// Legacy listen port (deprecated: use `bind_address`). Always `None` after loading.
+    pub port: Option<u16>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             bind_address: "0.0.0.0:4437".to_owned(),
+            drain_timeout_secs: 30,
+            shutdown_delay_secs: 0,
+            port: None,
         }
     }
 }
@@ -105,8 +288,10 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Allowed CORS origins: `*` or a comma-separated list of origins.
+    /// Allowed CORS origins: `*`, a comma-separated list of origins, or empty for none.
     pub cors_origins: String,
+    /// Permit `cors_origins = "*"` in the production profiles.
+    pub allow_wildcard_cors: bool,
     /// Where the protocol is mounted (default `/v1/stream`).
     pub stream_base_path: String,
     /// `public` or `private`: the visibility in `Cache-Control` of cacheable catch-up reads.
@@ -117,6 +302,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             cors_origins: "*".to_owned(),
+            allow_wildcard_cors: false,
             stream_base_path: "/v1/stream".to_owned(),
             cache_visibility: CacheVisibility::Public,
         }
@@ -225,12 +411,38 @@ pub enum TransportMode {
     Mtls,
 }
 
+impl TransportMode {
+    /// The name used in config.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportMode::Http => "http",
+            TransportMode::Tls => "tls",
+            TransportMode::Mtls => "mtls",
+        }
+    }
+
+    /// Whether the server terminates TLS itself.
+    #[must_use]
+    pub fn is_tls(self) -> bool {
+        matches!(self, TransportMode::Tls | TransportMode::Mtls)
+    }
+}
+
 /// `[transport.http]`
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportHttpConfig {
-    /// HTTP versions served: `http1`, `http2`.
+    /// HTTP versions served: `http1`, `http2` (`http2` only over TLS).
     pub versions: Vec<String>,
+}
+
+impl TransportHttpConfig {
+    /// Whether HTTP/2 is enabled.
+    #[must_use]
+    pub fn http2(&self) -> bool {
+        self.versions.iter().any(|v| v == "http2")
+    }
 }
 
 impl Default for TransportHttpConfig {
@@ -297,21 +509,66 @@ impl Default for TlsConfig {
 pub struct ProxyConfig {
     /// Trust forwarded headers from `trusted_proxies`.
     pub enabled: bool,
-    /// `none`, `x-forwarded` or `forwarded`.
-    pub forwarded_headers: String,
+    /// `none`, `x-forwarded` or `forwarded` (RFC 7239).
+    pub forwarded_headers: ForwardedHeaders,
     /// Proxy addresses or CIDRs whose forwarded headers are trusted.
     pub trusted_proxies: Vec<String>,
     /// `[proxy.identity]`
     pub identity: ProxyIdentityConfig,
 }
 
+impl ProxyConfig {
+    /// `trusted_proxies` parsed: each entry is a CIDR (`10.0.0.0/24`) or a single address.
+    pub fn trusted_networks(&self) -> Result<Vec<IpNet>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim();
+                entry
+                    .parse::<IpNet>()
+                    .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        format!(
+                            "proxy.trusted_proxies entry {entry:?} is not an IP address or CIDR (such as \"10.0.0.0/24\")"
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             enabled: false,
-            forwarded_headers: "none".to_owned(),
+            forwarded_headers: ForwardedHeaders::None,
             trusted_proxies: Vec::new(),
             identity: ProxyIdentityConfig::default(),
+        }
+    }
+}
+
+/// `proxy.forwarded_headers`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeaders {
+    /// Ignore forwarded headers.
+    #[default]
+    None,
+    /// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`.
+    XForwarded,
+    /// RFC 7239 `Forwarded`.
+    Forwarded,
+}
+
+impl ForwardedHeaders {
+    /// The name used in config.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardedHeaders::None => "none",
+            ForwardedHeaders::XForwarded => "x-forwarded",
+            ForwardedHeaders::Forwarded => "forwarded",
         }
     }
 }
@@ -321,7 +578,7 @@ impl Default for ProxyConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyIdentityConfig {
     /// `none` or `header`.
-    pub mode: String,
+    pub mode: IdentityMode,
     /// Header carrying the client identity from the proxy.
     pub header_name: Option<String>,
     /// Accept the identity header only over TLS.
@@ -331,11 +588,22 @@ pub struct ProxyIdentityConfig {
 impl Default for ProxyIdentityConfig {
     fn default() -> Self {
         ProxyIdentityConfig {
-            mode: "none".to_owned(),
+            mode: IdentityMode::None,
             header_name: None,
             require_tls: true,
         }
     }
+}
+
+/// `proxy.identity.mode`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentityMode {
+    /// No identity hand-off.
+    #[default]
+    None,
+    /// A trusted proxy names the client in `header_name` (mtls only).
+    Header,
 }
 
 /// `[observability]`
@@ -344,25 +612,81 @@ impl Default for ProxyIdentityConfig {
 pub struct ObservabilityConfig {
     /// `tracing` filter directives (overridden by `RUST_LOG`).
     pub rust_log: String,
+    /// `pretty` (human-readable) or `json` (one object per line).
+    pub log_format: LogFormat,
+    /// How request spans name streams: `plain`, `hashed` or `omitted`.
+    pub stream_names: StreamNameLogging,
+    /// Serve Prometheus metrics at `/metrics`.
+    pub metrics_enabled: bool,
 }
 
 impl Default for ObservabilityConfig {
     fn default() -> Self {
         ObservabilityConfig {
             rust_log: "info".to_owned(),
+            log_format: LogFormat::Pretty,
+            stream_names: StreamNameLogging::Plain,
+            metrics_enabled: true,
         }
     }
+}
+
+/// `observability.log_format`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `observability.stream_names`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StreamNameLogging {
+    /// The stream name as requested.
+    #[default]
+    Plain,
+    /// A short stable hash of the name (correlates requests without revealing names).
+    Hashed,
+    /// No stream name at all.
+    Omitted,
+}
+
+/// Legacy `[tls]`: mapped onto `[transport.tls]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LegacyTlsConfig {
+    /// Now `transport.tls.cert_path`.
+    pub cert_path: Option<PathBuf>,
+    /// Now `transport.tls.key_path`.
+    pub key_path: Option<PathBuf>,
+}
+
+/// Legacy `[log]`: mapped onto `[observability]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LegacyLogConfig {
+    /// Now `observability.rust_log`.
+    pub rust_log: Option<String>,
 }
 
 /// Where configuration is read from.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigLoadOptions {
-    /// Directory holding `default.toml` (default `./config`); missing files are skipped.
+    /// Built-in profile layered under the files, and the `<profile>.toml` file name.
+    pub profile: DeploymentProfile,
+    /// Directory holding `default.toml`, `<profile>.toml` and `local.toml` (default
+    /// `./config`); missing files are skipped.
     pub config_dir: Option<PathBuf>,
     /// An explicit file (`--config`), which must exist.
     pub config_file: Option<PathBuf>,
-    /// Skip `DS_*` environment variables (for tests).
+    /// Skip `DS_*` environment variables.
     pub ignore_env: bool,
+    /// Read `DS_*` variables from this map instead of the process environment (tests).
+    pub env: Option<HashMap<String, String>>,
 }
 
 /// Keys whose `DS_*` values are comma-separated lists.
@@ -372,6 +696,9 @@ const LIST_KEYS: &[&str] = &[
     "proxy.trusted_proxies",
 ];
 
+/// The HTTP versions `transport.http.versions` accepts.
+const HTTP_VERSIONS: &[&str] = &["http1", "http2"];
+
 impl Config {
     /// Loads and validates the configuration from the layered sources.
     pub fn load(opts: &ConfigLoadOptions) -> Result<Config, ConfigError> {
@@ -379,20 +706,35 @@ impl Config {
             .config_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("config"));
-        let mut builder = config::Config::builder();
-        builder = builder.add_source(
-            config::File::from(dir.join("default.toml"))
-                .format(config::FileFormat::Toml)
-                .required(false),
-        );
+        // The operator's sources, without the built-in layers: legacy keys are mapped only where
+        // the operator did not also set the new key.
+        let mut user = config::Config::builder();
+        for name in [
+            "default.toml".to_owned(),
+            format!("{}.toml", opts.profile.as_str()),
+            "local.toml".to_owned(),
+        ] {
+            let path = dir.join(name);
+            if path.exists() && !path.is_file() {
+                return Err(ConfigError::Load(format!(
+                    "config path {} is not a file",
+                    path.display()
+                )));
+            }
+            user = user.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(false),
+            );
+        }
         if let Some(file) = &opts.config_file {
             if !file.is_file() {
                 return Err(ConfigError::Load(format!(
-                    "config file {} does not exist or is not a file",
+                    "config file {} (--config) does not exist or is not a file",
                     file.display()
                 )));
             }
-            builder = builder.add_source(
+            user = user.add_source(
                 config::File::from(file.as_path())
                     .format(config::FileFormat::Toml)
                     .required(true),
@@ -407,28 +749,123 @@ impl Config {
             for key in LIST_KEYS {
                 env = env.with_list_parse_key(key);
             }
-            builder = builder.add_source(env);
+            if let Some(vars) = &opts.env {
+                env = env.source(Some(vars.clone().into_iter().collect()));
+            }
+            user = user.add_source(env);
         }
-        let cfg: Config = builder
-            .build()
-            .and_then(config::Config::try_deserialize)
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        cfg.validate()?;
-        Ok(cfg)
+        let user = user.build().map_err(|e| ConfigError::Load(e.to_string()))?;
+        Config::resolve(opts.profile, &user)
     }
 
-    /// Parses one TOML document over the defaults (no files, no environment).
+    /// Parses one TOML document over the defaults (no profile, files or environment).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = config::Config::builder()
+        Config::from_toml_with_profile(DeploymentProfile::Default, text)
+    }
+
+    /// Parses one TOML document over `profile`'s defaults (no files or environment).
+    pub fn from_toml_with_profile(
+        profile: DeploymentProfile,
+        text: &str,
+    ) -> Result<Config, ConfigError> {
+        let user = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
-            .and_then(config::Config::try_deserialize)
             .map_err(|e| ConfigError::Load(e.to_string()))?;
+        Config::resolve(profile, &user)
+    }
+
+    /// Layers `user` over the profile defaults, maps legacy keys, and validates.
+    fn resolve(profile: DeploymentProfile, user: &config::Config) -> Result<Config, ConfigError> {
+        let merged = config::Config::builder()
+            .add_source(config::File::from_str(
+                profile.defaults_toml(),
+                config::FileFormat::Toml,
+            ))
+            .add_source(user.clone())
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let mut cfg: Config = merged
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        cfg.profile = profile;
+        cfg.map_legacy(|key| user.get::<config::Value>(key).is_ok());
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Checks the rules that hold whatever the deployment.
+    /// Moves legacy keys onto the new model. `set_by_operator(key)` tells whether the operator
+    /// set the new key too, in which case it wins and the legacy key is only reported.
+    fn map_legacy(&mut self, set_by_operator: impl Fn(&str) -> bool) {
+        let mut notes = Vec::new();
+        if let Some(port) = self.server.port.take() {
+            if set_by_operator("server.bind_address") {
+                notes.push(format!(
+                    "server.port = {port} is deprecated and ignored because server.bind_address is set; remove it"
+                ));
+            } else {
+                self.server.bind_address = format!("0.0.0.0:{port}");
+                notes.push(format!(
+                    "server.port is deprecated; use server.bind_address = \"0.0.0.0:{port}\""
+                ));
+            }
+        }
+        if let Some(tls) = self.tls.take() {
+            for (old, value, new_key, slot) in [
+                (
+                    "tls.cert_path",
+                    tls.cert_path,
+                    "transport.tls.cert_path",
+                    &mut self.transport.tls.cert_path,
+                ),
+                (
+                    "tls.key_path",
+                    tls.key_path,
+                    "transport.tls.key_path",
+                    &mut self.transport.tls.key_path,
+                ),
+            ] {
+                let Some(value) = value else { continue };
+                if set_by_operator(new_key) {
+                    notes.push(format!(
+                        "[tls] {old} is deprecated and ignored because {new_key} is set; remove it"
+                    ));
+                } else {
+                    *slot = Some(value);
+                    notes.push(format!("[tls] {old} is deprecated; use {new_key}"));
+                }
+            }
+            // The legacy server served TLS whenever a certificate was configured.
+            if self.transport.tls.cert_path.is_some()
+                && self.transport.tls.key_path.is_some()
+                && !set_by_operator("transport.mode")
+                && self.transport.mode == TransportMode::Http
+            {
+                self.transport.mode = TransportMode::Tls;
+                notes.push(
+                    "[tls] without transport.mode now means transport.mode = \"tls\"; set it explicitly"
+                        .to_owned(),
+                );
+            }
+        }
+        if let Some(log) = self.log.take()
+            && let Some(filter) = log.rust_log
+        {
+            if set_by_operator("observability.rust_log") {
+                notes.push(
+                    "[log] rust_log is deprecated and ignored because observability.rust_log is set; remove it"
+                        .to_owned(),
+                );
+            } else {
+                self.observability.rust_log = filter;
+                notes.push("[log] rust_log is deprecated; use observability.rust_log".to_owned());
+            }
+        }
+        self.deprecations.extend(notes);
+    }
+
+    /// Checks the rules that tie keys together; each message names the keys involved.
+    #[allow(clippy::too_many_lines)] // one flat list of rules reads better than helpers
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
         if self
@@ -438,15 +875,18 @@ impl Config {
             .is_err()
         {
             return invalid(format!(
-                "server.bind_address {:?} is not an `ip:port` socket address",
+                "server.bind_address {:?} is not an `ip:port` socket address (such as \"0.0.0.0:4437\")",
                 self.server.bind_address
             ));
         }
         let base = &self.http.stream_base_path;
-        if !base.starts_with('/') || (base.len() > 1 && base.ends_with('/')) || base.contains("//")
+        if !base.starts_with('/')
+            || (base.len() > 1 && base.ends_with('/'))
+            || base.contains("//")
+            || base.contains(['?', '#', ' '])
         {
             return invalid(format!(
-                "http.stream_base_path {base:?} must start with '/' and not end with '/'"
+                "http.stream_base_path {base:?} must start with '/', not end with '/', and contain no '//', '?', '#' or spaces"
             ));
         }
         if self.limits.max_stream_bytes == Some(0)
@@ -476,13 +916,195 @@ impl Config {
                 self.storage.acid_shard_count
             ));
         }
+        self.validate_transport()?;
+        self.validate_proxy()?;
+        if self.profile.is_production()
+            && self.http.cors_origins.trim() == "*"
+            && !self.http.allow_wildcard_cors
+        {
+            return invalid(format!(
+                "http.cors_origins = \"*\" is refused in the {} profile; list the allowed origins, or set http.allow_wildcard_cors = true",
+                self.profile
+            ));
+        }
         Ok(())
+    }
+
+    #[allow(clippy::too_many_lines)] // one flat list of rules reads better than helpers
+    fn validate_transport(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let mode = self.transport.mode;
+        let tls = &self.transport.tls;
+        let versions = &self.transport.http.versions;
+        if versions.is_empty() {
+            return invalid(
+                "transport.http.versions must not be empty; use [\"http1\"]".to_owned(),
+            );
+        }
+        for v in versions {
+            if v == "http3" {
+                return invalid(
+                    "transport.http.versions: \"http3\" is not implemented; use \"http1\" and, over tls/mtls, \"http2\""
+                        .to_owned(),
+                );
+            }
+            if !HTTP_VERSIONS.contains(&v.as_str()) {
+                return invalid(format!(
+                    "transport.http.versions: unknown version {v:?}; expected \"http1\" or \"http2\""
+                ));
+            }
+        }
+        if !versions.iter().any(|v| v == "http1") {
+            return invalid(
+                "transport.http.versions must include \"http1\" (\"http2\" is offered alongside it)"
+                    .to_owned(),
+            );
+        }
+        match mode {
+            TransportMode::Http => {
+                if self.transport.http.http2() {
+                    return invalid(
+                        "transport.http.versions includes \"http2\", which needs transport.mode = \"tls\" or \"mtls\" (no cleartext h2c)"
+                            .to_owned(),
+                    );
+                }
+                for (key, value) in [
+                    ("transport.tls.cert_path", &tls.cert_path),
+                    ("transport.tls.key_path", &tls.key_path),
+                    ("transport.tls.client_ca_path", &tls.client_ca_path),
+                ] {
+                    if value.is_some() {
+                        return invalid(format!(
+                            "{key} is set but transport.mode = \"http\"; set transport.mode = \"tls\" (or \"mtls\"), or remove the TLS paths"
+                        ));
+                    }
+                }
+            }
+            TransportMode::Tls | TransportMode::Mtls => {
+                for (key, value) in [
+                    ("transport.tls.cert_path", &tls.cert_path),
+                    ("transport.tls.key_path", &tls.key_path),
+                ] {
+                    if value.is_none() {
+                        return invalid(format!(
+                            "transport.mode = \"{}\" requires {key}",
+                            mode.as_str()
+                        ));
+                    }
+                }
+                if mode == TransportMode::Mtls && tls.client_ca_path.is_none() {
+                    return invalid(
+                        "transport.mode = \"mtls\" requires transport.tls.client_ca_path (the CA that client certificates must chain to)"
+                            .to_owned(),
+                    );
+                }
+                if mode == TransportMode::Tls && tls.client_ca_path.is_some() {
+                    return invalid(
+                        "transport.tls.client_ca_path is set but transport.mode = \"tls\"; use transport.mode = \"mtls\" to require client certificates"
+                            .to_owned(),
+                    );
+                }
+                let min = tls_version_rank("transport.tls.min_version", &tls.min_version)?;
+                let max = tls_version_rank("transport.tls.max_version", &tls.max_version)?;
+                if min > max {
+                    return invalid(format!(
+                        "transport.tls.min_version {:?} is above transport.tls.max_version {:?}",
+                        tls.min_version, tls.max_version
+                    ));
+                }
+                for p in &tls.alpn_protocols {
+                    if p != "http/1.1" && p != "h2" {
+                        return invalid(format!(
+                            "transport.tls.alpn_protocols: unknown protocol {p:?}; expected \"http/1.1\" or \"h2\""
+                        ));
+                    }
+                }
+                let wants_h1 = tls.alpn_protocols.iter().any(|p| p == "http/1.1");
+                let wants_h2 = tls.alpn_protocols.iter().any(|p| p == "h2");
+                if !wants_h1 {
+                    return invalid(
+                        "transport.http.versions includes \"http1\", so transport.tls.alpn_protocols must include \"http/1.1\""
+                            .to_owned(),
+                    );
+                }
+                if self.transport.http.http2() != wants_h2 {
+                    return invalid(if wants_h2 {
+                        "transport.tls.alpn_protocols includes \"h2\" but transport.http.versions does not include \"http2\"; keep them consistent".to_owned()
+                    } else {
+                        "transport.http.versions includes \"http2\", so transport.tls.alpn_protocols must include \"h2\"".to_owned()
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_proxy(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let proxy = &self.proxy;
+        proxy.trusted_networks().map_err(ConfigError::Invalid)?;
+        if proxy.enabled && proxy.trusted_proxies.is_empty() {
+            return invalid(
+                "proxy.enabled = true requires proxy.trusted_proxies (the proxy addresses or CIDRs to trust)"
+                    .to_owned(),
+            );
+        }
+        if proxy.identity.mode == IdentityMode::Header {
+            if self.transport.mode != TransportMode::Mtls {
+                return invalid(format!(
+                    "proxy.identity.mode = \"header\" is only allowed with transport.mode = \"mtls\" (it is \"{}\")",
+                    self.transport.mode.as_str()
+                ));
+            }
+            if !proxy.enabled {
+                return invalid(
+                    "proxy.identity.mode = \"header\" requires proxy.enabled = true and proxy.trusted_proxies"
+                        .to_owned(),
+                );
+            }
+            match &proxy.identity.header_name {
+                None => {
+                    return invalid(
+                        "proxy.identity.mode = \"header\" requires proxy.identity.header_name"
+                            .to_owned(),
+                    );
+                }
+                Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_err() => {
+                    return invalid(format!(
+                        "proxy.identity.header_name {name:?} is not a valid HTTP header name"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The listen address (validated by [`Config::validate`]).
+    pub fn bind_address(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.bind_address.parse().map_err(|e| {
+            ConfigError::Invalid(format!(
+                "server.bind_address {:?}: {e}",
+                self.server.bind_address
+            ))
+        })
     }
 
     /// The data directory, for display.
     #[must_use]
     pub fn data_dir(&self) -> &Path {
         &self.storage.data_dir
+    }
+}
+
+/// `1.2` → 2, `1.3` → 3.
+fn tls_version_rank(key: &str, v: &str) -> Result<u8, ConfigError> {
+    match v.trim() {
+        "1.2" => Ok(2),
+        "1.3" => Ok(3),
+        other => Err(ConfigError::Invalid(format!(
+            "{key} {other:?} is not a supported TLS version; use \"1.2\" or \"1.3\""
+        ))),
     }
 }
 
@@ -498,55 +1120,4 @@ pub enum ConfigError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_match_the_seed() {
-        let cfg = Config::default();
-        assert_eq!(cfg.server.bind_address, "0.0.0.0:4437");
-        assert_eq!(cfg.http.stream_base_path, "/v1/stream");
-        assert_eq!(cfg.storage.mode, StorageMode::Memory);
-        assert_eq!(cfg.transport.connection.long_poll_timeout_secs, 30);
-        assert_eq!(cfg.limits.max_memory_bytes, 104_857_600);
-        assert_eq!(
-            cfg.limits.effective_max_stream_bytes(StorageMode::Memory),
-            Some(10_485_760)
-        );
-        assert_eq!(
-            cfg.limits
-                .effective_max_stream_bytes(StorageMode::FileDurable),
-            None
-        );
-        cfg.validate().expect("defaults are valid");
-    }
-
-    #[test]
-    fn toml_uses_the_seed_key_names() {
-        let cfg = Config::from_toml(
-            r#"
-            [server]
-            bind_address = "127.0.0.1:9000"
-            [storage]
-            mode = "file-durable"
-            data_dir = "/tmp/x"
-            [transport.connection]
-            long_poll_timeout_secs = 1
-            "#,
-        )
-        .expect("valid");
-        assert_eq!(cfg.server.bind_address, "127.0.0.1:9000");
-        assert_eq!(cfg.storage.mode, StorageMode::FileDurable);
-        assert_eq!(cfg.transport.connection.long_poll_timeout_secs, 1);
-    }
-
-    #[test]
-    fn invalid_values_are_rejected_with_the_key_name() {
-        let err = Config::from_toml("[server]\nbind_address = \"nope\"").expect_err("invalid");
-        assert!(err.to_string().contains("server.bind_address"));
-        let err = Config::from_toml("[http]\nstream_base_path = \"v1/\"").expect_err("invalid");
-        assert!(err.to_string().contains("http.stream_base_path"));
-        let err = Config::from_toml("[storage]\nmode = \"tape\"").expect_err("invalid");
-        assert!(matches!(err, ConfigError::Load(_)));
-    }
-}
+mod tests;

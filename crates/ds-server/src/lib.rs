@@ -1,9 +1,13 @@
 //! The Durable Streams HTTP server.
 //!
 //! This crate owns everything between a socket and the [`ds_storage::Storage`] trait: the
-//! configuration ([`config`]), phase-aware startup ([`startup`]), the axum router
-//! ([`build_router`]), one handler per protocol operation, live reads (long-poll and SSE), and
-//! the mapping of every error to a status and an `application/problem+json` body ([`error`]).
+//! configuration with its profiles and validation ([`config`]), phase-aware startup
+//! ([`startup`]), the transport (plain HTTP/1.1, or rustls with HTTP/1.1 and HTTP/2 by ALPN,
+//! optionally with client certificates, reloaded on `SIGHUP`), graceful shutdown, reverse-proxy
+//! trust ([`proxy`]), request spans and logs ([`telemetry`]), Prometheus metrics ([`metrics`]),
+//! the axum router ([`build_router`]), one handler per protocol operation, live reads
+//! (long-poll and SSE), and the mapping of every error to a status and an
+//! `application/problem+json` body ([`error`]).
 //! It does not know how bytes are stored: handlers are generic over `S: Storage`, and only
 //! [`startup::serve`] picks a concrete backend from `storage.mode`.
 //!
@@ -29,10 +33,20 @@ pub mod config;
 pub mod error;
 mod handlers;
 mod live;
+pub mod metrics;
+pub mod proxy;
 pub mod router;
 pub mod startup;
+pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod testsupport;
+mod tls;
+mod transport;
 
-pub use config::{Config, ConfigLoadOptions};
+pub use config::{Config, ConfigLoadOptions, DeploymentProfile, StorageMode};
 pub use ds_storage::Storage;
 pub use ds_storage_memory::{MemoryOptions, MemoryStorage};
-pub use router::{AppState, DEFAULT_STREAM_BASE_PATH, RouterSettings, build_router};
+pub use router::{
+    AppState, DEFAULT_STREAM_BASE_PATH, RouterSettings, ShutdownToken, build_router,
+    build_router_with_ready,
+};

@@ -4,6 +4,10 @@
 //! "read the tail" and "start waiting" changes the watched value and wakes the reader: no
 //! wake-up is lost, and nobody polls. A long-poll that times out answers with the position it
 //! was waiting at, never with a tail past data it did not return.
+//!
+//! On shutdown ([`ShutdownToken::end_live_reads`](crate::router::ShutdownToken)) a waiting
+//! long-poll answers as if its timeout had passed, and an SSE response ends after its current
+//! event, so connections drain promptly and clients reconnect elsewhere.
 
 use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,7 +24,8 @@ use tokio::time::Instant;
 
 use crate::error::ApiError;
 use crate::handlers::{read_from, set_closed, set_no_store, set_offset};
-use crate::router::App;
+use crate::metrics::OwnedGaugeGuard;
+use crate::router::{App, ShutdownToken};
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -34,18 +39,26 @@ fn next_cursor(client: Option<&str>) -> u64 {
 }
 
 /// Waits until the tail moves away from `pos`, the stream closes or goes away, or `until`.
-/// Returns `None` on timeout.
-async fn wait_change(rx: &mut watch::Receiver<Tail>, pos: Offset, until: Instant) -> Option<Tail> {
+/// Returns `None` on timeout, and at once when the server is shutting down.
+async fn wait_change(
+    rx: &mut watch::Receiver<Tail>,
+    pos: Offset,
+    until: Instant,
+    shutdown: &ShutdownToken,
+) -> Option<Tail> {
     let changed = rx.wait_for(|t| t.next != pos || t.closed || t.gone);
-    match tokio::time::timeout_at(until, changed).await {
-        Ok(Ok(tail)) => Some(*tail),
-        // The sender is gone: the stream was removed.
-        Ok(Err(_)) => Some(Tail {
-            next: pos,
-            closed: true,
-            gone: true,
-        }),
-        Err(_) => None,
+    tokio::select! {
+        res = tokio::time::timeout_at(until, changed) => match res {
+            Ok(Ok(tail)) => Some(*tail),
+            // The sender is gone: the stream was removed.
+            Ok(Err(_)) => Some(Tail {
+                next: pos,
+                closed: true,
+                gone: true,
+            }),
+            Err(_) => None,
+        },
+        () = shutdown.live_reads_end() => None,
     }
 }
 
@@ -56,6 +69,7 @@ pub(crate) async fn long_poll<S: Storage>(
     offset: OffsetParam,
     client_cursor: Option<&str>,
 ) -> Result<Response, ApiError> {
+    let _active = app.metrics.long_poll();
     let mut rx = app.storage.subscribe(name).await?;
     let deadline = Instant::now() + app.settings.long_poll_timeout;
     let chunk_bytes = app.settings.read_chunk_bytes;
@@ -67,6 +81,7 @@ pub(crate) async fn long_poll<S: Storage>(
     let pos = chunk.next;
     loop {
         if !chunk.is_empty() {
+            app.metrics.record_read(chunk.len());
             let mut res = crate::handlers::read::data_response(chunk);
             let out = res.headers_mut();
             out.insert(header::CACHE_CONTROL, app.settings.cacheable.clone());
@@ -79,7 +94,7 @@ pub(crate) async fn long_poll<S: Storage>(
         if chunk.closed {
             return Ok(no_content(pos, true, None));
         }
-        match wait_change(&mut rx, pos, deadline).await {
+        match wait_change(&mut rx, pos, deadline, &app.shutdown).await {
             None => return Ok(no_content(pos, false, Some(next_cursor(client_cursor)))),
             Some(tail) if tail.gone && tail.next == pos && !tail.closed => {
                 return Err(ApiError::Storage(ds_storage::Error::NotFound));
@@ -124,6 +139,8 @@ struct SseConn<S> {
     announced: Option<Offset>,
     close_at: Instant,
     done: bool,
+    /// Counts this response in the SSE gauge until the body is dropped.
+    _active: OwnedGaugeGuard,
 }
 
 /// `GET ?live=sse`.
@@ -153,6 +170,7 @@ pub(crate) async fn sse<S: Storage>(
         announced: None,
         close_at: Instant::now() + app.settings.sse_reconnect_interval,
         done: false,
+        _active: app.metrics.sse(),
     };
     let stream = futures_util::stream::unfold(conn, |mut conn| async move {
         let frame = conn.next_frame().await?;
@@ -204,6 +222,7 @@ impl<S: Storage> SseConn<S> {
                 },
             };
             if !chunk.is_empty() {
+                self.app.metrics.record_read(chunk.len());
                 let mut frame = BytesMut::new();
                 frame.extend_from_slice(&if self.json {
                     sse::json_data_event(&chunk.pieces)
@@ -218,12 +237,16 @@ impl<S: Storage> SseConn<S> {
             if chunk.closed || self.announced != Some(self.pos) {
                 return Some(self.control(&chunk));
             }
+            if self.app.shutdown.live_reads_ended() {
+                return None;
+            }
             let keep_alive = Instant::now() + self.app.settings.sse_keep_alive;
             let until = keep_alive.min(self.close_at);
-            match wait_change(&mut self.rx, self.pos, until).await {
+            match wait_change(&mut self.rx, self.pos, until, &self.app.shutdown).await {
                 Some(tail) if tail.gone => return None,
                 Some(_) => {}
                 None if Instant::now() >= self.close_at => return None,
+                None if self.app.shutdown.live_reads_ended() => return None,
                 None => return Some(sse::keep_alive()),
             }
         }

@@ -1,5 +1,5 @@
-//! The axum router: health endpoints, the reserved `__ds` namespace, and the stream routes
-//! mounted at `http.stream_base_path`.
+//! The axum router: health endpoints, `/metrics`, the reserved `__ds` namespace, and the
+//! stream routes mounted at `http.stream_base_path`, wrapped in proxy trust and request spans.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +14,12 @@ use ds_protocol::NameLimits;
 use ds_storage::Storage;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::config::{CacheVisibility, Config};
+use crate::config::{CacheVisibility, Config, StreamNameLogging};
 use crate::error::ApiError;
 use crate::handlers;
+use crate::metrics::{Metrics, StorageGauges};
+use crate::proxy::{self, ProxyTrust};
+use crate::telemetry::{self, SpanSettings};
 
 /// The default mount path of the protocol.
 pub const DEFAULT_STREAM_BASE_PATH: &str = "/v1/stream";
@@ -42,6 +45,12 @@ pub struct RouterSettings {
     pub cacheable: HeaderValue,
     /// Allowed CORS origins (`*` or a list).
     pub cors_origins: String,
+    /// Reverse-proxy trust.
+    pub proxy: ProxyTrust,
+    /// How request spans name streams.
+    pub stream_names: StreamNameLogging,
+    /// Serve `/metrics`.
+    pub metrics_enabled: bool,
 }
 
 impl RouterSettings {
@@ -72,6 +81,9 @@ impl RouterSettings {
                 _ => "public, max-age=60, stale-while-revalidate=300",
             }),
             cors_origins: cfg.http.cors_origins.clone(),
+            proxy: ProxyTrust::from_config(cfg),
+            stream_names: cfg.observability.stream_names,
+            metrics_enabled: cfg.observability.metrics_enabled,
         }
     }
 }
@@ -82,6 +94,66 @@ impl Default for RouterSettings {
     }
 }
 
+/// Shutdown plumbing shared by the server loop and the handlers.
+///
+/// Shutdown has two steps: [`ShutdownToken::begin_drain`] turns `/readyz` to `503` (load
+/// balancers stop routing here) while requests are still served, then
+/// [`ShutdownToken::end_live_reads`] makes every waiting long-poll answer at once and every SSE
+/// response end after its current event, so connections can drain.
+#[derive(Debug, Clone)]
+pub struct ShutdownToken {
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    live: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for ShutdownToken {
+    fn default() -> Self {
+        ShutdownToken {
+            draining: Arc::default(),
+            live: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+}
+
+impl ShutdownToken {
+    /// A token that has not been triggered.
+    #[must_use]
+    pub fn new() -> Self {
+        ShutdownToken::default()
+    }
+
+    /// Step one: `/readyz` answers `503` from now on.
+    pub fn begin_drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`begin_drain`](Self::begin_drain) was called.
+    #[must_use]
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Step two: live reads return now (implies [`begin_drain`](Self::begin_drain)).
+    pub fn end_live_reads(&self) {
+        self.begin_drain();
+        self.live.send_replace(true);
+    }
+
+    /// Whether live reads were told to end.
+    #[must_use]
+    pub fn live_reads_ended(&self) -> bool {
+        *self.live.borrow()
+    }
+
+    /// Resolves once live reads are told to end.
+    pub async fn live_reads_end(&self) {
+        let mut rx = self.live.subscribe();
+        // The sender lives in `self`, so `wait_for` cannot fail while we hold it.
+        let _ = rx.wait_for(|ended| *ended).await;
+    }
+}
+
 /// Shared state of the handlers.
 #[derive(Debug)]
 pub struct AppState<S> {
@@ -89,6 +161,10 @@ pub struct AppState<S> {
     pub storage: Arc<S>,
     /// Handler settings.
     pub settings: RouterSettings,
+    /// Shutdown plumbing.
+    pub shutdown: ShutdownToken,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Handle to [`AppState`] given to every handler.
@@ -97,15 +173,50 @@ pub type App<S> = Arc<AppState<S>>;
 /// Builds the Durable Streams router over `storage`.
 ///
 /// Mount it as the whole application, or merge it into another axum app. It answers
-/// `/healthz`, `/readyz`, the reserved `{base}/__ds/...` namespace, and streams under
-/// `{base}/...`; every error is `application/problem+json`.
+/// `/healthz`, `/readyz`, `/metrics` (unless disabled), the reserved `{base}/__ds/...`
+/// namespace, and streams under `{base}/...`; every error is `application/problem+json`.
 pub fn build_router<S: Storage>(storage: Arc<S>, settings: RouterSettings) -> Router {
+    build_router_with_ready(storage, settings, ShutdownToken::new())
+}
+
+/// [`build_router`] with shutdown plumbing: after [`ShutdownToken::begin_drain`], `/readyz`
+/// answers `503`; after [`ShutdownToken::end_live_reads`], long-polls and SSE responses end.
+pub fn build_router_with_ready<S: Storage>(
+    storage: Arc<S>,
+    settings: RouterSettings,
+    shutdown: ShutdownToken,
+) -> Router {
+    build_router_with_metrics(storage, settings, shutdown, Arc::default())
+}
+
+/// [`build_router_with_ready`] recording into `metrics` (shared with the accept loop).
+pub(crate) fn build_router_with_metrics<S: Storage>(
+    storage: Arc<S>,
+    settings: RouterSettings,
+    shutdown: ShutdownToken,
+    metrics: Arc<Metrics>,
+) -> Router {
     let base = settings.base_path.clone();
     let cors = cors_layer(&settings.cors_origins);
-    let state: App<S> = Arc::new(AppState { storage, settings });
+    let trust = Arc::new(settings.proxy.clone());
+    let spans = Arc::new(SpanSettings {
+        base_path: base.clone(),
+        stream_names: settings.stream_names,
+        metrics: Arc::clone(&metrics),
+    });
+    let metrics_enabled = settings.metrics_enabled;
+    let state: App<S> = Arc::new(AppState {
+        storage,
+        settings,
+        shutdown,
+        metrics,
+    });
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>));
+    if metrics_enabled {
+        router = router.route("/metrics", get(metrics_text::<S>));
+    }
     // The reserved namespace is routed before stream names, so no stream can shadow it.
     router = router
         .route(&format!("{base}/__ds"), any(reserved))
@@ -116,6 +227,12 @@ pub fn build_router<S: Storage>(storage: Arc<S>, settings: RouterSettings) -> Ro
         .with_state(state)
         .layer(cors)
         .layer(middleware::from_fn(security_headers))
+        // Outermost last: proxy trust resolves the client before the span records it.
+        .layer(middleware::from_fn_with_state(
+            spans,
+            telemetry::request_span,
+        ))
+        .layer(middleware::from_fn_with_state(trust, proxy::resolve_origin))
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -129,7 +246,7 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz<S: Storage>(State(app): State<App<S>>) -> Response {
-    let (status, body) = if app.storage.is_ready() {
+    let (status, body) = if app.storage.is_ready() && !app.shutdown.is_draining() {
         (StatusCode::OK, "{\"status\":\"ready\"}")
     } else {
         (
@@ -144,6 +261,32 @@ async fn readyz<S: Storage>(State(app): State<App<S>>) -> Response {
             (header::CACHE_CONTROL, "no-store"),
         ],
         body,
+    )
+        .into_response()
+}
+
+/// `/metrics`: Prometheus text exposition, with store gauges read now.
+async fn metrics_text<S: Storage>(State(app): State<App<S>>) -> Response {
+    let storage = match app.storage.list().await {
+        Ok(streams) => Some(StorageGauges {
+            streams: streams.len() as u64,
+            bytes: streams.iter().map(|s| s.bytes).sum(),
+            ready: app.storage.is_ready(),
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: listing streams failed");
+            None
+        }
+    };
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        app.metrics.render(storage),
     )
         .into_response()
 }

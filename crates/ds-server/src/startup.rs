@@ -1,15 +1,22 @@
 //! Phase-aware startup: every failure names the phase it happened in, and each phase has its
 //! own exit code, so operators and process managers can tell a bad config from a busy port.
+//!
+//! The phases, in order: `[load_config]` (files, environment), `[validate_config]`
+//! (cross-key rules), `[check_tls_files]` (paths exist and are readable files),
+//! `[build_tls_context]` (PEM contents, key fits certificate, client CA), `[bind_listener]`,
+//! `[start_server]` (storage, runtime). Once bound, a one-screen summary is printed.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ds_storage::Storage;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, ConfigError, ConfigLoadOptions, StorageMode, TransportMode};
-use crate::router::{RouterSettings, build_router};
+use crate::config::{Config, ConfigError, ConfigLoadOptions, StorageMode};
+use crate::metrics::Metrics;
+use crate::router::{RouterSettings, ShutdownToken, build_router_with_metrics};
+use crate::tls::{self, TlsReloader};
+use crate::transport::{self, ServeOptions, Trigger};
 
 /// The startup phases, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,48 +91,48 @@ pub fn load_config(opts: &ConfigLoadOptions) -> Result<Config, StartupError> {
     })
 }
 
-/// Initialises `tracing` from `RUST_LOG`, else `observability.rust_log`.
+/// Initialises `tracing` (see [`telemetry::init_tracing`](crate::telemetry::init_tracing)) and
+/// logs the configuration's deprecation warnings.
 pub fn init_tracing(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.observability.rust_log))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A second initialisation (tests, embedders with their own subscriber) is not an error.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::telemetry::init_tracing(cfg);
+    for note in &cfg.deprecations {
+        tracing::warn!(target: "ds_server::config", "deprecated config: {note}");
+    }
+}
+
+/// `[check_tls_files]` then `[build_tls_context]`: the TLS configuration, or `None` in http
+/// mode.
+pub fn check_tls(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, StartupError> {
+    if !cfg.transport.mode.is_tls() {
+        return Ok(None);
+    }
+    tls::check_files(cfg)?;
+    tls::server_config(cfg).map(Some)
 }
 
 /// Runs the server until `shutdown` completes (or SIGINT/SIGTERM when it is `None`).
+///
+/// The TLS phases run before the backend opens storage, so a bad certificate is reported
+/// without touching the data directory.
 pub async fn serve(
     cfg: Config,
     shutdown: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> Result<(), StartupError> {
-    if cfg.transport.mode != TransportMode::Http {
-        return Err(StartupError::new(
-            Phase::ValidateConfig,
-            format!(
-                "transport.mode {:?} is not built yet in this version; use \"http\" behind a TLS-terminating proxy",
-                cfg.transport.mode
-            ),
-        ));
-    }
+    check_tls(&cfg)?;
     crate::backend::serve_on_configured_backend(cfg, shutdown).await
 }
 
-/// Serves `storage` with `cfg` until shutdown: binds, builds the router, runs the expiry
-/// sweeper, and drains on shutdown.
+/// Serves `storage` with `cfg` until shutdown: builds the TLS context, binds, builds the
+/// router, runs the expiry sweeper, and drains on shutdown (see the `transport` module docs).
 pub async fn run<S: Storage>(
     cfg: Config,
     storage: Arc<S>,
     shutdown: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> Result<(), StartupError> {
-    let addr: SocketAddr = cfg.server.bind_address.parse().map_err(|e| {
-        StartupError::new(
-            Phase::ValidateConfig,
-            format!("server.bind_address {:?}: {e}", cfg.server.bind_address),
-        )
-    })?;
+    let tls_config = check_tls(&cfg)?;
+    let addr = cfg
+        .bind_address()
+        .map_err(|e| StartupError::new(Phase::ValidateConfig, e.to_string()))?;
     let listener = TcpListener::bind(addr).await.map_err(|e| {
         StartupError::new(Phase::BindListener, format!("cannot listen on {addr}: {e}"))
     })?;
@@ -136,7 +143,15 @@ pub async fn run<S: Storage>(
         )
     })?;
     let settings = RouterSettings::from_config(&cfg);
-    let router = build_router(Arc::clone(&storage), settings);
+    let token = ShutdownToken::new();
+    let metrics = Arc::new(Metrics::default());
+    let router = build_router_with_metrics(
+        Arc::clone(&storage),
+        settings,
+        token.clone(),
+        Arc::clone(&metrics),
+    );
+    let tls = tls_config.map(|c| Arc::new(TlsReloader::new(cfg.clone(), c)));
 
     // Expired streams are invisible at once; this reclaims their memory or disk in the background.
     let sweeper = {
@@ -152,53 +167,102 @@ pub async fn run<S: Storage>(
         })
     };
 
-    eprintln!(
-        "durable-streams-server listening on http://{local}\n  transport: {:?}, HTTP versions: {}\n  storage: {} ({})\n  streams: {}",
-        cfg.transport.mode,
-        cfg.transport.http.versions.join(", "),
+    eprintln!("{}", summary(&cfg, local));
+    tracing::info!(
+        server.address = %local,
+        transport = cfg.transport.mode.as_str(),
+        storage = cfg.storage.mode.as_str(),
+        profile = cfg.profile.as_str(),
+        "server started"
+    );
+
+    let trigger = match shutdown {
+        Some(rx) => Trigger::Channel(Some(rx)),
+        None => Trigger::Signals,
+    };
+    let opts = ServeOptions {
+        drain_timeout: Duration::from_secs(cfg.server.drain_timeout_secs),
+        shutdown_delay: Duration::from_secs(cfg.server.shutdown_delay_secs),
+    };
+    transport::serve(listener, tls, router, metrics, token, opts, trigger).await;
+    sweeper.abort();
+    // Wait for the aborted task to be dropped, so it no longer holds the store.
+    let _ = sweeper.await;
+    // The store closes (and a durable backend flushes) when its last handle drops; a
+    // connection that outlived the drain timeout may still hold one until it ends.
+    if let Ok(store) = Arc::try_unwrap(storage) {
+        drop(store);
+        tracing::info!("storage closed");
+    } else {
+        tracing::warn!("storage still in use by connections past the drain timeout");
+    }
+    Ok(())
+}
+
+/// The one-screen startup summary.
+#[must_use]
+pub fn summary(cfg: &Config, local: std::net::SocketAddr) -> String {
+    let scheme = if cfg.transport.mode.is_tls() {
+        "https"
+    } else {
+        "http"
+    };
+    let tls = &cfg.transport.tls;
+    let mut lines = vec![
+        format!("durable-streams-server listening on {scheme}://{local}"),
+        format!("  profile:    {}", cfg.profile),
+        format!(
+            "  transport:  {} (HTTP versions: {})",
+            cfg.transport.mode.as_str(),
+            cfg.transport.http.versions.join(", ")
+        ),
+    ];
+    if cfg.transport.mode.is_tls() {
+        lines.push(format!(
+            "  tls:        {}..{}, ALPN {}, client certificates {}",
+            tls.min_version,
+            tls.max_version,
+            tls.alpn_protocols.join(", "),
+            if cfg.transport.mode == crate::config::TransportMode::Mtls {
+                "required"
+            } else {
+                "not requested"
+            }
+        ));
+    }
+    lines.push(format!(
+        "  storage:    {} ({})",
         cfg.storage.mode.as_str(),
         if cfg.storage.mode == StorageMode::Memory {
             "in memory, lost on restart".to_owned()
         } else {
             cfg.storage.data_dir.display().to_string()
-        },
-        cfg.http.stream_base_path,
-    );
-    tracing::info!(address = %local, storage = cfg.storage.mode.as_str(), "server started");
-
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            match shutdown {
-                Some(rx) => {
-                    let _ = rx.await;
-                }
-                None => shutdown_signal().await,
-            }
-        })
-        .await
-        .map_err(|e| StartupError::new(Phase::StartServer, format!("server failed: {e}")));
-    sweeper.abort();
-    result
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutting down: draining connections");
+    ));
+    lines.push(format!(
+        "  streams:    {}{}",
+        cfg.http.stream_base_path,
+        if cfg.observability.metrics_enabled {
+            "   health: /healthz /readyz   metrics: /metrics"
+        } else {
+            "   health: /healthz /readyz"
+        }
+    ));
+    lines.push(format!(
+        "  proxy:      {}",
+        if cfg.proxy.enabled {
+            format!(
+                "trusting {} from {}",
+                cfg.proxy.forwarded_headers.as_str(),
+                cfg.proxy.trusted_proxies.join(", ")
+            )
+        } else {
+            "no forwarded headers trusted".to_owned()
+        }
+    ));
+    lines.push(format!(
+        "  shutdown:   drain up to {}s",
+        cfg.server.drain_timeout_secs
+    ));
+    lines.join("\n")
 }

@@ -44,6 +44,7 @@ pub(super) async fn append<S: Storage>(app: &App<S>, req: Request) -> Result<Res
         return Err(ApiError::Storage(ds_storage::Error::EmptyBody));
     }
     let had_body = !body.is_empty();
+    let body_len = body.len();
     let with_producer = producer.is_some();
     let outcome = app
         .storage
@@ -68,6 +69,9 @@ pub(super) async fn append<S: Storage>(app: &App<S>, req: Request) -> Result<Res
             closed,
             producer,
         } => {
+            if had_body {
+                app.metrics.record_append(body_len);
+            }
             set_offset(out, next);
             if closed {
                 set_closed(out);

@@ -9,6 +9,7 @@ use ds_storage::{CreateOutcome, CreateRequest, Storage};
 use super::{fork, header_str, set_closed, set_content_type, set_offset, stream_name};
 use crate::body::read_limited;
 use crate::error::ApiError;
+use crate::proxy::ClientOrigin;
 use crate::router::App;
 
 pub(super) async fn create<S: Storage>(app: &App<S>, req: Request) -> Result<Response, ApiError> {
@@ -55,8 +56,19 @@ pub(super) async fn create<S: Storage>(app: &App<S>, req: Request) -> Result<Res
     }
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::CREATED {
-        let host = header_str(headers, "host")?.unwrap_or("localhost");
-        if let Ok(v) = HeaderValue::from_str(&format!("http://{host}{}", parts.uri.path())) {
+        // Scheme and host as the client used them, through trusted proxies (crate::proxy).
+        let base = match parts.extensions.get::<ClientOrigin>() {
+            Some(origin) => format!(
+                "{}://{}",
+                origin.scheme,
+                origin.host.as_deref().unwrap_or("localhost")
+            ),
+            None => format!(
+                "http://{}",
+                header_str(headers, "host")?.unwrap_or("localhost")
+            ),
+        };
+        if let Ok(v) = HeaderValue::from_str(&format!("{base}{}", parts.uri.path())) {
             out.insert(header::LOCATION, v);
         }
     }

@@ -71,6 +71,9 @@ async fn catch_up<S: Storage>(
         .storage
         .read(name, read_from(offset), app.settings.read_chunk_bytes)
         .await?;
+    if !chunk.is_empty() {
+        app.metrics.record_read(chunk.len());
+    }
     if offset == OffsetParam::Now {
         // The tail position changes with every append: never cached, no ETag (section 8).
         let mut res = data_response(chunk);

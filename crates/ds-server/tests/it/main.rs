@@ -1,7 +1,14 @@
 //! Integration tests of the router, driven in-process with `tower::ServiceExt::oneshot` on
-//! the memory backend.
+//! the memory backend, and of the transport (TLS, HTTP/2, mTLS, proxy trust, shutdown) over
+//! loopback sockets.
 
 mod bad_input;
 mod live;
+mod net;
+mod operator;
 mod protocol;
+mod proxy;
+mod seed_config;
+mod shutdown;
+mod tls;
 mod util;

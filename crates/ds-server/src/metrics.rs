@@ -1,0 +1,343 @@
+//! Process metrics in the Prometheus text exposition format (version 0.0.4), served at
+//! `/metrics`.
+//!
+//! Hand-written on purpose: a handful of counters, gauges and one histogram do not justify a
+//! metrics framework. Counters are atomics; the per-(method, status) request table sits behind
+//! one short `Mutex`, never held across an `.await`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the request-duration histogram buckets.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+#[derive(Debug, Default, Clone)]
+struct RequestStats {
+    count: u64,
+    sum_secs: f64,
+    /// Non-cumulative counts per bucket; the last slot is `+Inf`.
+    buckets: [u64; BUCKETS.len() + 1],
+}
+
+/// The server's metrics. Cheap to update from any task.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), RequestStats>>,
+    appends: AtomicU64,
+    append_bytes: AtomicU64,
+    reads: AtomicU64,
+    read_bytes: AtomicU64,
+    long_polls_active: AtomicI64,
+    sse_active: AtomicI64,
+    sse_total: AtomicU64,
+    connections_active: AtomicI64,
+    connections_total: AtomicU64,
+    tls_handshake_failures: AtomicU64,
+}
+
+/// Decrements a gauge when dropped, so a gauge cannot leak on an early return or a dropped
+/// response body.
+#[derive(Debug)]
+pub struct GaugeGuard<'a>(&'a AtomicI64);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Like [`GaugeGuard`], for guards that must outlive a borrow (SSE bodies).
+#[derive(Debug)]
+pub struct OwnedGaugeGuard {
+    metrics: std::sync::Arc<Metrics>,
+    which: Gauge,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Gauge {
+    Sse,
+    Connections,
+}
+
+impl Drop for OwnedGaugeGuard {
+    fn drop(&mut self) {
+        let gauge = match self.which {
+            Gauge::Sse => &self.metrics.sse_active,
+            Gauge::Connections => &self.metrics.connections_active,
+        };
+        gauge.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    /// Records one finished request (duration until the response head).
+    pub fn record_request(&self, method: &str, status: u16, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let slot = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        let mut table = self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = table.entry((method.to_owned(), status)).or_default();
+        entry.count += 1;
+        entry.sum_secs += secs;
+        entry.buckets[slot] += 1;
+    }
+
+    /// Records a successful append of `bytes` payload bytes.
+    pub fn record_append(&self, bytes: usize) {
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        self.append_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Records data sent to a reader (catch-up, long-poll or SSE).
+    pub fn record_read(&self, bytes: usize) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.read_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts an open long-poll until the guard drops.
+    pub fn long_poll(&self) -> GaugeGuard<'_> {
+        self.long_polls_active.fetch_add(1, Ordering::Relaxed);
+        GaugeGuard(&self.long_polls_active)
+    }
+
+    /// Counts an open SSE response until the guard drops.
+    pub fn sse(self: &std::sync::Arc<Self>) -> OwnedGaugeGuard {
+        self.sse_active.fetch_add(1, Ordering::Relaxed);
+        self.sse_total.fetch_add(1, Ordering::Relaxed);
+        OwnedGaugeGuard {
+            metrics: std::sync::Arc::clone(self),
+            which: Gauge::Sse,
+        }
+    }
+
+    /// Counts an accepted connection until the guard drops.
+    pub fn connection(self: &std::sync::Arc<Self>) -> OwnedGaugeGuard {
+        self.connections_active.fetch_add(1, Ordering::Relaxed);
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        OwnedGaugeGuard {
+            metrics: std::sync::Arc::clone(self),
+            which: Gauge::Connections,
+        }
+    }
+
+    /// Counts a failed TLS handshake (including a refused client certificate).
+    pub fn record_tls_handshake_failure(&self) {
+        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Open SSE responses.
+    #[must_use]
+    pub fn sse_active(&self) -> i64 {
+        self.sse_active.load(Ordering::Relaxed)
+    }
+
+    /// Open long-polls.
+    #[must_use]
+    pub fn long_polls_active(&self) -> i64 {
+        self.long_polls_active.load(Ordering::Relaxed)
+    }
+
+    /// The exposition text; `storage` carries the gauges read from the store at scrape time.
+    #[must_use]
+    #[allow(clippy::too_many_lines)] // one flat list of series reads better than helpers
+    pub fn render(&self, storage: Option<StorageGauges>) -> String {
+        let mut out = String::with_capacity(4096);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let gauge = |a: &AtomicI64| a.load(Ordering::Relaxed);
+        {
+            let table = self
+                .requests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            header(
+                &mut out,
+                "ds_http_requests_total",
+                "counter",
+                "HTTP requests answered, by method and status.",
+            );
+            for ((method, status), s) in &table {
+                let _ = writeln!(
+                    out,
+                    "ds_http_requests_total{{method=\"{method}\",status=\"{status}\"}} {}",
+                    s.count
+                );
+            }
+            header(
+                &mut out,
+                "ds_http_request_duration_seconds",
+                "histogram",
+                "Time from request to response head, by method and status.",
+            );
+            for ((method, status), s) in &table {
+                let labels = format!("method=\"{method}\",status=\"{status}\"");
+                let mut cumulative = 0;
+                for (i, bound) in BUCKETS.iter().enumerate() {
+                    cumulative += s.buckets[i];
+                    let _ = writeln!(
+                        out,
+                        "ds_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                    );
+                }
+                cumulative += s.buckets[BUCKETS.len()];
+                let _ = writeln!(
+                    out,
+                    "ds_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+                );
+                let _ = writeln!(
+                    out,
+                    "ds_http_request_duration_seconds_sum{{{labels}}} {}",
+                    s.sum_secs
+                );
+                let _ = writeln!(
+                    out,
+                    "ds_http_request_duration_seconds_count{{{labels}}} {}",
+                    s.count
+                );
+            }
+        }
+        let counters = [
+            (
+                "ds_appends_total",
+                "Successful appends (including close-with-data).",
+                load(&self.appends),
+            ),
+            (
+                "ds_append_bytes_total",
+                "Payload bytes accepted by appends.",
+                load(&self.append_bytes),
+            ),
+            (
+                "ds_reads_total",
+                "Responses or SSE events that carried stream data.",
+                load(&self.reads),
+            ),
+            (
+                "ds_read_bytes_total",
+                "Payload bytes sent to readers.",
+                load(&self.read_bytes),
+            ),
+            (
+                "ds_sse_connections_total",
+                "SSE responses started.",
+                load(&self.sse_total),
+            ),
+            (
+                "ds_connections_total",
+                "Connections accepted.",
+                load(&self.connections_total),
+            ),
+            (
+                "ds_tls_handshake_failures_total",
+                "TLS handshakes that failed, including refused client certificates.",
+                load(&self.tls_handshake_failures),
+            ),
+        ];
+        for (name, help, value) in counters {
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        let gauges = [
+            (
+                "ds_long_polls_active",
+                "Long-poll requests waiting for data.",
+                gauge(&self.long_polls_active),
+            ),
+            (
+                "ds_sse_connections_active",
+                "Open SSE responses.",
+                gauge(&self.sse_active),
+            ),
+            (
+                "ds_connections_active",
+                "Open client connections.",
+                gauge(&self.connections_active),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            header(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        if let Some(s) = storage {
+            header(
+                &mut out,
+                "ds_storage_streams",
+                "gauge",
+                "Live streams in the store.",
+            );
+            let _ = writeln!(out, "ds_storage_streams {}", s.streams);
+            header(
+                &mut out,
+                "ds_storage_bytes",
+                "gauge",
+                "Payload bytes held by live streams.",
+            );
+            let _ = writeln!(out, "ds_storage_bytes {}", s.bytes);
+            header(
+                &mut out,
+                "ds_storage_ready",
+                "gauge",
+                "1 when the store can serve requests.",
+            );
+            let _ = writeln!(out, "ds_storage_ready {}", u8::from(s.ready));
+        }
+        out
+    }
+}
+
+/// Store gauges, read at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StorageGauges {
+    /// Live streams.
+    pub streams: u64,
+    /// Payload bytes they hold.
+    pub bytes: u64,
+    /// Whether the store is ready.
+    pub ready: bool,
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_cumulative_buckets_and_gauges() {
+        let m = std::sync::Arc::new(Metrics::default());
+        m.record_request("GET", 200, Duration::from_millis(3));
+        m.record_request("GET", 200, Duration::from_secs(100));
+        m.record_append(10);
+        let guard = m.sse();
+        let text = m.render(Some(StorageGauges {
+            streams: 2,
+            bytes: 30,
+            ready: true,
+        }));
+        assert!(text.contains("ds_http_requests_total{method=\"GET\",status=\"200\"} 2"));
+        assert!(text.contains(
+            "ds_http_request_duration_seconds_bucket{method=\"GET\",status=\"200\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains(
+            "ds_http_request_duration_seconds_bucket{method=\"GET\",status=\"200\",le=\"+Inf\"} 2"
+        ));
+        assert!(text.contains("ds_append_bytes_total 10"));
+        assert!(text.contains("ds_sse_connections_active 1"));
+        assert!(text.contains("ds_storage_streams 2"));
+        drop(guard);
+        assert!(m.render(None).contains("ds_sse_connections_active 0"));
+    }
+}

@@ -1,0 +1,145 @@
+//! Logs and request spans.
+//!
+//! Every request runs inside a `request` span whose fields use OpenTelemetry / ECS names
+//! (`http.request.method`, `http.route`, `url.scheme`, `client.address`,
+//! `http.response.status_code`, `event.duration`, ...). The stream name is logged as given,
+//! as a short stable hash, or not at all (`observability.stream_names`); when it is not logged
+//! as given, neither is `url.path`, which contains it. Logs are pretty or JSON
+//! (`observability.log_format`). A completed request is logged at `info` and counted in
+//! [`Metrics`].
+//!
+//! An OTLP exporter is not built in: see the crate README for the reason and how to add one.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::Version;
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+use crate::config::{Config, LogFormat, StreamNameLogging};
+use crate::metrics::Metrics;
+use crate::proxy::ClientOrigin;
+
+/// Initialises `tracing` from `RUST_LOG`, else `observability.rust_log`, in the configured
+/// format. A second initialisation (tests, embedders with their own subscriber) is a no-op.
+pub fn init_tracing(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.observability.rust_log))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.observability.log_format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// What the span middleware needs.
+#[derive(Debug, Clone)]
+pub(crate) struct SpanSettings {
+    pub(crate) base_path: String,
+    pub(crate) stream_names: StreamNameLogging,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// A short stable hash of a stream name (FNV-1a, 64 bits), for correlating log lines without
+/// revealing names.
+#[must_use]
+pub fn hash_stream_name(name: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// Middleware: the request span, the completion log line and the request metrics.
+pub(crate) async fn request_span(
+    State(settings): State<Arc<SpanSettings>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path();
+    let stream = path
+        .strip_prefix(settings.base_path.as_str())
+        .and_then(|r| r.strip_prefix('/'))
+        .filter(|r| !r.is_empty() && *r != "__ds" && !r.starts_with("__ds/"));
+    let route = match path {
+        "/healthz" | "/readyz" | "/metrics" => path.to_owned(),
+        _ if stream.is_some() => format!("{}/{{name}}", settings.base_path),
+        _ => "other".to_owned(),
+    };
+    let stream_field = match (stream, settings.stream_names) {
+        (Some(n), StreamNameLogging::Plain) => Some(n.to_owned()),
+        (Some(n), StreamNameLogging::Hashed) => Some(hash_stream_name(n)),
+        (_, _) => None,
+    };
+    let url_path = (settings.stream_names == StreamNameLogging::Plain).then(|| path.to_owned());
+    let origin = req.extensions().get::<ClientOrigin>().cloned();
+    let span = tracing::info_span!(
+        "request",
+        http.request.method = %method,
+        http.route = %route,
+        url.path = url_path.as_deref(),
+        url.scheme = origin.as_ref().map(|o| o.scheme),
+        server.address = origin.as_ref().and_then(|o| o.host.as_deref()),
+        client.address = origin.as_ref().and_then(|o| o.address).map(tracing::field::display),
+        network.protocol.version = version_str(req.version()),
+        ds.stream.name = stream_field.as_deref(),
+        http.response.status_code = tracing::field::Empty,
+        event.duration = tracing::field::Empty,
+    );
+    let res = next.run(req).instrument(span.clone()).await;
+    let elapsed = start.elapsed();
+    let status = res.status().as_u16();
+    span.record("http.response.status_code", status);
+    // ECS `event.duration` is in nanoseconds.
+    span.record(
+        "event.duration",
+        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+    );
+    settings
+        .metrics
+        .record_request(method.as_str(), status, elapsed);
+    span.in_scope(|| {
+        if res.status().is_server_error() {
+            tracing::warn!(http.response.status_code = status, "request failed");
+        } else {
+            tracing::info!(http.response.status_code = status, "request completed");
+        }
+    });
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_name_hash_is_stable_and_short() {
+        assert_eq!(hash_stream_name("chat"), hash_stream_name("chat"));
+        assert_ne!(hash_stream_name("chat"), hash_stream_name("chat2"));
+        assert_eq!(hash_stream_name("a").len(), 16);
+    }
+}
