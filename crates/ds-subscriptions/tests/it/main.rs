@@ -1,0 +1,9 @@
+//! Integration tests of ds-subscriptions: the router driven with `oneshot` over
+//! `Notifying<MemoryStorage>`, and a local webhook receiver on 127.0.0.1.
+
+mod api;
+mod delivery;
+mod load;
+mod persistence;
+mod pull;
+mod util;
