@@ -11,7 +11,7 @@ use std::fmt;
 pub const RESERVED_PREFIX: &str = "__ds";
 
 /// Limits on names.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NameLimits {
     /// Maximum length of the decoded name, in bytes.
     pub max_bytes: usize,

@@ -1,12 +1,17 @@
 //! The one place that matches on `storage.mode` and opens a concrete backend; everything else
 //! in the server is generic over [`Storage`](ds_storage::Storage).
+//!
+//! Every backend is wrapped in the subscription engine's [`Notifying`] store, so each write
+//! path reports to the engine, and the engine's router serves the reserved `__ds` namespace.
 
 use std::sync::Arc;
 
+use ds_storage::Storage;
 use ds_storage_memory::{MemoryOptions, MemoryStorage};
+use ds_subscriptions::{Notifying, Subscriptions};
 
 use crate::config::{Config, StorageMode};
-use crate::startup::{Phase, StartupError, run};
+use crate::startup::{Extras, Phase, StartupError, run_with};
 
 /// Opens the backend `cfg.storage.mode` names and serves it until shutdown.
 pub(crate) async fn serve_on_configured_backend(
@@ -23,7 +28,7 @@ pub(crate) async fn serve_on_configured_backend(
                     .unwrap_or(u64::MAX),
                 ..MemoryOptions::default()
             });
-            run(cfg, Arc::new(storage), shutdown).await
+            serve_with_subscriptions(cfg, storage, shutdown).await
         }
         mode @ (StorageMode::FileFast | StorageMode::FileDurable | StorageMode::Acid) => {
             Err(StartupError::new(
@@ -35,4 +40,38 @@ pub(crate) async fn serve_on_configured_backend(
             ))
         }
     }
+}
+
+/// Opens the subscription engine over `storage` and serves both.
+async fn serve_with_subscriptions<S: Storage>(
+    cfg: Config,
+    storage: S,
+    shutdown: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> Result<(), StartupError> {
+    let mut sub_cfg = cfg.subscriptions.clone();
+    sub_cfg.name_limits = ds_protocol::NameLimits {
+        max_bytes: cfg.limits.max_stream_name_bytes,
+        max_segments: cfg.limits.max_stream_name_segments,
+    };
+    let engine = Subscriptions::open(Arc::new(storage), sub_cfg)
+        .await
+        .map_err(|e| {
+            StartupError::new(
+                Phase::StartServer,
+                format!("cannot open the subscription engine: {e}"),
+            )
+        })?;
+    let notifying = Arc::new(Notifying::new(Arc::clone(&engine)));
+    let drained = Arc::clone(&engine);
+    let extras = Extras {
+        reserved: Some(ds_subscriptions::router(Arc::clone(&engine))),
+        on_drained: Some(Box::pin(async move {
+            drained.shutdown();
+            if let Err(e) = drained.flush().await {
+                tracing::warn!(error = %e, "subscription state flush failed");
+            }
+        })),
+    };
+    drop(engine);
+    run_with(cfg, notifying, shutdown, extras).await
 }

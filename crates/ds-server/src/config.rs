@@ -189,6 +189,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[observability]`
     pub observability: ObservabilityConfig,
+    /// `[subscriptions]`: webhook and pull-wake delivery (PROTOCOL.md sections 6 and 7).
+    pub subscriptions: ds_subscriptions::SubscriptionsConfig,
     /// Legacy `[tls]` (deprecated: use `[transport.tls]`). Always `None` after loading.
     pub tls: Option<LegacyTlsConfig>,
     /// Legacy `[log]` (deprecated: use `[observability]`). Always `None` after loading.

@@ -351,6 +351,10 @@ pub(crate) async fn resolve_origin(
     let authority = req.uri().authority().map(|a| a.as_str().to_owned());
     let origin = trust.origin(conn.as_ref(), req.headers(), authority.as_deref());
     let identity = trust.identity(conn.as_ref(), req.headers_mut());
+    // Subscription callback and JWKS URLs are absolute: they use the origin the client saw.
+    if let Some(base) = origin.base_url() {
+        req.extensions_mut().insert(ds_subscriptions::PublicOrigin(base));
+    }
     req.extensions_mut().insert(origin);
     if let Some(id) = identity {
         req.extensions_mut().insert(id);

@@ -186,15 +186,19 @@ pub fn build_router_with_ready<S: Storage>(
     settings: RouterSettings,
     shutdown: ShutdownToken,
 ) -> Router {
-    build_router_with_metrics(storage, settings, shutdown, Arc::default())
+    build_router_with_metrics(storage, settings, shutdown, Arc::default(), None)
 }
 
 /// [`build_router_with_ready`] recording into `metrics` (shared with the accept loop).
+///
+/// `reserved`, when given, serves the reserved `{base}/__ds/...` namespace (the subscription
+/// APIs); without it that namespace answers `404`.
 pub(crate) fn build_router_with_metrics<S: Storage>(
     storage: Arc<S>,
     settings: RouterSettings,
     shutdown: ShutdownToken,
     metrics: Arc<Metrics>,
+    reserved: Option<Router>,
 ) -> Router {
     let base = settings.base_path.clone();
     let cors = cors_layer(&settings.cors_origins);
@@ -218,10 +222,13 @@ pub(crate) fn build_router_with_metrics<S: Storage>(
         router = router.route("/metrics", get(metrics_text::<S>));
     }
     // The reserved namespace is routed before stream names, so no stream can shadow it.
-    router = router
-        .route(&format!("{base}/__ds"), any(reserved))
-        .route(&format!("{base}/__ds/{{*rest}}"), any(reserved))
-        .route(&format!("{base}/{{*name}}"), any(handlers::stream::<S>));
+    router = match reserved {
+        Some(api) => router.nest_service(&format!("{base}/__ds"), api),
+        None => router
+            .route(&format!("{base}/__ds"), any(reserved_namespace))
+            .route(&format!("{base}/__ds/{{*rest}}"), any(reserved_namespace)),
+    };
+    router = router.route(&format!("{base}/{{*name}}"), any(handlers::stream::<S>));
     router
         .fallback(|| async { ApiError::NoRoute })
         .with_state(state)
@@ -291,9 +298,9 @@ async fn metrics_text<S: Storage>(State(app): State<App<S>>) -> Response {
         .into_response()
 }
 
-/// `{base}/__ds/...`: reserved for the subscription APIs (PROTOCOL.md section 6), which this
-/// server does not offer yet; never a stream.
-async fn reserved() -> ApiError {
+/// `{base}/__ds/...` when the subscription APIs (PROTOCOL.md section 6) are not mounted: never a
+/// stream.
+async fn reserved_namespace() -> ApiError {
     ApiError::NoRoute
 }
 

@@ -129,6 +129,35 @@ pub async fn run<S: Storage>(
     storage: Arc<S>,
     shutdown: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> Result<(), StartupError> {
+    run_with(cfg, storage, shutdown, Extras::default()).await
+}
+
+/// What a server adds around the protocol routes.
+#[derive(Default)]
+pub struct Extras {
+    /// Serves the reserved `{base}/__ds/...` namespace (the subscription APIs).
+    pub reserved: Option<axum::Router>,
+    /// Runs once connections have drained, before the store is closed (e.g. to stop and flush
+    /// the subscription engine, which holds the store).
+    pub on_drained: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+impl std::fmt::Debug for Extras {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extras")
+            .field("reserved", &self.reserved.is_some())
+            .field("on_drained", &self.on_drained.is_some())
+            .finish()
+    }
+}
+
+/// [`run`] with [`Extras`].
+pub async fn run_with<S: Storage>(
+    cfg: Config,
+    storage: Arc<S>,
+    shutdown: Option<tokio::sync::oneshot::Receiver<()>>,
+    extras: Extras,
+) -> Result<(), StartupError> {
     let tls_config = check_tls(&cfg)?;
     let addr = cfg
         .bind_address()
@@ -150,6 +179,7 @@ pub async fn run<S: Storage>(
         settings,
         token.clone(),
         Arc::clone(&metrics),
+        extras.reserved,
     );
     let tls = tls_config.map(|c| Arc::new(TlsReloader::new(cfg.clone(), c)));
 
@@ -185,6 +215,9 @@ pub async fn run<S: Storage>(
         shutdown_delay: Duration::from_secs(cfg.server.shutdown_delay_secs),
     };
     transport::serve(listener, tls, router, metrics, token, opts, trigger).await;
+    if let Some(on_drained) = extras.on_drained {
+        on_drained.await;
+    }
     sweeper.abort();
     // Wait for the aborted task to be dropped, so it no longer holds the store.
     let _ = sweeper.await;

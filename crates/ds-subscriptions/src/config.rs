@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 /// Settings of the subscription engine (`[subscriptions]` in the server's TOML, `DS_SUBSCRIPTIONS__*`
 /// in the environment).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SubscriptionsConfig {
     /// Accept `http://localhost` and `http://127.0.0.x` webhook URLs (development and the
