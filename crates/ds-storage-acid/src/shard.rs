@@ -1,0 +1,570 @@
+//! Shards: one redb database per shard, what the store shares between the API and the
+//! committers, and opening (recovery) of a data dir.
+//!
+//! Opening reads every shard's `streams` and `producers` rows (never `records`) into the
+//! in-memory cache, in parallel, then links forks to their sources across shards and counts
+//! each source's forks. Fork reference counts are derived here rather than stored, so a crash
+//! between a fork's commit in one shard and anything in its source's shard cannot leave a
+//! count wrong: a source soft-deleted while a fork was being created, whose fork never
+//! committed, has no forks after the restart and is reclaimed right after open.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use ds_protocol::{Offset, StreamName};
+use ds_storage::Result;
+use ds_storage::rules::{Clock, ProducerState};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use tokio::sync::mpsc;
+
+use crate::cache::{Entry, ForkLink, NewEntry, StreamMap};
+use crate::commit::Op;
+use crate::error::{Failure, OpenError, backend};
+use crate::schema::{
+    FORMAT_VERSION, KEY_FORMAT_VERSION, KEY_NEXT_ID, KEY_SHARD_COUNT, KEY_SHARD_INDEX, META,
+    PRODUCERS, RECORDS, STREAMS, StreamMeta, decode_record, shard_of, stored_name,
+};
+use crate::{AcidBackend, AcidOptions};
+
+/// redb's page cache, shared out between the shards (redb's own default is 1 GiB per
+/// database, which sixteen shards would multiply).
+const TOTAL_CACHE_BYTES: usize = 256 * 1024 * 1024;
+const MIN_SHARD_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+/// What the API and the committers share.
+pub(crate) struct Shared {
+    pub(crate) shards: Vec<Shard>,
+    pub(crate) shard_count: u32,
+    pub(crate) max_stream_bytes: Option<u64>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) commit_slots: crate::commit::CommitSlots,
+}
+
+/// One shard: its database, its streams, and its committer's queue.
+pub(crate) struct Shard {
+    pub(crate) index: usize,
+    pub(crate) db: Database,
+    pub(crate) streams: RwLock<StreamMap>,
+    pub(crate) tx: mpsc::UnboundedSender<Op>,
+    /// Transactions committed (for tests and metrics).
+    pub(crate) commits: AtomicU64,
+    /// Operations answered after a commit.
+    pub(crate) ops: AtomicU64,
+    /// The I/O error a commit failed with: redb refuses writes until the file is reopened,
+    /// so every later batch fails with it too.
+    pub(crate) failed: std::sync::Mutex<Option<Failure>>,
+}
+
+impl Shared {
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub(crate) fn shard_of(&self, name: &StreamName) -> &Shard {
+        &self.shards[shard_of(name.as_str(), self.shard_count)]
+    }
+
+    /// The entry currently holding `name`, if any.
+    pub(crate) fn lookup(&self, name: &StreamName) -> Option<Arc<Entry>> {
+        self.shard_of(name).map().get(name).cloned()
+    }
+}
+
+impl Shard {
+    pub(crate) fn map(&self) -> RwLockReadGuard<'_, StreamMap> {
+        self.streams
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The failure that broke this shard, if one did.
+    pub(crate) fn failure(&self) -> Option<Failure> {
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn map_mut(&self) -> std::sync::RwLockWriteGuard<'_, StreamMap> {
+        self.streams
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A shard's database and rows as read at open.
+pub(crate) struct LoadedShard {
+    pub(crate) path: Option<PathBuf>,
+    pub(crate) db: Database,
+    /// The next value of the shard's stream-id counter.
+    pub(crate) next_counter: u64,
+    rows: Vec<(String, StreamMeta)>,
+    producers: HashMap<u64, HashMap<String, ProducerState>>,
+}
+
+/// The path of shard `index`'s database.
+pub(crate) fn shard_path(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("shard-{index:02x}.redb"))
+}
+
+/// Checks the options and the data dir before any database is opened.
+pub(crate) fn check_dir(opts: &AcidOptions) -> Result<()> {
+    let count = opts.shard_count;
+    if !(1..=256).contains(&count) || !count.is_power_of_two() {
+        return Err(OpenError::ShardCount(count).into());
+    }
+    if opts.backend == AcidBackend::InMemory {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&opts.data_dir).map_err(|source| OpenError::CreateDir {
+        dir: opts.data_dir.clone(),
+        source,
+    })?;
+    for index in count as usize..256 {
+        let file = shard_path(&opts.data_dir, index);
+        if file.exists() {
+            return Err(OpenError::StrayShard {
+                file,
+                requested: count,
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Opens (creating if needed) shard `index` and reads its metadata rows.
+pub(crate) fn load_shard(opts: &AcidOptions, index: usize) -> Result<LoadedShard> {
+    let cache = (TOTAL_CACHE_BYTES / opts.shard_count as usize).max(MIN_SHARD_CACHE_BYTES);
+    let mut builder = Database::builder();
+    builder.set_cache_size(cache);
+    let (db, path) = match opts.backend {
+        AcidBackend::File => {
+            let path = shard_path(&opts.data_dir, index);
+            let db = builder.create(&path).map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => OpenError::InUse {
+                    dir: opts.data_dir.clone(),
+                    file: path.clone(),
+                    source: e,
+                }
+                .into(),
+                e => backend("open shard database", e),
+            })?;
+            (db, Some(path))
+        }
+        AcidBackend::InMemory => (
+            builder
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .map_err(|e| backend("open in-memory shard database", e))?,
+            None,
+        ),
+    };
+    let file = path.clone().unwrap_or_else(|| PathBuf::from("(in memory)"));
+    let next_counter = init_meta(&db, &file, opts.shard_count, index)?;
+
+    let txn = db
+        .begin_read()
+        .map_err(|e| backend("begin read transaction", e))?;
+    let streams = txn
+        .open_table(STREAMS)
+        .map_err(|e| backend("open streams table", e))?;
+    let records = txn
+        .open_table(RECORDS)
+        .map_err(|e| backend("open records table", e))?;
+    let mut rows = Vec::new();
+    for row in streams.iter().map_err(|e| backend("read streams", e))? {
+        let (name, value) = row.map_err(|e| backend("read streams", e))?;
+        let corrupt = |what: &str| OpenError::Corrupt {
+            file: file.clone(),
+            what: format!("{what} of stream {:?}", name.value()),
+        };
+        let mut meta =
+            StreamMeta::decode(value.value()).ok_or_else(|| corrupt("undecodable metadata"))?;
+        // Plain appends do not rewrite the row: the last record says where the tail is.
+        let last = records
+            .range((meta.id, 0)..=(meta.id, u64::MAX))
+            .map_err(|e| backend("read records", e))?
+            .next_back()
+            .transpose()
+            .map_err(|e| backend("read records", e))?;
+        if let Some((key, value)) = last {
+            let (_, seq) = key.value();
+            let rec = decode_record(value.value()).ok_or_else(|| corrupt("undecodable record"))?;
+            if seq >= meta.tail.seq {
+                meta.tail = Offset::new(seq + 1, rec.end());
+                meta.bytes = meta.tail.byte.saturating_sub(meta.base.byte);
+            }
+        }
+        rows.push((name.value().to_owned(), meta));
+    }
+    let table = txn
+        .open_table(PRODUCERS)
+        .map_err(|e| backend("open producers table", e))?;
+    let mut producers: HashMap<u64, HashMap<String, ProducerState>> = HashMap::new();
+    for row in table.iter().map_err(|e| backend("read producers", e))? {
+        let (key, value) = row.map_err(|e| backend("read producers", e))?;
+        let (id, producer) = key.value();
+        let (epoch, last_seq) = value.value();
+        producers
+            .entry(id)
+            .or_default()
+            .insert(producer.to_owned(), ProducerState { epoch, last_seq });
+    }
+    drop((streams, records, table, txn));
+    Ok(LoadedShard {
+        path,
+        db,
+        next_counter,
+        rows,
+        producers,
+    })
+}
+
+/// Creates the tables and checks (or writes) the shard's metadata; returns the id counter.
+fn init_meta(db: &Database, file: &Path, shard_count: u32, index: usize) -> Result<u64> {
+    let txn = db
+        .begin_write()
+        .map_err(|e| backend("begin write transaction", e))?;
+    let next_counter = {
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|e| backend("open meta table", e))?;
+        txn.open_table(STREAMS)
+            .map_err(|e| backend("create tables", e))?;
+        txn.open_table(RECORDS)
+            .map_err(|e| backend("create tables", e))?;
+        txn.open_table(PRODUCERS)
+            .map_err(|e| backend("create tables", e))?;
+        let get = |meta: &redb::Table<&str, u64>, key: &str| -> Result<Option<u64>> {
+            Ok(meta
+                .get(key)
+                .map_err(|e| backend("read meta", e))?
+                .map(|g| g.value()))
+        };
+        match get(&meta, KEY_FORMAT_VERSION)? {
+            None => {
+                let set = [
+                    (KEY_FORMAT_VERSION, FORMAT_VERSION),
+                    (KEY_SHARD_COUNT, u64::from(shard_count)),
+                    (KEY_SHARD_INDEX, index as u64),
+                    (KEY_NEXT_ID, 1),
+                ];
+                for (key, value) in set {
+                    meta.insert(key, value)
+                        .map_err(|e| backend("write meta", e))?;
+                }
+            }
+            Some(FORMAT_VERSION) => {}
+            Some(found) => {
+                return Err(OpenError::FormatVersion {
+                    file: file.to_owned(),
+                    found,
+                    expected: FORMAT_VERSION,
+                }
+                .into());
+            }
+        }
+        let stored = get(&meta, KEY_SHARD_COUNT)?.unwrap_or(0);
+        if stored != u64::from(shard_count) {
+            return Err(OpenError::ShardCountChanged {
+                dir: file.parent().map(Path::to_owned).unwrap_or_default(),
+                stored,
+                requested: shard_count,
+            }
+            .into());
+        }
+        if get(&meta, KEY_SHARD_INDEX)? != Some(index as u64) {
+            return Err(OpenError::Corrupt {
+                file: file.to_owned(),
+                what: format!("it is not shard {index}"),
+            }
+            .into());
+        }
+        get(&meta, KEY_NEXT_ID)?.unwrap_or(1)
+    };
+    txn.commit().map_err(|e| backend("commit", e))?;
+    Ok(next_counter)
+}
+
+/// One `streams` row with its producers, ready to become an entry.
+struct Row {
+    shard: usize,
+    name: StreamName,
+    meta: StreamMeta,
+    producers: HashMap<String, ProducerState>,
+}
+
+/// Builds the cache from the loaded rows: entries (sources before their forks), fork links
+/// and reference counts. Returns one stream map per shard and the streams to reclaim
+/// (soft-deleted with no fork left: a cascade a crash interrupted).
+pub(crate) fn build_cache(
+    loaded: &mut [LoadedShard],
+    shard_count: u32,
+    now_ms: u64,
+) -> Result<(Vec<StreamMap>, Vec<Arc<Entry>>)> {
+    let (mut rows, by_name) = collect_rows(loaded, shard_count)?;
+    let sources = link_sources(&rows, &by_name)?;
+    let built = build_entries(&mut rows, &sources)?;
+    let mut maps: Vec<StreamMap> = (0..loaded.len()).map(|_| StreamMap::new()).collect();
+    for entry in built {
+        maps[entry.shard].insert(entry.name.clone(), entry);
+    }
+    let mut reclaim = Vec::new();
+    for map in &maps {
+        for entry in map.values() {
+            reclaim.extend(crate::cache::release_source(entry, now_ms));
+        }
+    }
+    Ok((maps, reclaim))
+}
+
+/// Every shard's rows, checked, with an index by name.
+fn collect_rows(
+    loaded: &mut [LoadedShard],
+    shard_count: u32,
+) -> Result<(Vec<Row>, HashMap<String, usize>)> {
+    let mut rows = Vec::new();
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    for (shard, l) in loaded.iter_mut().enumerate() {
+        let file = l
+            .path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("(in memory)"));
+        let corrupt = |what: String| OpenError::Corrupt {
+            file: file.clone(),
+            what,
+        };
+        for (raw, meta) in std::mem::take(&mut l.rows) {
+            let name = stored_name(&raw).ok_or_else(|| corrupt(format!("bad name {raw:?}")))?;
+            if shard_of(&raw, shard_count) != shard {
+                return Err(corrupt(format!("stream {raw:?} belongs to another shard")).into());
+            }
+            let producers = l.producers.remove(&meta.id).unwrap_or_default();
+            by_name.insert(raw, rows.len());
+            rows.push(Row {
+                shard,
+                name,
+                meta,
+                producers,
+            });
+        }
+    }
+    Ok((rows, by_name))
+}
+
+/// The row index of each row's fork source.
+fn link_sources(rows: &[Row], by_name: &HashMap<String, usize>) -> Result<Vec<Option<usize>>> {
+    let sources = rows
+        .iter()
+        .map(|row| {
+            let Some(fork) = &row.meta.fork else {
+                return Ok(None);
+            };
+            match by_name.get(&fork.source) {
+                Some(&s) if rows[s].meta.id == fork.source_id => Ok(Some(s)),
+                // A dead fork releases its source before its own rows go, so a crash can
+                // leave it without one; it is reclaimed after open.
+                _ if row.meta.soft_deleted => Ok(None),
+                _ => Err(OpenError::Corrupt {
+                    file: PathBuf::from(format!("shard {}", row.shard)),
+                    what: format!(
+                        "fork {:?} links to missing source {:?}",
+                        row.name.as_str(),
+                        fork.source
+                    ),
+                }),
+            }
+        })
+        .collect::<Result<Vec<Option<usize>>, OpenError>>()?;
+    Ok(sources)
+}
+
+/// Builds the entries depth-first without recursion (fork chains can be long): a source is
+/// built before the forks that link to it, and counts them.
+fn build_entries(rows: &mut [Row], sources: &[Option<usize>]) -> Result<Vec<Arc<Entry>>> {
+    let mut built: Vec<Option<Arc<Entry>>> = vec![None; rows.len()];
+    let mut on_stack = vec![false; rows.len()];
+    for root in 0..rows.len() {
+        let mut stack = vec![root];
+        while let Some(&top) = stack.last() {
+            if built[top].is_some() {
+                stack.pop();
+                continue;
+            }
+            let source = sources[top];
+            if let Some(s) = source
+                && built[s].is_none()
+            {
+                if on_stack[s] {
+                    return Err(OpenError::Corrupt {
+                        file: PathBuf::from(format!("shard {}", rows[top].shard)),
+                        what: "fork links form a cycle".to_owned(),
+                    }
+                    .into());
+                }
+                on_stack[top] = true;
+                stack.push(s);
+                continue;
+            }
+            let row = &mut rows[top];
+            let fork = match (source, &row.meta.fork) {
+                (Some(s), Some(f)) => {
+                    let source = Arc::clone(built[s].as_ref().expect("sources are built first"));
+                    source.lock().fork_refs += 1;
+                    Some(ForkLink {
+                        source,
+                        anchor: f.anchor,
+                        sub_offset: f.sub_offset,
+                    })
+                }
+                _ => None,
+            };
+            let mut writer = row.meta.writer();
+            writer.producers = std::mem::take(&mut row.producers);
+            built[top] = Some(
+                NewEntry {
+                    name: row.name.clone(),
+                    id: row.meta.id,
+                    shard: row.shard,
+                    content_type: row.meta.content_type.clone(),
+                    expiry: row.meta.expiry,
+                    base: row.meta.base,
+                    fork,
+                    tail: row.meta.tail,
+                    bytes: row.meta.bytes,
+                    writer,
+                    last_access_ms: row.meta.last_access_ms,
+                    soft_deleted: row.meta.soft_deleted,
+                }
+                .build(),
+            );
+            on_stack[top] = false;
+            stack.pop();
+        }
+    }
+    Ok(built.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use ds_protocol::Expiry;
+
+    use super::*;
+    use crate::schema::StoredFork;
+
+    fn meta(id: u64, fork: Option<(&str, u64)>, soft_deleted: bool) -> StreamMeta {
+        StreamMeta {
+            id,
+            last_access_ms: 0,
+            closed: false,
+            soft_deleted,
+            base: Offset::ZERO,
+            tail: Offset::ZERO,
+            bytes: 0,
+            expiry: Expiry::None,
+            content_type: "text/plain".to_owned(),
+            last_stream_seq: None,
+            closed_by: None,
+            fork: fork.map(|(source, source_id)| StoredFork {
+                source: source.to_owned(),
+                source_id,
+                anchor: Offset::ZERO,
+                sub_offset: 0,
+            }),
+        }
+    }
+
+    /// One in-memory shard holding `rows`.
+    fn build(rows: Vec<(&str, StreamMeta)>) -> Result<(StreamMap, Vec<String>)> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .expect("in-memory database");
+        let mut loaded = vec![LoadedShard {
+            path: None,
+            db,
+            next_counter: 1,
+            rows: rows
+                .into_iter()
+                .map(|(name, meta)| (name.to_owned(), meta))
+                .collect(),
+            producers: HashMap::new(),
+        }];
+        let (mut maps, reclaim) = build_cache(&mut loaded, 1, 0)?;
+        let mut names: Vec<String> = reclaim.iter().map(|e| e.name.to_string()).collect();
+        names.sort();
+        Ok((maps.remove(0), names))
+    }
+
+    fn refs(map: &StreamMap, raw: &str) -> u64 {
+        map[&stored_name(raw).expect("name")].lock().fork_refs
+    }
+
+    #[test]
+    fn an_interrupted_cascade_is_finished_at_open() {
+        let (map, reclaim) = build(vec![
+            ("a", meta(1, None, true)),
+            ("b", meta(2, Some(("a", 1)), true)),
+        ])
+        .expect("loads");
+        assert_eq!(reclaim, ["a", "b"]);
+        assert_eq!(refs(&map, "a"), 0);
+    }
+
+    #[test]
+    fn a_live_fork_keeps_its_soft_deleted_source() {
+        let (map, reclaim) = build(vec![
+            ("b", meta(2, Some(("a", 1)), false)),
+            ("a", meta(1, None, true)),
+            ("c", meta(3, Some(("a", 1)), false)),
+        ])
+        .expect("loads");
+        assert!(reclaim.is_empty());
+        assert_eq!(refs(&map, "a"), 2);
+        assert_eq!(
+            map[&stored_name("b").expect("name")]
+                .fork
+                .as_ref()
+                .map(|l| l.source.id),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn a_dead_fork_whose_source_is_gone_is_reclaimed() {
+        let (_, reclaim) = build(vec![("b", meta(2, Some(("a", 1)), true))]).expect("loads");
+        assert_eq!(reclaim, ["b"]);
+    }
+
+    #[test]
+    fn a_live_fork_without_its_source_is_corrupt() {
+        for rows in [
+            vec![("b", meta(2, Some(("a", 1)), false))],
+            // The name is held by another incarnation.
+            vec![
+                ("a", meta(5, None, false)),
+                ("b", meta(2, Some(("a", 1)), false)),
+            ],
+        ] {
+            assert!(build(rows).is_err());
+        }
+    }
+
+    #[test]
+    fn long_fork_chains_load_without_recursion() {
+        let names: Vec<String> = (0..50_000).map(|i| format!("s{i}")).collect();
+        let rows = (0..names.len())
+            .rev()
+            .map(|i| {
+                let fork = (i > 0).then(|| (names[i - 1].as_str(), i as u64));
+                (names[i].as_str(), meta(i as u64 + 1, fork, false))
+            })
+            .collect();
+        let (map, reclaim) = build(rows).expect("loads");
+        assert!(reclaim.is_empty());
+        assert_eq!(map.len(), names.len());
+        assert_eq!(refs(&map, "s0"), 1);
+        assert_eq!(refs(&map, "s49999"), 0);
+    }
+}
