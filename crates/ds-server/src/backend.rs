@@ -7,10 +7,11 @@
 use std::sync::Arc;
 
 use ds_storage::Storage;
+use ds_storage_acid::{AcidBackend, AcidOptions, AcidStorage};
 use ds_storage_memory::{MemoryOptions, MemoryStorage};
 use ds_subscriptions::{Notifying, Subscriptions};
 
-use crate::config::{Config, StorageMode};
+use crate::config::{AcidBackendMode, Config, StorageMode};
 use crate::startup::{Extras, Phase, StartupError, run_with};
 
 /// Opens the backend `cfg.storage.mode` names and serves it until shutdown.
@@ -30,7 +31,30 @@ pub(crate) async fn serve_on_configured_backend(
             });
             serve_with_subscriptions(cfg, storage, shutdown).await
         }
-        mode @ (StorageMode::FileFast | StorageMode::FileDurable | StorageMode::Acid) => {
+        StorageMode::Acid => {
+            let opts = AcidOptions {
+                data_dir: cfg.storage.data_dir.clone(),
+                shard_count: cfg.storage.acid_shard_count,
+                backend: match cfg.storage.acid_backend {
+                    AcidBackendMode::File => AcidBackend::File,
+                    AcidBackendMode::InMemory => AcidBackend::InMemory,
+                },
+                max_stream_bytes: cfg.limits.effective_max_stream_bytes(StorageMode::Acid),
+                ..AcidOptions::new(cfg.storage.data_dir.clone())
+            };
+            let storage = AcidStorage::open(opts).await.map_err(|e| {
+                StartupError::new(
+                    Phase::StartServer,
+                    format!(
+                        "cannot open the acid store in {}: {}",
+                        cfg.storage.data_dir.display(),
+                        error_chain(&e)
+                    ),
+                )
+            })?;
+            serve_with_subscriptions(cfg, storage, shutdown).await
+        }
+        mode @ (StorageMode::FileFast | StorageMode::FileDurable) => {
             Err(StartupError::new(
                 Phase::ValidateConfig,
                 format!(
@@ -74,4 +98,16 @@ async fn serve_with_subscriptions<S: Storage>(
     };
     drop(engine);
     run_with(cfg, notifying, shutdown, extras).await
+}
+
+/// An error and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
