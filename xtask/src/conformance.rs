@@ -1,17 +1,24 @@
 //! `cargo xtask conformance`: runs the pinned conformance suite and the
 //! client integration test (both in `conformance/`) against the release
 //! server binary, once per storage backend.
+//!
+//! With `--transport tls` the server serves HTTPS (HTTP/1.1 and HTTP/2 by
+//! ALPN) with a throwaway PKI that the `gen-test-certs` example of
+//! `ds-server` writes once per run into a temp dir; the suite reaches it at
+//! `https://localhost:<port>` and trusts the test CA through
+//! `NODE_EXTRA_CA_CERTS`. The example runs through `cargo run --release`
+//! even with `--skip-build` or `--server-binary` (it builds only if stale).
 
 use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::server::{self, Server, Startup};
+use crate::server::{self, Probe, Server, Startup};
 use crate::tempdir::TempDir;
 use crate::vitest::{self, Report};
 
@@ -60,11 +67,53 @@ impl Backend {
     }
 }
 
+/// How the suite reaches the server, as named by `DS_TRANSPORT__MODE`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// Plain HTTP/1.1.
+    #[default]
+    Http,
+    /// HTTPS (server certificate only), HTTP/1.1 and HTTP/2 by ALPN.
+    Tls,
+}
+
+impl Transport {
+    /// Every transport.
+    pub(crate) const ALL: [Transport; 2] = [Transport::Http, Transport::Tls];
+
+    /// The `DS_TRANSPORT__MODE` value, also used on the command line.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Transport::Http => "http",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// Parses one command-line name.
+    pub(crate) fn from_name(name: &str) -> Option<Transport> {
+        Transport::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+/// The throwaway PKI of a TLS run and how to probe readiness with it.
+struct TlsSetup {
+    /// The test CA's certificate, which the suite and the probe trust.
+    ca_cert: PathBuf,
+    /// The server's certificate (for `localhost` and `127.0.0.1`).
+    server_cert: PathBuf,
+    /// The server's private key.
+    server_key: PathBuf,
+    /// Whether `curl` is available for the readiness probe.
+    curl: bool,
+}
+
 /// Options of one `conformance` invocation.
 #[derive(Debug)]
 pub(crate) struct Options {
     /// Backends to test, in order, without duplicates.
     pub(crate) backends: Vec<Backend>,
+    /// How the suite reaches the server.
+    pub(crate) transport: Transport,
     /// Run the subscription tests and allow development webhooks.
     pub(crate) subscriptions: bool,
     /// Use the existing release binary instead of building it.
@@ -128,37 +177,55 @@ impl fmt::Display for Outcome {
 /// (and at least one was built).
 ///
 /// Progress and diagnostics go out on lines starting with `==>`; the results
-/// are the final block: one `conformance <backend>: ...` line per backend,
-/// then `N passed, N failed` (totals; a backend whose server or test run
-/// broke counts as one failure).
+/// are the final block: one `conformance <backend>: ...` line per backend
+/// (`conformance <backend> (tls): ...` over TLS), then `N passed, N failed`
+/// (totals; a backend whose server or test run broke counts as one failure).
 pub(crate) fn run(root: &Path, options: &Options) -> Result<bool> {
     let binary = server_binary(root, options.skip_build, options.server_binary.as_deref())?;
+
+    // The certificates live for the whole run, in a temp dir of their own.
+    let cert_dir = match options.transport {
+        Transport::Http => None,
+        Transport::Tls => Some(TempDir::new("conformance-certs")?),
+    };
+    let tls = match &cert_dir {
+        Some(dir) => Some(generate_certs(root, dir.path())?),
+        None => None,
+    };
 
     let conformance_dir = root.join("conformance");
     ensure_node_modules(&conformance_dir)?;
 
     let mut results = Vec::new();
     for &backend in &options.backends {
-        println!(
-            "==> conformance {}: starting {}",
-            backend.name(),
-            binary.display()
-        );
-        let outcome = match test_backend(&binary, &conformance_dir, backend, options.subscriptions)
-        {
+        let name = label(backend, options.transport);
+        println!("==> conformance {name}: starting {}", binary.display());
+        let outcome = match test_backend(
+            &binary,
+            &conformance_dir,
+            backend,
+            options.subscriptions,
+            tls.as_ref(),
+        ) {
             Ok(outcome) => outcome,
             Err(error) => Outcome::Broken(format!("{error:#}")),
         };
         if let Outcome::Broken(message) = &outcome {
-            eprintln!("==> conformance {} broke: {message}", backend.name());
+            eprintln!("==> conformance {name} broke: {message}");
         }
         results.push((backend, outcome));
+    }
+    if let Some(dir) = cert_dir {
+        dir.remove()?;
     }
 
     println!();
     let (mut passed, mut failed) = (0, 0);
     for (backend, outcome) in &results {
-        println!("conformance {}: {outcome}", backend.name());
+        println!(
+            "conformance {}: {outcome}",
+            label(*backend, options.transport)
+        );
         match outcome {
             Outcome::Tested(report) => {
                 passed += report.passed;
@@ -210,9 +277,73 @@ pub(crate) fn server_binary(
     Ok(binary)
 }
 
+/// How results name a backend: `memory` over HTTP, `memory (tls)` over TLS.
+fn label(backend: Backend, transport: Transport) -> String {
+    match transport {
+        Transport::Http => backend.name().to_owned(),
+        Transport::Tls => format!("{} ({})", backend.name(), transport.name()),
+    }
+}
+
+/// The cargo that runs the xtask (`$CARGO`), else `cargo` from `PATH`.
+pub(crate) fn cargo_program() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"))
+}
+
+/// Writes a throwaway PKI into `dir` with the `gen-test-certs` example of
+/// `ds-server`, and checks whether `curl` is there to probe readiness.
+fn generate_certs(root: &Path, dir: &Path) -> Result<TlsSetup> {
+    let cargo = cargo_program();
+    println!("==> generating test certificates in {}", dir.display());
+    // Its stdout only lists the files written; cargo's progress and any
+    // error (stderr) show.
+    let output = Command::new(&cargo)
+        .current_dir(root)
+        .args([
+            "run",
+            "--release",
+            "--locked",
+            "-p",
+            "ds-server",
+            "--example",
+            "gen-test-certs",
+            "--",
+        ])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", cargo.to_string_lossy()))?;
+    ensure!(
+        output.status.success(),
+        "generating test certificates failed ({}; its error is above)",
+        output.status
+    );
+    let setup = TlsSetup {
+        ca_cert: dir.join("ca.crt"),
+        server_cert: dir.join("server.crt"),
+        server_key: dir.join("server.key"),
+        curl: server::curl_available(),
+    };
+    for file in [&setup.ca_cert, &setup.server_cert, &setup.server_key] {
+        ensure!(
+            file.is_file(),
+            "gen-test-certs did not write {}",
+            file.display()
+        );
+    }
+    if !setup.curl {
+        println!(
+            "==> curl not found: readiness over TLS is the server's `listening on https://` \
+             line and an accepting port"
+        );
+    }
+    Ok(setup)
+}
+
 /// Builds the release server binary.
 fn build_server(root: &Path) -> Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let cargo = cargo_program();
     println!("==> building the release server binary");
     let status = Command::new(&cargo)
         .current_dir(root)
@@ -232,11 +363,16 @@ fn build_server(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Path of the release server binary, honouring `CARGO_TARGET_DIR`.
-fn release_binary(root: &Path) -> PathBuf {
+/// The release profile's output directory, honouring `CARGO_TARGET_DIR`.
+pub(crate) fn release_dir(root: &Path) -> PathBuf {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root.join("target"), |dir| root.join(dir));
-    target_dir.join("release").join(format!(
+    target_dir.join("release")
+}
+
+/// Path of the release server binary.
+fn release_binary(root: &Path) -> PathBuf {
+    release_dir(root).join(format!(
         "durable-streams-server{}",
         std::env::consts::EXE_SUFFIX
     ))
@@ -277,13 +413,23 @@ fn modified(path: &Path) -> Option<SystemTime> {
     fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// Starts a server for `backend`, runs the tests against it, and stops it.
+/// Starts a server for `backend` (serving HTTPS if `tls` is given), runs
+/// the tests against it, and stops it.
 fn test_backend(
     binary: &Path,
     conformance_dir: &Path,
     backend: Backend,
     subscriptions: bool,
+    tls: Option<&TlsSetup>,
 ) -> Result<Outcome> {
+    let name = label(
+        backend,
+        if tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Http
+        },
+    );
     let temp = TempDir::new(&format!("conformance-{}", backend.name()))?;
     // The store gets a directory of its own, so the log and the report do not
     // sit among its files.
@@ -312,9 +458,34 @@ fn test_backend(
     if subscriptions {
         env.push(("DS_SUBSCRIPTIONS__ALLOW_DEV_WEBHOOKS".into(), "true".into()));
     }
+    if let Some(tls) = tls {
+        env.extend([
+            ("DS_TRANSPORT__MODE".into(), "tls".into()),
+            (
+                "DS_TRANSPORT__TLS__CERT_PATH".into(),
+                tls.server_cert.clone().into_os_string(),
+            ),
+            (
+                "DS_TRANSPORT__TLS__KEY_PATH".into(),
+                tls.server_key.clone().into_os_string(),
+            ),
+            ("DS_TRANSPORT__HTTP__VERSIONS".into(), "http1,http2".into()),
+            (
+                "DS_TRANSPORT__TLS__ALPN_PROTOCOLS".into(),
+                "http/1.1,h2".into(),
+            ),
+        ]);
+    }
 
     let mut server = Server::start(binary, temp.path(), port, &env, &log_path)?;
-    match server.wait_ready()? {
+    let probe = match tls {
+        None => Probe::Http,
+        Some(tls) => Probe::Tls {
+            ca_cert: &tls.ca_cert,
+            curl: tls.curl,
+        },
+    };
+    match server.wait_ready_with(&probe)? {
         Startup::NotBuilt => {
             temp.remove()?;
             return Ok(Outcome::NotBuilt);
@@ -323,8 +494,18 @@ fn test_backend(
     }
 
     let report_path = temp.path().join("vitest-report.json");
-    let base_url = format!("http://127.0.0.1:{port}");
-    let vitest_ok = run_vitest(conformance_dir, &base_url, subscriptions, &report_path)?;
+    // The server certificate names `localhost` (and `127.0.0.1`).
+    let base_url = match tls {
+        None => format!("http://127.0.0.1:{port}"),
+        Some(_) => format!("https://localhost:{port}"),
+    };
+    let vitest_ok = run_vitest(
+        conformance_dir,
+        &base_url,
+        subscriptions,
+        tls.map(|tls| tls.ca_cert.as_path()),
+        &report_path,
+    )?;
     let still_running = server.check_running();
     let log_tail = server.log_tail();
     server.stop()?;
@@ -332,15 +513,12 @@ fn test_backend(
     let outcome = interpret(&report_path, vitest_ok, still_running);
     if outcome.is_failure() {
         if let Outcome::Tested(report) = &outcome {
-            println!("==> conformance {} failing tests:", backend.name());
+            println!("==> conformance {name} failing tests:");
             for failure in &report.failures {
                 println!("  FAIL {failure}");
             }
         }
-        println!(
-            "==> conformance {} server log tail:\n{log_tail}",
-            backend.name()
-        );
+        println!("==> conformance {name} server log tail:\n{log_tail}");
     }
     temp.remove()?;
     Ok(outcome)
@@ -371,12 +549,14 @@ fn interpret(report_path: &Path, vitest_ok: bool, still_running: Result<()>) -> 
     Outcome::Tested(report)
 }
 
-/// Runs vitest on the test files against `base_url`, writing the JSON report
-/// to `report_path`; returns whether vitest exited successfully.
+/// Runs vitest on the test files against `base_url`, trusting `ca_cert` in
+/// addition to the usual roots if given, writing the JSON report to
+/// `report_path`; returns whether vitest exited successfully.
 fn run_vitest(
     conformance_dir: &Path,
     base_url: &str,
     subscriptions: bool,
+    ca_cert: Option<&Path>,
     report_path: &Path,
 ) -> Result<bool> {
     let vitest = conformance_dir
@@ -392,7 +572,11 @@ fn run_vitest(
     }
     let mut output_file = OsString::from("--outputFile.json=");
     output_file.push(report_path);
-    let status = Command::new("node")
+    let mut node = Command::new("node");
+    if let Some(ca_cert) = ca_cert {
+        node.env("NODE_EXTRA_CA_CERTS", ca_cert);
+    }
+    let status = node
         .current_dir(conformance_dir)
         .arg(&vitest)
         .args([
@@ -420,7 +604,18 @@ fn run_vitest(
 
 #[cfg(test)]
 mod tests {
-    use super::Backend;
+    use super::{Backend, Transport, label};
+
+    #[test]
+    fn transport_names_round_trip_and_label_results() {
+        for transport in Transport::ALL {
+            assert_eq!(Transport::from_name(transport.name()), Some(transport));
+        }
+        assert_eq!(Transport::from_name("https"), None);
+        assert_eq!(Transport::default(), Transport::Http);
+        assert_eq!(label(Backend::Memory, Transport::Http), "memory");
+        assert_eq!(label(Backend::Acid, Transport::Tls), "acid (tls)");
+    }
 
     #[test]
     fn backend_names_round_trip() {

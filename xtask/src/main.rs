@@ -8,7 +8,13 @@
 //!   and runs the pinned conformance suite plus the official client's
 //!   integration test (`conformance/`) against it. Prints one line per
 //!   backend and a final `N passed, N failed` line; exits non-zero on any
-//!   failure.
+//!   failure. `--transport tls` runs it all over HTTPS (HTTP/1.1 and
+//!   HTTP/2 by ALPN): a throwaway PKI from `ds-server`'s `gen-test-certs`
+//!   example goes into a temp dir once per run, the server is ready once it
+//!   logs `listening on https://` and `curl` gets 200 from `/readyz` (or,
+//!   without curl, its port accepts connections), and the suite reaches it
+//!   at `https://localhost:<port>` with `NODE_EXTRA_CA_CERTS` set to the
+//!   test CA; the result lines read `conformance <backend> (tls): ...`.
 //! - `crash`: builds the release server binary, then for each durable
 //!   storage mode (`file-fast`, `file-durable`, `acid`) runs it on a fresh
 //!   data directory under a load of idempotent producers, SIGKILLs and
@@ -19,6 +25,11 @@
 //!   (`not built` for a mode the binary lacks) and a final
 //!   `N passed, N failed` line (modes); exits non-zero if a built mode
 //!   failed or no requested mode is built. See `crash.rs` for the details.
+//! - `bench [args...]`: builds the release server and `ds-bench` (the
+//!   `bench/` crate) with `cargo build --release --locked`, then runs
+//!   `target/release/ds-bench` with the remaining arguments passed through
+//!   unchanged (so `cargo xtask bench --help` is `ds-bench`'s help) and
+//!   exits with its exit code.
 //! - `help`: prints usage.
 //!
 //! `conformance` also accepts `--server-binary <path>`, left out of its
@@ -30,9 +41,11 @@
 //! reports lost data.
 //!
 //! The xtask drives the built binary from outside, through its environment
-//! (`DS_*` variables) and HTTP only. It depends on `anyhow` alone; arguments
-//! are parsed by hand.
+//! (`DS_*` variables) and HTTP only (over TLS, which it cannot speak, the
+//! server's log and `curl` tell readiness and the suite does the talking).
+//! It depends on `anyhow` alone; arguments are parsed by hand.
 
+mod bench;
 mod conformance;
 mod crash;
 mod http;
@@ -41,12 +54,13 @@ mod server;
 mod tempdir;
 mod vitest;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 
-use crate::conformance::Backend;
+use crate::conformance::{Backend, Transport};
 
 /// Usage text for `help`, no arguments, and argument errors.
 const USAGE: &str = "\
@@ -59,11 +73,18 @@ Commands:
                 of idempotent producers and check that no acknowledged
                 append is lost, duplicated, torn or reordered, once per
                 durable storage mode
+  bench [args...]
+                Build the release server and ds-bench, then run
+                target/release/ds-bench with the arguments unchanged
+                (`cargo xtask bench --help` shows its options; `--smoke`
+                runs every scenario briefly); exits with its exit code
   help          Show this message
 
 Options of `conformance`:
   --backend <names>   Backends to test: memory, file-fast, file-durable, acid
                       or all (default all). Repeatable or comma-separated.
+  --transport <name>  http (default) or tls: serve HTTPS with throwaway test
+                      certificates (HTTP/1.1 and HTTP/2 by ALPN)
   --subscriptions     Also run the subscription tests (allows dev webhooks)
   --skip-build        Use the existing target/release binary, do not build
 
@@ -84,8 +105,19 @@ const DEFAULT_KILLS: u32 = 20;
 const USAGE_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
-    let args = match std::env::args_os()
-        .skip(1)
+    let args_os: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // `bench` passes its arguments on untouched, whatever their encoding.
+    if args_os.first().is_some_and(|arg| arg == "bench") {
+        return match workspace_root().and_then(|root| bench::run(&root, &args_os[1..])) {
+            Ok(code) => ExitCode::from(code),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = match args_os
+        .into_iter()
         .map(|arg| {
             arg.into_string()
                 .map_err(|arg| anyhow::anyhow!("argument {} is not valid UTF-8", arg.display()))
@@ -159,6 +191,7 @@ fn workspace_root() -> Result<PathBuf> {
 /// Parses the arguments after `conformance`; `Ok(None)` means help was asked for.
 fn parse_conformance_args(args: &[String]) -> Result<Option<conformance::Options>> {
     let mut backends: Vec<Backend> = Vec::new();
+    let mut transport = None;
     let mut subscriptions = false;
     let mut skip_build = false;
     let mut server_binary = None;
@@ -199,6 +232,16 @@ fn parse_conformance_args(args: &[String]) -> Result<Option<conformance::Options
                     }
                 }
             }
+            "--transport" => {
+                let name = value("--transport")?;
+                let selected = Transport::from_name(name.trim()).with_context(|| {
+                    format!("unknown transport {name:?} (expected http or tls)")
+                })?;
+                if transport.is_some_and(|earlier| earlier != selected) {
+                    bail!("--transport given twice with different values");
+                }
+                transport = Some(selected);
+            }
             "--server-binary" => server_binary = Some(PathBuf::from(value("--server-binary")?)),
             "--subscriptions" | "--skip-build" if inline_value.is_some() => {
                 bail!("{flag} takes no value")
@@ -214,6 +257,7 @@ fn parse_conformance_args(args: &[String]) -> Result<Option<conformance::Options
     }
     Ok(Some(conformance::Options {
         backends,
+        transport: transport.unwrap_or_default(),
         subscriptions,
         skip_build,
         server_binary,
@@ -298,7 +342,7 @@ fn parse_crash_args(args: &[String]) -> Result<Option<crash::Options>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Backend, DEFAULT_KILLS, parse_conformance_args, parse_crash_args};
+    use super::{Backend, DEFAULT_KILLS, Transport, parse_conformance_args, parse_crash_args};
 
     /// Parses `crash` arguments (space-separated), expecting success.
     fn parse_crash(args: &str) -> super::crash::Options {
@@ -373,6 +417,7 @@ mod tests {
     fn defaults_to_all_backends() {
         let options = parse("");
         assert_eq!(options.backends, Backend::ALL);
+        assert_eq!(options.transport, Transport::Http);
         assert!(!options.subscriptions);
         assert!(!options.skip_build);
         assert!(options.server_binary.is_none());
@@ -400,12 +445,25 @@ mod tests {
     }
 
     #[test]
+    fn transport() {
+        assert_eq!(parse("--transport tls").transport, Transport::Tls);
+        assert_eq!(parse("--transport=http").transport, Transport::Http);
+        assert_eq!(
+            parse("--transport tls --backend memory --transport=tls").transport,
+            Transport::Tls
+        );
+    }
+
+    #[test]
     fn rejects_bad_arguments() {
         for bad in [
             &["--backend", "sqlite"][..],
             &["--backend"],
             &["--frobnicate"],
             &["--skip-build=yes"],
+            &["--transport"],
+            &["--transport", "https"],
+            &["--transport", "http", "--transport", "tls"],
         ] {
             let args: Vec<String> = bad.iter().map(|s| (*s).to_owned()).collect();
             assert!(parse_conformance_args(&args).is_err(), "accepted {bad:?}");

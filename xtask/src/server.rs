@@ -1,5 +1,7 @@
 //! Running the server binary under test: free ports, spawning with a clean
-//! environment, the `/readyz` probe, and guaranteed shutdown.
+//! environment, the readiness probes (`/readyz` over plain HTTP; over TLS the
+//! server's `listening on https://` line, then `/readyz` through `curl` or,
+//! without curl, an accepting port), and guaranteed shutdown.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -20,6 +22,8 @@ const READY_POLL_INTERVAL: Duration = Duration::from_millis(50);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Text the server prints when asked for a storage backend it was built without.
 const NOT_BUILT_MARKER: &str = "is not built";
+/// Text the server prints once its TLS listener is bound (`startup::summary`).
+const LISTENING_TLS_MARKER: &str = "listening on https://";
 /// Lines of server log shown with a failure.
 const LOG_TAIL_LINES: usize = 40;
 
@@ -35,6 +39,46 @@ pub(crate) fn free_loopback_port() -> Result<u16> {
         .context("reading the port of the probe listener")?
         .port();
     Ok(port)
+}
+
+/// How to tell that a started server is ready.
+pub(crate) enum Probe<'a> {
+    /// `GET /readyz` over plain HTTP/1.1 answers 200.
+    Http,
+    /// The server serves HTTPS, which the xtask cannot speak: its log says
+    /// `listening on https://`, then `curl` (if `curl` is true) gets 200
+    /// from `https://localhost:<port>/readyz` trusting `ca_cert`, or else
+    /// the port accepts a TCP connection.
+    Tls {
+        /// The CA certificate that signed the server's certificate.
+        ca_cert: &'a Path,
+        /// Whether `curl` is available.
+        curl: bool,
+    },
+}
+
+impl Probe<'_> {
+    /// What readiness means, for the timeout error.
+    fn describe(&self) -> &'static str {
+        match self {
+            Probe::Http => "answer GET /readyz with 200",
+            Probe::Tls { curl: true, .. } => {
+                "log `listening on https://` and answer GET /readyz over TLS (curl) with 200"
+            }
+            Probe::Tls { curl: false, .. } => "log `listening on https://` and accept connections",
+        }
+    }
+}
+
+/// Whether `curl` can be run.
+pub(crate) fn curl_available() -> bool {
+    Command::new("curl")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 /// How a started server ended its start-up.
@@ -96,12 +140,18 @@ impl Server {
         })
     }
 
-    /// Waits until `GET /readyz` answers 200.
+    /// Waits until `GET /readyz` answers 200 over plain HTTP.
     ///
     /// Returns [`Startup::NotBuilt`] if the process exits and its output
     /// mentions that the backend is not built; any other exit, or no
     /// readiness within the time limit, is an error carrying the log's tail.
     pub(crate) fn wait_ready(&mut self) -> Result<Startup> {
+        self.wait_ready_with(&Probe::Http)
+    }
+
+    /// Waits until `probe` says the server is ready; otherwise as
+    /// [`Server::wait_ready`].
+    pub(crate) fn wait_ready_with(&mut self, probe: &Probe<'_>) -> Result<Startup> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let child = self.child.as_mut().context("server already stopped")?;
@@ -116,12 +166,24 @@ impl Server {
                     tail(&log, LOG_TAIL_LINES)
                 );
             }
-            if probe_readyz(self.port) == Some(200) {
+            let ready = match probe {
+                Probe::Http => probe_readyz(self.port) == Some(200),
+                Probe::Tls { ca_cert, curl } => {
+                    self.log_text().contains(LISTENING_TLS_MARKER)
+                        && if *curl {
+                            curl_readyz(self.port, ca_cert)
+                        } else {
+                            accepts_connections(self.port)
+                        }
+                }
+            };
+            if ready {
                 return Ok(Startup::Ready);
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "server did not answer GET /readyz with 200 within {}s\nserver log tail:\n{}",
+                    "server did not {} within {}s\nserver log tail:\n{}",
+                    probe.describe(),
                     READY_TIMEOUT.as_secs(),
                     self.log_tail()
                 );
@@ -206,6 +268,28 @@ fn probe_readyz(port: u16) -> Option<u16> {
         head.extend_from_slice(&buf[..n]);
     }
     parse_status_line(&head)
+}
+
+/// Whether `curl` gets a success status from `https://localhost:port/readyz`,
+/// trusting `ca_cert` (and ignoring any proxy settings of the environment).
+fn curl_readyz(port: u16, ca_cert: &Path) -> bool {
+    Command::new("curl")
+        .args(["-sf", "--noproxy", "*", "--max-time"])
+        .arg(PROBE_TIMEOUT.as_secs().to_string())
+        .arg("--cacert")
+        .arg(ca_cert)
+        .arg(format!("https://localhost:{port}/readyz"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Whether `127.0.0.1:port` accepts a TCP connection.
+fn accepts_connections(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok()
 }
 
 /// Extracts the status code from the start of an HTTP/1.x response.
