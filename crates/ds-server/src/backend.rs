@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use ds_storage::Storage;
 use ds_storage_acid::{AcidBackend, AcidOptions, AcidStorage};
+use ds_storage_file::{Durability, FileOptions, FileStorage};
 use ds_storage_memory::{MemoryOptions, MemoryStorage};
 use ds_subscriptions::{Notifying, Subscriptions};
 
@@ -55,13 +56,27 @@ pub(crate) async fn serve_on_configured_backend(
             serve_with_subscriptions(cfg, storage, shutdown).await
         }
         mode @ (StorageMode::FileFast | StorageMode::FileDurable) => {
-            Err(StartupError::new(
-                Phase::ValidateConfig,
-                format!(
-                    "storage mode \"{}\" is not built in this version; use \"memory\"",
-                    mode.as_str()
-                ),
-            ))
+            let durability = if mode == StorageMode::FileFast {
+                Durability::Fast
+            } else {
+                Durability::Durable
+            };
+            let opts = FileOptions {
+                max_stream_bytes: cfg.limits.effective_max_stream_bytes(mode),
+                ..FileOptions::new(cfg.storage.data_dir.clone(), durability)
+            };
+            let storage = FileStorage::open(opts).await.map_err(|e| {
+                StartupError::new(
+                    Phase::StartServer,
+                    format!(
+                        "cannot open the {} store in {}: {}",
+                        mode.as_str(),
+                        cfg.storage.data_dir.display(),
+                        error_chain(&e)
+                    ),
+                )
+            })?;
+            serve_with_subscriptions(cfg, storage, shutdown).await
         }
     }
 }

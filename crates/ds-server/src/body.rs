@@ -68,6 +68,9 @@ impl http_body::Body for PiecesBody {
     }
 }
 
+/// Bodies up to this size are copied into their own allocation (see [`read_limited`]).
+const COMPACT_BODY_BYTES: usize = 16 * 1024;
+
 /// Reads a whole request body, refusing more than `limit` bytes with `413`.
 ///
 /// A declared `Content-Length` over the limit is refused before any byte is read.
@@ -82,7 +85,17 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> Result
     }
     let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(collected) => {
+            let bytes = collected.to_bytes();
+            // A small body is a slice of the connection's read buffer; stored as is, it would
+            // keep that whole buffer (8 KiB or more) alive for as long as the record lives.
+            // One copy into an exact-size allocation is cheaper than the memory it pins.
+            Ok(if bytes.len() <= COMPACT_BODY_BYTES {
+                Bytes::copy_from_slice(&bytes)
+            } else {
+                bytes
+            })
+        }
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>

@@ -46,6 +46,7 @@ mod transport;
 pub use config::{Config, ConfigLoadOptions, DeploymentProfile, StorageMode};
 pub use ds_storage::Storage;
 pub use ds_storage_acid::{AcidBackend, AcidOptions, AcidStorage};
+pub use ds_storage_file::{Durability, FileOptions, FileStorage};
 pub use ds_storage_memory::{MemoryOptions, MemoryStorage};
 pub use router::{
     AppState, DEFAULT_STREAM_BASE_PATH, RouterSettings, ShutdownToken, build_router,

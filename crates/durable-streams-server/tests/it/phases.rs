@@ -4,7 +4,7 @@ use std::fs;
 
 use ds_server::testsupport::TestPki;
 
-use crate::util::{NOT_BUILT, run_to_exit};
+use crate::util::run_to_exit;
 
 fn expect_phase(result: (i32, String), phase: &str, code: i32) {
     let (got, stderr) = result;
@@ -147,9 +147,5 @@ fn start_server_failure_exits_15() {
             ("DS_STORAGE__DATA_DIR", "not-a-dir/streams"),
         ],
     );
-    if stderr.contains(NOT_BUILT) {
-        eprintln!("SKIPPED: the file-durable backend is not wired into backend.rs yet:\n{stderr}");
-        return;
-    }
     expect_phase((code, stderr), "start_server", 15);
 }

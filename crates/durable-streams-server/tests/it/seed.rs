@@ -8,23 +8,17 @@ use std::time::Duration;
 
 use ds_server::testsupport::TestPki;
 
-use crate::util::{
-    NOT_BUILT, Server, connect, connect_tls, request, spawn, tls_client, wait_ready,
-};
+use crate::util::{Server, connect, connect_tls, request, spawn, tls_client, wait_ready};
 
-/// Starts an example; `None` when it stopped because its storage backend is not built yet.
-fn start_example(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Option<Server> {
+/// Starts an example and waits until it listens.
+fn start_example(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
     let mut server = spawn(cwd, args, env);
-    if server.wait_listening() {
-        return Some(server);
-    }
-    let stderr = server.stderr();
     assert!(
-        stderr.contains(NOT_BUILT),
-        "example {args:?} {env:?} failed:\n{stderr}"
+        server.wait_listening(),
+        "example {args:?} {env:?} failed:\n{}",
+        server.stderr()
     );
-    eprintln!("NOTE: {args:?} {env:?} needs a durable backend not wired yet:\n{stderr}");
-    None
+    server
 }
 
 fn stop(mut server: Server) {
@@ -135,14 +129,12 @@ fn durable_modes_from_the_environment_persist_across_restarts() {
             ("DS_STORAGE__MODE", *mode),
             ("DS_STORAGE__DATA_DIR", "./data"),
         ];
-        let Some(server) = start_example(dir.path(), args, &env) else {
-            continue;
-        };
+        let server = start_example(dir.path(), args, &env);
         wait_ready(server.port);
         round_trip(server.port, "/v1/stream", "kept", "across restarts");
         stop(server);
         assert!(dir.path().join("data").is_dir(), "{mode} wrote ./data");
-        let server = start_example(dir.path(), args, &env).expect("restarts");
+        let server = start_example(dir.path(), args, &env);
         wait_ready(server.port);
         read_back(server.port, "/v1/stream/kept", "across restarts");
         stop(server);
@@ -155,13 +147,11 @@ fn profile_prod_runs_with_durable_storage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("var-lib");
     let data = data.to_str().expect("utf-8");
-    let Some(server) = start_example(
+    let server = start_example(
         dir.path(),
         &["--profile", "prod"],
         &[("DS_STORAGE__DATA_DIR", data)],
-    ) else {
-        return;
-    };
+    );
     wait_ready(server.port);
     assert!(server.stderr().contains("storage:    file-durable"));
     stop(server);
@@ -208,16 +198,10 @@ alpn_protocols = ["http/1.1", "h2"]
     )
 }
 
-/// Runs a TLS example; when its durable backend is not wired yet, checks the TLS part with
-/// `DS_STORAGE__MODE=memory` added.
+/// Runs a TLS example as written (durable storage included).
 fn start_tls_example(dir: &Path, profile: &str) -> Server {
     let args = ["--profile", profile, "--config", "server.toml"];
-    if let Some(server) = start_example(dir, &args, &[]) {
-        return server;
-    }
-    let mut server = spawn(dir, &args, &[("DS_STORAGE__MODE", "memory")]);
-    assert!(server.wait_listening(), "{}", server.stderr());
-    server
+    start_example(dir, &args, &[])
 }
 
 #[test]

@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 
 use ds_server::testsupport::TestPki;
 
-use crate::util::{
-    NOT_BUILT, connect, connect_tls, peer_cert, request, spawn, tls_client, wait_ready,
-};
+use crate::util::{connect, connect_tls, peer_cert, request, spawn, tls_client, wait_ready};
 
 #[test]
 fn sighup_reloads_certificates_for_new_connections_and_keeps_old_ones() {
@@ -95,14 +93,7 @@ fn sigterm_under_load_loses_no_acknowledged_append() {
         ("DS_SERVER__DRAIN_TIMEOUT_SECS", "10"),
     ];
     let mut server = spawn(dir.path(), &[], &env);
-    if !server.wait_listening() {
-        let stderr = server.stderr();
-        assert!(stderr.contains(NOT_BUILT), "{stderr}");
-        eprintln!(
-            "SKIPPED: needs the file-durable backend in backend.rs (the in-process memory variant runs in ds-server's shutdown test)"
-        );
-        return;
-    }
+    assert!(server.wait_listening(), "{}", server.stderr());
     let port = server.port;
     wait_ready(port);
     let mut c = connect(port);

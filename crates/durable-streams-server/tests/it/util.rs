@@ -267,6 +267,3 @@ pub(crate) fn wait_ready(port: u16) {
     }
     panic!("server on {port} never became ready");
 }
-
-/// The message of a backend that is not built yet (durable modes land separately).
-pub(crate) const NOT_BUILT: &str = "is not built in this version";
