@@ -85,7 +85,8 @@ Options of `conformance`:
                       or all (default all). Repeatable or comma-separated.
   --transport <name>  http (default) or tls: serve HTTPS with throwaway test
                       certificates (HTTP/1.1 and HTTP/2 by ALPN)
-  --subscriptions     Also run the subscription tests (allows dev webhooks)
+  --no-subscriptions  Skip the subscription tests (they run by default, with
+                      development webhooks allowed); --subscriptions is accepted
   --skip-build        Use the existing target/release binary, do not build
 
 Options of `crash`:
@@ -192,7 +193,7 @@ fn workspace_root() -> Result<PathBuf> {
 fn parse_conformance_args(args: &[String]) -> Result<Option<conformance::Options>> {
     let mut backends: Vec<Backend> = Vec::new();
     let mut transport = None;
-    let mut subscriptions = false;
+    let mut subscriptions = true;
     let mut skip_build = false;
     let mut server_binary = None;
 
@@ -243,10 +244,11 @@ fn parse_conformance_args(args: &[String]) -> Result<Option<conformance::Options
                 transport = Some(selected);
             }
             "--server-binary" => server_binary = Some(PathBuf::from(value("--server-binary")?)),
-            "--subscriptions" | "--skip-build" if inline_value.is_some() => {
+            "--subscriptions" | "--no-subscriptions" | "--skip-build" if inline_value.is_some() => {
                 bail!("{flag} takes no value")
             }
             "--subscriptions" => subscriptions = true,
+            "--no-subscriptions" => subscriptions = false,
             "--skip-build" => skip_build = true,
             _ => bail!("unknown argument {arg:?} for conformance"),
         }
@@ -418,7 +420,7 @@ mod tests {
         let options = parse("");
         assert_eq!(options.backends, Backend::ALL);
         assert_eq!(options.transport, Transport::Http);
-        assert!(!options.subscriptions);
+        assert!(options.subscriptions, "subscription tests run by default");
         assert!(!options.skip_build);
         assert!(options.server_binary.is_none());
     }
