@@ -353,7 +353,8 @@ pub(crate) async fn resolve_origin(
     let identity = trust.identity(conn.as_ref(), req.headers_mut());
     // Subscription callback and JWKS URLs are absolute: they use the origin the client saw.
     if let Some(base) = origin.base_url() {
-        req.extensions_mut().insert(ds_subscriptions::PublicOrigin(base));
+        req.extensions_mut()
+            .insert(ds_subscriptions::PublicOrigin(base));
     }
     req.extensions_mut().insert(origin);
     if let Some(id) = identity {
