@@ -1,1 +1,777 @@
-//! placeholder
+//! Durable Streams storage on plain files, in two modes: `file-durable` and `file-fast`.
+//!
+//! [`FileStorage`] keeps a shared write-ahead log (WAL) and one file per stream under
+//! [`FileOptions::data_dir`]. A single committer thread applies every change in **group
+//! commits**: it takes all queued requests, validates them in order with the shared protocol
+//! rules, appends their records to the WAL with one write, and then (file-durable) one
+//! `fdatasync`. Each record carries a stream's data *and* its new producer, `Stream-Seq` and
+//! closure state, so the two can never disagree after a crash. After the commit the same bytes
+//! are written to the streams' own files (read by catch-up reads), the new tails are published
+//! to live readers, and the requests are answered. Background checkpoints fsync the stream
+//! files and drop old WAL segments; recovery on [`FileStorage::open`] replays the WAL tail.
+//! See the `commit`, `recovery` and `record` modules for the details and the byte layout.
+//!
+//! # What is guaranteed, and what a crash can lose
+//!
+//! - **file-durable** ([`Durability::Durable`]): a create, append, close or delete is
+//!   acknowledged only after its records are on stable storage. A process crash, a kernel
+//!   panic or a power loss loses nothing that was acknowledged. A request in flight at the
+//!   crash is either fully applied or not at all; an idempotent producer retrying it gets
+//!   `Duplicate` if it was applied, so nothing is ever appended twice.
+//! - **file-fast** ([`Durability::Fast`]): a request is acknowledged once its records are
+//!   written to the kernel (`write(2)` done; nothing is buffered in the process), and the WAL is
+//!   `fdatasync`ed in the background every [`FileOptions::fsync_interval`]. A process crash
+//!   (`kill -9`) loses nothing acknowledged. A kernel panic or power loss can lose the requests
+//!   acknowledged during the last interval; each stream then comes back as a consistent prefix
+//!   of its history (data, producer state and closure together), and a fork created on data
+//!   that was lost is dropped with it.
+//! - In both modes a torn or partially written record is detected by its CRC-32 and never
+//!   replayed, and everything after it in that file is ignored.
+//! - Sliding TTLs: writes record their time with the data; reads record theirs with a small
+//!   Touch record at most every tenth of the TTL (between 1 s and 60 s) and on [`close`]. After
+//!   a crash, a stream that was only *read* during that window may expire up to that much
+//!   earlier than it would have. Absolute expiry (`Stream-Expires-At`) is exact.
+//! - Reads, heads and live readers only ever see committed data.
+//!
+//! After an I/O error other than a full disk (a failed `fsync` in particular: the page cache
+//! can no longer be trusted) the store stops accepting writes and reports not ready; a restart
+//! recovers from the WAL. A full disk fails the affected requests with
+//! [`Error::StorageFull`] and the store carries on.
+//!
+//! [`close`]: FileStorage::close
+//!
+//! # Use
+//!
+//! ```no_run
+//! use ds_storage::Storage;
+//! use ds_storage_file::{Durability, FileOptions, FileStorage};
+//!
+//! # async fn demo() -> ds_storage::Result<()> {
+//! let store = FileStorage::open(FileOptions::new("/var/lib/ds", Durability::Durable)).await?;
+//! let streams = store.list().await?;
+//! store.close().await;
+//! # Ok(()) }
+//! ```
+
+pub mod io;
+
+mod commit;
+mod layout;
+mod pool;
+mod read;
+mod record;
+mod recovery;
+mod stream;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ds_protocol::{Expiry, Offset, StreamName, fork_expiry};
+use ds_storage::rules::{self, Clock, SystemClock};
+use ds_storage::{
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Error, ForkRequest, ReadChunk,
+    ReadFrom, Result, Storage, StreamInfo, Tail,
+};
+use tokio::sync::{oneshot, watch};
+
+use crate::commit::{Committer, CreateOp, Op, Reply, Request, ResolvedFork};
+use crate::io::{Fs, FsFile, RealFs};
+use crate::pool::FilePool;
+use crate::read::Budget;
+use crate::stream::{ByName, Entry, Status};
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `file-fast`: once written to the kernel; the WAL is fsynced in the background.
+    Fast,
+    /// `file-durable`: once `fdatasync`ed (shared by concurrent requests via group commit).
+    Durable,
+}
+
+/// Options of a [`FileStorage`].
+#[derive(Clone)]
+pub struct FileOptions {
+    /// Directory holding the store (created if missing).
+    pub data_dir: PathBuf,
+    /// When requests are acknowledged.
+    pub durability: Durability,
+    /// Upper bound on the payload bytes of one stream; `None` = bounded by the disk.
+    pub max_stream_bytes: Option<u64>,
+    /// Clock used for TTL and expiry.
+    pub clock: Arc<dyn Clock>,
+    /// file-fast: how often the WAL is fsynced in the background (default 100 ms).
+    pub fsync_interval: Duration,
+    /// Most stream files kept open at once (default 256).
+    pub max_open_files: usize,
+    /// WAL size at which a new segment starts and a checkpoint runs (default 64 MiB). Bounds
+    /// how much WAL recovery replays.
+    pub wal_segment_bytes: u64,
+}
+
+impl FileOptions {
+    /// Options for `data_dir` with the given durability and the defaults above.
+    pub fn new(data_dir: impl Into<PathBuf>, durability: Durability) -> Self {
+        FileOptions {
+            data_dir: data_dir.into(),
+            durability,
+            max_stream_bytes: None,
+            clock: Arc::new(SystemClock),
+            fsync_interval: Duration::from_millis(100),
+            max_open_files: 256,
+            wal_segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl std::fmt::Debug for FileOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileOptions")
+            .field("data_dir", &self.data_dir)
+            .field("durability", &self.durability)
+            .field("max_stream_bytes", &self.max_stream_bytes)
+            .field("fsync_interval", &self.fsync_interval)
+            .field("max_open_files", &self.max_open_files)
+            .field("wal_segment_bytes", &self.wal_segment_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters of the group committer (for tests, benchmarks and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Requests the committer handled.
+    pub requests: u64,
+    /// Group commits that wrote to the WAL.
+    pub batches: u64,
+    /// Records written.
+    pub records: u64,
+    /// WAL `fdatasync` calls (per batch in file-durable mode, periodic in file-fast mode).
+    pub fsyncs: u64,
+    /// Bytes appended to the WAL.
+    pub wal_bytes: u64,
+    /// Stream files currently held open by the descriptor pool.
+    pub open_files: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    requests: AtomicU64,
+    batches: AtomicU64,
+    records: AtomicU64,
+    fsyncs: AtomicU64,
+    wal_bytes: AtomicU64,
+}
+
+/// State shared by the request side, the committer and the background thread.
+pub(crate) struct Shared {
+    fs: Arc<dyn Fs>,
+    root: PathBuf,
+    durability: Durability,
+    max_stream_bytes: Option<u64>,
+    clock: Arc<dyn Clock>,
+    fsync_interval: Duration,
+    wal_segment_bytes: u64,
+    streams: RwLock<HashSet<ByName>>,
+    content_types: Mutex<HashSet<Arc<str>>>,
+    pool: FilePool,
+    failure: Mutex<Option<String>>,
+    wal_current: Mutex<Option<Arc<dyn FsFile>>>,
+    wal_dirty: AtomicBool,
+    checkpointing: AtomicBool,
+    stats: Stats,
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn get(&self, name: &StreamName) -> Option<Arc<Entry>> {
+        self.streams
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .map(|b| Arc::clone(&b.0))
+    }
+
+    fn write_streams(&self) -> RwLockWriteGuard<'_, HashSet<ByName>> {
+        self.streams
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Why the store stopped accepting writes, if it did.
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops accepting writes (the first reason is kept).
+    fn fail(&self, reason: &str) {
+        let mut f = self
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if f.is_none() {
+            *f = Some(reason.to_owned());
+        }
+    }
+
+    /// The shared copy of a content type.
+    fn intern(&self, content_type: &str) -> Arc<str> {
+        let mut set = self
+            .content_types
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(ct) = set.get(content_type) {
+            return Arc::clone(ct);
+        }
+        let ct: Arc<str> = Arc::from(content_type);
+        set.insert(Arc::clone(&ct));
+        ct
+    }
+
+    fn wal_current(&self) -> MutexGuard<'_, Option<Arc<dyn FsFile>>> {
+        self.wal_current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Maps an I/O error to the storage error: a full disk is `StorageFull`, anything else a
+/// `Backend` error naming the failed operation and keeping the source.
+pub(crate) fn backend(op: &'static str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        // The disk's size is not known here; 0 says "no configured limit".
+        Error::StorageFull { limit: 0 }
+    } else {
+        Error::Backend {
+            op,
+            source: Box::new(e),
+        }
+    }
+}
+
+/// The error of a write after the store stopped accepting writes.
+pub(crate) fn failed_error(op: &'static str, reason: &str) -> Error {
+    Error::Backend {
+        op,
+        source: Box::new(std::io::Error::other(format!(
+            "the store stopped accepting writes after an I/O failure ({reason}); restart it \
+             to recover from the write-ahead log"
+        ))),
+    }
+}
+
+fn closed_error(op: &'static str) -> Error {
+    Error::Backend {
+        op,
+        source: Box::new(std::io::Error::other("the store is closed")),
+    }
+}
+
+/// How often a read-only TTL stream records its last access (a tenth of the TTL, 1 s to 60 s).
+fn touch_interval_ms(ttl_secs: u64) -> u64 {
+    (ttl_secs.saturating_mul(1000) / 10).clamp(1_000, 60_000)
+}
+
+/// Owns the committer; the last [`FileStorage`] clone to go stops it.
+struct Handle {
+    shared: Arc<Shared>,
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Handle {
+    fn sender(&self) -> MutexGuard<'_, Option<mpsc::Sender<Request>>> {
+        self.tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take_thread(&self) -> Option<JoinHandle<()>> {
+        self.committer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Same as `close`, blocking: the committer finishes queued requests, persists access
+        // times, checkpoints, releases the lock and exits.
+        let tx = self.sender().take();
+        if let Some(tx) = tx {
+            let _ = tx.send(Request {
+                op: Op::Shutdown,
+                reply: None,
+            });
+        }
+        if let Some(thread) = self.take_thread() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The file backend. Cheap to clone: clones share the same store.
+///
+/// Dropping the last clone (or calling [`FileStorage::close`]) stops the committer after the
+/// requests already queued, writes pending TTL access times, checkpoints (so the next open has
+/// nothing to replay), and releases the data directory's lock. Dropping blocks the current
+/// thread for that; call `close().await` to wait without blocking.
+#[derive(Clone)]
+pub struct FileStorage {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for FileStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStorage")
+            .field("data_dir", &self.handle.shared.root)
+            .field("durability", &self.handle.shared.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileStorage {
+    /// Opens (creating if needed) the store in `opts.data_dir`: locks the directory, runs
+    /// recovery, and starts the committer. Must be called inside a tokio runtime.
+    ///
+    /// Fails with a `Backend` error naming the holder's PID when another process (or another
+    /// open store in this one) holds the directory's lock.
+    pub async fn open(opts: FileOptions) -> Result<FileStorage> {
+        FileStorage::open_with_fs(opts, Arc::new(RealFs)).await
+    }
+
+    /// Like [`FileStorage::open`], on another file system (tests use [`io::SimFs`] to
+    /// simulate power loss).
+    pub async fn open_with_fs(opts: FileOptions, fs: Arc<dyn Fs>) -> Result<FileStorage> {
+        let shared = Arc::new(Shared {
+            pool: FilePool::new(Arc::clone(&fs), opts.data_dir.clone(), opts.max_open_files),
+            fs,
+            root: opts.data_dir,
+            durability: opts.durability,
+            max_stream_bytes: opts.max_stream_bytes,
+            clock: opts.clock,
+            fsync_interval: opts.fsync_interval,
+            wal_segment_bytes: opts.wal_segment_bytes.max(1),
+            streams: RwLock::new(HashSet::new()),
+            content_types: Mutex::new(HashSet::new()),
+            failure: Mutex::new(None),
+            wal_current: Mutex::new(None),
+            wal_dirty: AtomicBool::new(false),
+            checkpointing: AtomicBool::new(false),
+            stats: Stats::default(),
+        });
+        let recovering = Arc::clone(&shared);
+        let recovered = tokio::task::spawn_blocking(move || recovery::recover(&recovering))
+            .await
+            .map_err(|e| backend("recover", std::io::Error::other(e)))??;
+        *shared.write_streams() = recovered.streams;
+        *shared.wal_current() = Some(Arc::clone(&recovered.init.wal));
+        let (tx, rx) = mpsc::channel();
+        let committer = Committer::new(Arc::clone(&shared), rx, recovered.init)
+            .map_err(|e| backend("start committer", e))?;
+        let thread = std::thread::Builder::new()
+            .name("ds-file-commit".to_owned())
+            .spawn(move || committer.run())
+            .map_err(|e| backend("start committer", e))?;
+        Ok(FileStorage {
+            handle: Arc::new(Handle {
+                shared,
+                tx: Mutex::new(Some(tx)),
+                committer: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Stops the store: requests already queued complete, later ones fail; pending TTL access
+    /// times are written, everything is synced and checkpointed, background threads stop and
+    /// the directory's lock is released. Idempotent.
+    pub async fn close(&self) {
+        let tx = self.handle.sender().take();
+        if let Some(tx) = tx {
+            let (reply, done) = oneshot::channel();
+            if tx
+                .send(Request {
+                    op: Op::Shutdown,
+                    reply: Some(reply),
+                })
+                .is_ok()
+            {
+                let _ = done.await;
+            }
+        }
+        if let Some(thread) = self.handle.take_thread() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    /// The data directory.
+    #[must_use]
+    pub fn data_dir(&self) -> &Path {
+        &self.handle.shared.root
+    }
+
+    /// The committer's counters.
+    #[must_use]
+    pub fn stats(&self) -> CommitStats {
+        let s = &self.handle.shared.stats;
+        CommitStats {
+            requests: s.requests.load(Ordering::Relaxed),
+            batches: s.batches.load(Ordering::Relaxed),
+            records: s.records.load(Ordering::Relaxed),
+            fsyncs: s.fsyncs.load(Ordering::Relaxed),
+            wal_bytes: s.wal_bytes.load(Ordering::Relaxed),
+            open_files: self.handle.shared.pool.len() as u64,
+        }
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+
+    async fn submit(&self, op_name: &'static str, op: Op) -> Result<Reply> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let tx = self.handle.sender();
+            let tx = tx.as_ref().ok_or_else(|| closed_error(op_name))?;
+            tx.send(Request {
+                op,
+                reply: Some(reply),
+            })
+            .map_err(|_| closed_error(op_name))?;
+        }
+        rx.await.map_err(|_| closed_error(op_name))?
+    }
+
+    /// Looks a stream up for a client operation: missing or removed streams are `NotFound`,
+    /// soft-deleted ones `Gone`; an expired one is expired through the committer first.
+    async fn live(&self, name: &StreamName, op: &'static str) -> Result<Arc<Entry>> {
+        let entry = self.shared().get(name).ok_or(Error::NotFound)?;
+        let status = {
+            let st = entry.lock();
+            entry.status(&st.s, self.shared().now())
+        };
+        match status {
+            Status::Live => Ok(entry),
+            Status::Removed => Err(Error::NotFound),
+            Status::SoftDeleted => Err(Error::Gone),
+            Status::Expired => {
+                self.submit(
+                    op,
+                    Op::Expire {
+                        entry: Arc::clone(&entry),
+                    },
+                )
+                .await?;
+                Ok(entry)
+            }
+        }
+    }
+
+    /// Resolves a fork request against its live source: the resolved fork, its content type,
+    /// and its expiry (the inheritance table of section 4.2).
+    async fn resolve_fork(
+        &self,
+        f: &ForkRequest,
+        req: &CreateRequest,
+    ) -> Result<(ResolvedFork, String, Expiry)> {
+        let source = match self.live(&f.source, "create").await {
+            Ok(s) => s,
+            Err(Error::NotFound) => return Err(Error::ForkSourceNotFound),
+            Err(Error::Gone) => return Err(Error::ForkSourceGone),
+            Err(e) => return Err(e),
+        };
+        if let Some(ct) = &req.content_type
+            && !ds_protocol::content_type::matches(ct, &source.content_type)
+        {
+            return Err(Error::ContentTypeMismatch {
+                expected: source.content_type.to_string(),
+                actual: ct.clone(),
+            });
+        }
+        let anchor = f.offset.unwrap_or_else(|| source.lock().s.tail);
+        let sub_offset = f.sub_offset;
+        let shared = Arc::clone(self.shared());
+        let src = Arc::clone(&source);
+        let base = tokio::task::spawn_blocking(move || -> Result<Offset> {
+            let located = read::locate(&shared.pool, &src, anchor)?;
+            if sub_offset == 0 {
+                Ok(anchor)
+            } else if src.json {
+                if sub_offset > located.messages_to_boundary {
+                    return Err(Error::SubOffsetOvershoot {
+                        sub_offset,
+                        available: located.messages_to_boundary,
+                    });
+                }
+                read::json_position(&shared.pool, &src, anchor, sub_offset)
+            } else {
+                if sub_offset > located.bytes_to_boundary {
+                    return Err(Error::SubOffsetOvershoot {
+                        sub_offset,
+                        available: located.bytes_to_boundary,
+                    });
+                }
+                Ok(Offset::new(anchor.seq + 1, anchor.byte + sub_offset))
+            }
+        })
+        .await
+        .map_err(|e| backend("create", std::io::Error::other(e)))?
+        .map_err(|e| match e {
+            Error::Backend { .. } if source.lock().s.removed => Error::ForkSourceGone,
+            e => e,
+        })?;
+        let content_type = source.content_type.to_string();
+        let expiry = fork_expiry(source.expiry, req.expiry);
+        Ok((
+            ResolvedFork {
+                source,
+                anchor,
+                sub_offset,
+                base,
+            },
+            content_type,
+            expiry,
+        ))
+    }
+
+    async fn create_stream(&self, name: &StreamName, req: CreateRequest) -> Result<CreateOutcome> {
+        // An existing stream: idempotent success or conflict, answered from committed state.
+        if self.shared().get(name).is_some() {
+            match self.live(name, "create").await {
+                Ok(entry) => {
+                    let st = entry.lock();
+                    let cfg = rules::ExistingConfig {
+                        content_type: &entry.content_type,
+                        expiry: entry.expiry,
+                        closed: st.s.writer.closed,
+                        fork: entry.fork_config(),
+                    };
+                    rules::check_create_matches(&cfg, &req)?;
+                    return Ok(CreateOutcome::Existed(entry.info(&st.s)));
+                }
+                Err(Error::Gone) => return Err(Error::NameHeldBySoftDeleted),
+                Err(Error::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let (fork, content_type, expiry) = match &req.fork {
+            None => (
+                None,
+                rules::effective_content_type(req.content_type.as_deref()),
+                req.expiry,
+            ),
+            Some(f) => {
+                let (fork, ct, expiry) = self.resolve_fork(f, &req).await?;
+                (Some(fork), ct, expiry)
+            }
+        };
+        let messages = rules::split_body(&content_type, &req.body, true)?;
+        let len: u64 = messages.iter().map(|m| m.len() as u64).sum();
+        if let Some(limit) = self.shared().max_stream_bytes
+            && len > limit
+        {
+            return Err(Error::StreamTooLarge { limit });
+        }
+        let op = CreateOp {
+            name: name.clone(),
+            req,
+            content_type,
+            expiry,
+            messages,
+            fork,
+        };
+        match self.submit("create", Op::Create(Box::new(op))).await? {
+            Reply::Created(outcome) => Ok(outcome),
+            _ => Err(unexpected_reply("create")),
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        name: &StreamName,
+        from: ReadFrom,
+        max_bytes: usize,
+    ) -> Result<ReadChunk> {
+        let entry = self.live(name, "read").await?;
+        let now = self.shared().now();
+        let (start, tail, touch) = {
+            let mut st = entry.lock();
+            st.s.last_access_ms = st.s.last_access_ms.max(now);
+            let touch = match entry.expiry {
+                Expiry::Ttl(secs)
+                    if !st.touch_pending
+                        && now.saturating_sub(st.s.persisted_access_ms)
+                            >= touch_interval_ms(secs) =>
+                {
+                    st.touch_pending = true;
+                    true
+                }
+                _ => false,
+            };
+            let start = match from {
+                ReadFrom::Start => Offset::ZERO,
+                ReadFrom::Tail => st.s.tail,
+                ReadFrom::At(o) => o,
+            };
+            (start, st.s.tail, touch)
+        };
+        if touch {
+            // Nobody waits for it; if the store is closing, the close writes access times.
+            let tx = self.handle.sender();
+            if let Some(tx) = tx.as_ref() {
+                let _ = tx.send(Request {
+                    op: Op::Touch {
+                        entry: Arc::clone(&entry),
+                    },
+                    reply: None,
+                });
+            }
+        }
+        let (pieces, next) = if matches!(from, ReadFrom::Tail) || start == tail {
+            (Vec::new(), tail)
+        } else {
+            let shared = Arc::clone(self.shared());
+            let target = Arc::clone(&entry);
+            let read = tokio::task::spawn_blocking(move || -> Result<(Vec<Bytes>, Offset)> {
+                let mut pieces = Vec::new();
+                let mut bytes = max_bytes.max(1);
+                let mut units = usize::MAX;
+                let next = read::read_view(
+                    &shared.pool,
+                    &target,
+                    start,
+                    None,
+                    &mut Budget {
+                        bytes: &mut bytes,
+                        units: &mut units,
+                    },
+                    &mut pieces,
+                )?;
+                Ok((pieces, next))
+            })
+            .await
+            .map_err(|e| backend("read", std::io::Error::other(e)))?;
+            match read {
+                Ok(r) => r,
+                // The stream was deleted under the read (its file is gone).
+                Err(Error::Backend { .. }) if entry.lock().s.removed => {
+                    return Err(Error::NotFound);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let st = entry.lock();
+        let up_to_date = next == st.s.tail;
+        Ok(ReadChunk {
+            stream_id: entry.id,
+            content_type: entry.content_type.to_string(),
+            start,
+            next,
+            pieces,
+            up_to_date,
+            closed: up_to_date && st.s.writer.closed,
+        })
+    }
+}
+
+fn unexpected_reply(op: &'static str) -> Error {
+    Error::Backend {
+        op,
+        source: Box::new(std::io::Error::other(
+            "the committer answered another request",
+        )),
+    }
+}
+
+impl Storage for FileStorage {
+    async fn create(&self, name: &StreamName, req: CreateRequest) -> Result<CreateOutcome> {
+        self.create_stream(name, req).await
+    }
+
+    async fn append(&self, name: &StreamName, req: AppendRequest) -> Result<AppendOutcome> {
+        let entry = self.live(name, "append").await?;
+        // Split (and validate) JSON here, off the committer; errors are reported in protocol
+        // precedence by the committer's `plan_append`.
+        let messages = rules::split_body(&entry.content_type, &req.body, false);
+        match self
+            .submit(
+                "append",
+                Op::Append {
+                    entry,
+                    req,
+                    messages,
+                },
+            )
+            .await?
+        {
+            Reply::Appended(outcome) => Ok(outcome),
+            _ => Err(unexpected_reply("append")),
+        }
+    }
+
+    async fn read(&self, name: &StreamName, from: ReadFrom, max_bytes: usize) -> Result<ReadChunk> {
+        self.read_stream(name, from, max_bytes).await
+    }
+
+    async fn head(&self, name: &StreamName) -> Result<StreamInfo> {
+        let entry = self.live(name, "head").await?;
+        let st = entry.lock();
+        Ok(entry.info(&st.s))
+    }
+
+    async fn delete(&self, name: &StreamName) -> Result<()> {
+        let entry = self.live(name, "delete").await?;
+        self.submit("delete", Op::Delete { entry }).await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, name: &StreamName) -> Result<watch::Receiver<Tail>> {
+        let entry = self.live(name, "subscribe").await?;
+        let mut st = entry.lock();
+        Ok(st.subscribe())
+    }
+
+    async fn list(&self) -> Result<Vec<StreamInfo>> {
+        let entries: Vec<Arc<Entry>> = self
+            .shared()
+            .streams
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|b| Arc::clone(&b.0))
+            .collect();
+        let now = self.shared().now();
+        let mut out: Vec<StreamInfo> = entries
+            .iter()
+            .filter_map(|e| {
+                let st = e.lock();
+                (e.status(&st.s, now) == Status::Live).then(|| e.info(&st.s))
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn sweep_expired(&self) -> Result<usize> {
+        match self.submit("sweep", Op::Sweep).await? {
+            Reply::Swept(n) => Ok(n),
+            _ => Err(unexpected_reply("sweep")),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared().failure().is_none() && self.handle.sender().is_some()
+    }
+}

@@ -1,0 +1,1146 @@
+//! Group commit: one thread decides, writes and publishes every change.
+//!
+//! Every state-changing request (create, append, close, delete, expiry, TTL touch) is sent to
+//! the committer thread. The committer takes whatever is queued (at least one request, at most
+//! [`MAX_BATCH_OPS`] or about [`MAX_BATCH_BYTES`]), and for each request in order:
+//!
+//! 1. validates it against the stream's state *including the earlier requests of the same
+//!    batch* (a private draft per touched stream; the shared state is not changed yet), calling
+//!    the shared protocol rules (`ds_storage::rules`) for producers, `Stream-Seq`, closure and
+//!    create idempotency;
+//! 2. encodes the records that describe the change — data and the new producer/seq/closure
+//!    state in one record — into the batch buffer, and applies them to the draft with the same
+//!    function recovery uses.
+//!
+//! Then it writes each record to its stream's own file (no fsync: the WAL covers them until the
+//! next checkpoint), appends the whole batch to the WAL with one write, and in file-durable
+//! mode calls `fdatasync` once. While that fsync runs, new requests queue up and form the next
+//! batch, so the batch size follows the load, not a timer. After the commit it installs the
+//! drafts as the streams' state, publishes the new tails to live readers, and only then
+//! answers the requests. Readers never look past a stream's installed length, so they never
+//! see a byte that is not committed. (A crash between the stream-file write and the WAL fsync
+//! can leave an unacknowledged record in a stream file; recovery keeps it, which is one of the
+//! two outcomes an unanswered request may have.)
+//!
+//! If a write fails with ENOSPC, the batch's writes are taken back (truncated, and the
+//! truncation synced, so none of its records can resurface), every request of the batch gets
+//! `StorageFull`, and the store carries on. Any other write or fsync failure (after a failed
+//! fsync the page cache cannot be trusted) stops the store from accepting writes; a restart
+//! recovers from the WAL.
+//!
+//! When the current WAL segment grows past `wal_segment_bytes`, the committer starts a new
+//! segment and hands the list of stream files and directories written since the previous
+//! checkpoint to the background thread, which fsyncs them, records the new WAL floor in
+//! `CHECKPOINT`, and deletes the old segments. In file-fast mode the same thread also
+//! `fdatasync`s the WAL every `fsync_interval`.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ds_protocol::{Expiry, Offset, StreamName, content_type};
+use ds_storage::rules::{self, AppendPlan, ExistingConfig};
+use ds_storage::{
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Error, ProducerAck, Result,
+};
+use tokio::sync::oneshot;
+
+use crate::io::{FsFile, OpenMode};
+use crate::record::{self, Checkpoint, Encoder, FLAG_CLOSE, ForkMeta, Header, Kind};
+use crate::stream::{ByName, Entry, ForkLink, IdxEntry, State, Status, StreamState};
+use crate::{Durability, Shared, layout};
+
+/// Most requests in one batch.
+pub(crate) const MAX_BATCH_OPS: usize = 4096;
+/// About the most payload bytes in one batch (one request may exceed it on its own).
+pub(crate) const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// A fork request resolved against its source before it is queued. The source's data below
+/// its tail never changes, so the resolution stays valid as long as the committer still finds
+/// the same source incarnation live.
+pub(crate) struct ResolvedFork {
+    pub source: Arc<Entry>,
+    pub anchor: Offset,
+    pub sub_offset: u64,
+    pub base: Offset,
+}
+
+/// A create, prepared by the caller.
+pub(crate) struct CreateOp {
+    pub name: StreamName,
+    /// The request, for the idempotency comparison when the name turns out to exist.
+    pub req: CreateRequest,
+    pub content_type: String,
+    pub expiry: Expiry,
+    pub messages: Vec<Bytes>,
+    pub fork: Option<ResolvedFork>,
+}
+
+/// What the committer is asked to do.
+pub(crate) enum Op {
+    Create(Box<CreateOp>),
+    Append {
+        entry: Arc<Entry>,
+        req: AppendRequest,
+        messages: Result<Vec<Bytes>>,
+    },
+    Delete {
+        entry: Arc<Entry>,
+    },
+    /// Apply expiry to a stream an operation found expired.
+    Expire {
+        entry: Arc<Entry>,
+    },
+    Sweep,
+    /// Persist the stream's last read time (sliding TTL); nobody waits for it.
+    Touch {
+        entry: Arc<Entry>,
+    },
+    Shutdown,
+}
+
+/// What the committer answers.
+pub(crate) enum Reply {
+    Created(CreateOutcome),
+    Appended(AppendOutcome),
+    Done,
+    Swept(usize),
+}
+
+pub(crate) struct Request {
+    pub op: Op,
+    pub reply: Option<oneshot::Sender<Result<Reply>>>,
+}
+
+impl Request {
+    fn payload_len(&self) -> usize {
+        match &self.op {
+            Op::Create(c) => c.req.body.len(),
+            Op::Append { req, .. } => req.body.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// A failure that ends a batch, rebuilt into an [`Error`] for each of its requests.
+#[derive(Debug, Clone)]
+struct BatchFailure {
+    op: &'static str,
+    kind: io::ErrorKind,
+    message: String,
+}
+
+impl BatchFailure {
+    fn new(op: &'static str, e: &io::Error) -> Self {
+        BatchFailure {
+            op,
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+
+    fn to_error(&self) -> Error {
+        crate::backend(self.op, io::Error::new(self.kind, self.message.clone()))
+    }
+}
+
+/// Files and directories written since the last checkpoint, which the next one must sync.
+#[derive(Default)]
+pub(crate) struct Dirty {
+    pub streams: HashSet<u64>,
+    pub dirs: HashSet<PathBuf>,
+    pub unlinks: Vec<PathBuf>,
+}
+
+impl Dirty {
+    fn is_empty(&self) -> bool {
+        self.streams.is_empty() && self.dirs.is_empty() && self.unlinks.is_empty()
+    }
+}
+
+/// A checkpoint for the background thread.
+pub(crate) struct CheckpointJob {
+    pub floor: u64,
+    pub next_id: u64,
+    pub dirty: Dirty,
+}
+
+pub(crate) enum BgMsg {
+    Checkpoint(CheckpointJob),
+    Stop,
+}
+
+/// What the committer starts from (built by recovery).
+pub(crate) struct CommitterInit {
+    pub wal: Arc<dyn FsFile>,
+    pub segment: u64,
+    pub next_id: u64,
+    pub expiring: HashMap<u64, Arc<Entry>>,
+    /// Fan-out directories that exist.
+    pub fanouts: HashSet<u8>,
+    pub lock: Box<dyn std::any::Any + Send + Sync>,
+}
+
+pub(crate) struct Committer {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Request>,
+    wal: Arc<dyn FsFile>,
+    segment: u64,
+    wal_len: u64,
+    next_id: u64,
+    expiring: HashMap<u64, Arc<Entry>>,
+    fanouts: HashSet<u8>,
+    dirty: Dirty,
+    bg_tx: mpsc::Sender<BgMsg>,
+    bg: Option<JoinHandle<()>>,
+    _lock: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// A stream file written by a batch being committed.
+struct Written {
+    id: u64,
+    from: u64,
+    new_file: bool,
+}
+
+/// One stream's pending state within a batch.
+struct Draft {
+    entry: Arc<Entry>,
+    s: StreamState,
+    fork_refs: usize,
+    new_index: Vec<IdxEntry>,
+    writes: Vec<Range<usize>>,
+    write_from: u64,
+    new_file: bool,
+    changed: bool,
+    clear_touch: bool,
+}
+
+/// The requests of one group commit being planned.
+struct Batch {
+    now: u64,
+    segment: u64,
+    buf: Vec<u8>,
+    drafts: HashMap<u64, Draft>,
+    order: Vec<u64>,
+    names: HashMap<StreamName, Option<Arc<Entry>>>,
+    records: u64,
+}
+
+impl Batch {
+    fn new(now: u64, segment: u64) -> Self {
+        Batch {
+            now,
+            segment,
+            buf: Vec::new(),
+            drafts: HashMap::new(),
+            order: Vec::new(),
+            names: HashMap::new(),
+            records: 0,
+        }
+    }
+
+    fn draft(&mut self, entry: &Arc<Entry>) -> &mut Draft {
+        let order = &mut self.order;
+        self.drafts.entry(entry.id).or_insert_with(|| {
+            order.push(entry.id);
+            let st = entry.lock();
+            Draft {
+                entry: Arc::clone(entry),
+                s: st.s.clone(),
+                fork_refs: st.fork_refs,
+                new_index: Vec::new(),
+                writes: Vec::new(),
+                write_from: st.s.file_len,
+                new_file: false,
+                changed: false,
+                clear_touch: false,
+            }
+        })
+    }
+
+    /// The stream's status and fork references as of this point of the batch, without
+    /// drafting it.
+    fn peek(&self, entry: &Entry) -> (Status, usize) {
+        if let Some(d) = self.drafts.get(&entry.id) {
+            (entry.status(&d.s, self.now), d.fork_refs)
+        } else {
+            let st = entry.lock();
+            (entry.status(&st.s, self.now), st.fork_refs)
+        }
+    }
+
+    /// Encodes one record for `entry` and applies it to its draft.
+    fn emit(
+        &mut self,
+        entry: &Arc<Entry>,
+        kind: Kind,
+        flags: u16,
+        at_ms: u64,
+        messages: &[Bytes],
+        meta: impl FnOnce(&mut Encoder<'_>),
+    ) {
+        let (rec_no, pos) = {
+            let d = self.draft(entry);
+            (d.s.rec_count, d.s.file_len)
+        };
+        let header = Header {
+            kind,
+            flags,
+            stream_id: entry.id,
+            rec_no,
+            at_ms,
+            segment: self.segment,
+        };
+        let mut enc = Encoder::begin(&mut self.buf, header, messages);
+        meta(&mut enc);
+        let range = enc.finish(messages);
+        let rec = record::decode(&self.buf[range.clone()]).expect("a record just encoded decodes");
+        let d = self.drafts.get_mut(&entry.id).expect("drafted above");
+        if let Some(ix) = d.s.apply(&rec, pos, range.len() as u64) {
+            d.new_index.push(ix);
+        }
+        if kind != Kind::Delete {
+            d.writes.push(range);
+        }
+        d.changed = true;
+        self.records += 1;
+    }
+}
+
+fn closed_flag(close: bool) -> u16 {
+    if close { FLAG_CLOSE } else { 0 }
+}
+
+impl Committer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Request>,
+        init: CommitterInit,
+    ) -> io::Result<Self> {
+        let (bg_tx, bg_rx) = mpsc::channel();
+        let bg_shared = Arc::clone(&shared);
+        let bg = std::thread::Builder::new()
+            .name("ds-file-sync".to_owned())
+            .spawn(move || background(&bg_shared, &bg_rx))?;
+        Ok(Committer {
+            shared,
+            rx,
+            wal: init.wal,
+            segment: init.segment,
+            wal_len: 0,
+            next_id: init.next_id,
+            expiring: init.expiring,
+            fanouts: init.fanouts,
+            dirty: Dirty::default(),
+            bg_tx,
+            bg: Some(bg),
+            _lock: init.lock,
+        })
+    }
+
+    /// The committer thread's loop; returns after a shutdown request or when every sender is
+    /// gone.
+    pub(crate) fn run(mut self) {
+        loop {
+            let Ok(first) = self.rx.recv() else {
+                self.shutdown();
+                return;
+            };
+            let mut size = first.payload_len();
+            let mut stop = matches!(first.op, Op::Shutdown);
+            let mut requests = vec![first];
+            while !stop && requests.len() < MAX_BATCH_OPS && size < MAX_BATCH_BYTES {
+                match self.rx.try_recv() {
+                    Ok(r) => {
+                        size += r.payload_len();
+                        stop = matches!(r.op, Op::Shutdown);
+                        requests.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let shutdown = requests.pop_if(|r| matches!(r.op, Op::Shutdown));
+            self.process(requests);
+            if let Some(shutdown) = shutdown {
+                self.shutdown();
+                if let Some(reply) = shutdown.reply {
+                    let _ = reply.send(Ok(Reply::Done));
+                }
+                return;
+            }
+        }
+    }
+
+    fn process(&mut self, requests: Vec<Request>) {
+        if requests.is_empty() {
+            return;
+        }
+        if let Some(reason) = self.shared.failure() {
+            for r in requests {
+                if let Some(reply) = r.reply {
+                    let _ = reply.send(Err(crate::failed_error("commit", &reason)));
+                }
+            }
+            return;
+        }
+        let mut batch = Batch::new(self.shared.now(), self.segment);
+        let mut results = Vec::with_capacity(requests.len());
+        for r in requests {
+            let outcome = self.plan(&mut batch, r.op);
+            results.push((r.reply, outcome));
+        }
+        let stats = &self.shared.stats;
+        stats
+            .requests
+            .fetch_add(results.len() as u64, Ordering::Relaxed);
+        let failure = if batch.buf.is_empty() {
+            None
+        } else {
+            match self
+                .write_streams(&batch)
+                .and_then(|written| self.commit(&batch, &written).map(|()| written))
+            {
+                Ok(written) => {
+                    self.install(batch, &written);
+                    None
+                }
+                Err(failure) => Some(failure),
+            }
+        };
+        for (reply, outcome) in results {
+            if let Some(reply) = reply {
+                let outcome = match &failure {
+                    Some(f) => Err(f.to_error()),
+                    None => outcome,
+                };
+                let _ = reply.send(outcome);
+            }
+        }
+        if let Err(e) = self.maybe_rotate() {
+            self.shared
+                .fail(&BatchFailure::new("rotate WAL", &e).message);
+        }
+    }
+
+    fn plan(&mut self, b: &mut Batch, op: Op) -> Result<Reply> {
+        match op {
+            Op::Create(c) => self.create(b, *c),
+            Op::Append {
+                entry,
+                req,
+                messages,
+            } => self.append(b, &entry, &req, messages),
+            Op::Delete { entry } => {
+                self.live_check(b, &entry)?;
+                if b.peek(&entry).1 > 0 {
+                    soft_delete(b, &entry);
+                } else {
+                    remove(&self.shared, b, &entry);
+                }
+                Ok(Reply::Done)
+            }
+            Op::Expire { entry } => self.live_check(b, &entry).map(|()| Reply::Done),
+            Op::Sweep => Ok(Reply::Swept(self.sweep(b))),
+            Op::Touch { entry } => {
+                touch(b, &entry);
+                Ok(Reply::Done)
+            }
+            Op::Shutdown => Ok(Reply::Done),
+        }
+    }
+
+    /// Checks that a stream is live at this point of the batch. An expired stream is expired
+    /// here and now, as part of the batch: soft-deleted (`Gone`) while forks reference it,
+    /// removed (`NotFound`) otherwise.
+    fn live_check(&self, b: &mut Batch, entry: &Arc<Entry>) -> Result<()> {
+        match b.peek(entry) {
+            (Status::Live, _) => Ok(()),
+            (Status::Removed, _) => Err(Error::NotFound),
+            (Status::SoftDeleted, _) => Err(Error::Gone),
+            (Status::Expired, refs) => {
+                if refs > 0 {
+                    soft_delete(b, entry);
+                    Err(Error::Gone)
+                } else {
+                    remove(&self.shared, b, entry);
+                    Err(Error::NotFound)
+                }
+            }
+        }
+    }
+
+    fn lookup(&self, b: &Batch, name: &StreamName) -> Option<Arc<Entry>> {
+        match b.names.get(name) {
+            Some(found) => found.clone(),
+            None => self.shared.get(name),
+        }
+    }
+
+    fn check_size(&self, current: u64, len: u64, messages: usize) -> Result<()> {
+        if let Some(limit) = self.shared.max_stream_bytes
+            && current + len > limit
+        {
+            return Err(Error::StreamTooLarge { limit });
+        }
+        if len + record::head_estimate(messages, 0) > record::MAX_RECORD_LEN {
+            return Err(Error::StreamTooLarge {
+                limit: current + record::MAX_RECORD_LEN - record::head_estimate(messages, 0),
+            });
+        }
+        Ok(())
+    }
+
+    fn create(&mut self, b: &mut Batch, op: CreateOp) -> Result<Reply> {
+        if let Some(existing) = self.lookup(b, &op.name) {
+            match self.live_check(b, &existing) {
+                Ok(()) => {
+                    let (closed, info) = if let Some(d) = b.drafts.get(&existing.id) {
+                        (d.s.writer.closed, existing.info(&d.s))
+                    } else {
+                        let st = existing.lock();
+                        (st.s.writer.closed, existing.info(&st.s))
+                    };
+                    let cfg = ExistingConfig {
+                        content_type: &existing.content_type,
+                        expiry: existing.expiry,
+                        closed,
+                        fork: existing.fork_config(),
+                    };
+                    rules::check_create_matches(&cfg, &op.req)?;
+                    return Ok(Reply::Created(CreateOutcome::Existed(info)));
+                }
+                Err(Error::Gone) => return Err(Error::NameHeldBySoftDeleted),
+                Err(Error::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(f) = &op.fork
+            && self.live_check(b, &f.source).is_err()
+        {
+            return Err(Error::ForkSourceGone);
+        }
+        let len: u64 = op.messages.iter().map(|m| m.len() as u64).sum();
+        self.check_size(0, len, op.messages.len())?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let base = op.fork.as_ref().map_or(Offset::ZERO, |f| f.base);
+        let fork_meta = op.fork.as_ref().map(|f| ForkMeta {
+            source_id: f.source.id,
+            anchor: f.anchor,
+            sub_offset: f.sub_offset,
+            base: f.base,
+        });
+        let source = op.fork.as_ref().map(|f| Arc::clone(&f.source));
+        let entry = Arc::new(Entry {
+            name: op.name.clone(),
+            id,
+            json: content_type::is_json(&op.content_type),
+            content_type: self.shared.intern(&op.content_type),
+            expiry: op.expiry,
+            base,
+            fork: op.fork.map(|f| ForkLink {
+                source: f.source,
+                anchor: f.anchor,
+                sub_offset: f.sub_offset,
+            }),
+            state: Mutex::new(State {
+                s: StreamState::new(base),
+                index: Vec::new(),
+                fork_refs: 0,
+                touch_pending: false,
+                watch: None,
+            }),
+        });
+        b.draft(&entry).new_file = true;
+        let url_name = entry.name.to_url_path();
+        let expiry = entry.expiry;
+        let ct = entry.content_type.clone();
+        b.emit(
+            &entry,
+            Kind::Create,
+            closed_flag(op.req.closed),
+            b.now,
+            &op.messages,
+            |e| {
+                e.str(&url_name).str(&ct).expiry(expiry);
+                match fork_meta {
+                    None => {
+                        e.u8(0);
+                    }
+                    Some(f) => {
+                        e.u8(1)
+                            .u64(f.source_id)
+                            .u64(f.anchor.seq)
+                            .u64(f.anchor.byte)
+                            .u64(f.sub_offset)
+                            .u64(f.base.seq)
+                            .u64(f.base.byte);
+                    }
+                }
+            },
+        );
+        b.names.insert(op.name, Some(Arc::clone(&entry)));
+        if let Some(source) = source {
+            let d = b.draft(&source);
+            d.fork_refs += 1;
+        }
+        let info = entry.info(&b.draft(&entry).s);
+        Ok(Reply::Created(CreateOutcome::Created(info)))
+    }
+
+    fn append(
+        &mut self,
+        b: &mut Batch,
+        entry: &Arc<Entry>,
+        req: &AppendRequest,
+        messages: Result<Vec<Bytes>>,
+    ) -> Result<Reply> {
+        self.live_check(b, entry)?;
+        let d = b.draft(entry);
+        let plan = rules::plan_append(&d.s.writer, &entry.content_type, d.s.tail, req, &messages)?;
+        let producer = match &plan {
+            AppendPlan::Duplicate(ack) => {
+                return Ok(Reply::Appended(AppendOutcome::Duplicate {
+                    next: d.s.tail,
+                    closed: d.s.writer.closed,
+                    producer: *ack,
+                }));
+            }
+            AppendPlan::AlreadyClosed => {
+                return Ok(Reply::Appended(AppendOutcome::AlreadyClosed {
+                    next: d.s.tail,
+                }));
+            }
+            AppendPlan::Write { producer, .. } => producer.as_ref().map(|(_, p)| ProducerAck {
+                epoch: p.epoch,
+                seq: p.last_seq,
+            }),
+        };
+        let messages = messages?;
+        let len: u64 = messages.iter().map(|m| m.len() as u64).sum();
+        let current = d.s.bytes;
+        self.check_size(current, len, messages.len())?;
+        let stream_seq = req.stream_seq.as_deref();
+        let producer_headers = req.producer.as_ref();
+        b.emit(
+            entry,
+            Kind::Append,
+            closed_flag(req.close),
+            b.now,
+            &messages,
+            |e| {
+                match stream_seq {
+                    None => e.u8(0),
+                    Some(s) => e.u8(1).str(s),
+                };
+                match producer_headers {
+                    None => e.u8(0),
+                    Some(p) => e.u8(1).str(&p.id).u64(p.epoch).u64(p.seq),
+                };
+            },
+        );
+        let d = b.draft(entry);
+        Ok(Reply::Appended(AppendOutcome::Appended {
+            next: d.s.tail,
+            closed: d.s.writer.closed,
+            producer,
+        }))
+    }
+
+    fn sweep(&self, b: &mut Batch) -> usize {
+        let mut candidates: Vec<Arc<Entry>> = self.expiring.values().cloned().collect();
+        candidates.sort_by_key(|e| e.id);
+        let mut count = 0;
+        for entry in candidates {
+            if let (Status::Expired, refs) = b.peek(&entry) {
+                if refs > 0 {
+                    soft_delete(b, &entry);
+                } else {
+                    remove(&self.shared, b, &entry);
+                }
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Writes the batch's records to the stream files (no fsync: the WAL covers them until
+    /// the next checkpoint). Readers do not look past a stream's committed length, so these
+    /// bytes stay invisible until [`Committer::install`]. Returns what was written, so a
+    /// failed WAL write can take it back.
+    fn write_streams(&mut self, b: &Batch) -> std::result::Result<Vec<Written>, BatchFailure> {
+        let mut written = Vec::new();
+        for id in &b.order {
+            let d = &b.drafts[id];
+            if d.writes.is_empty() || d.s.removed {
+                continue;
+            }
+            let this = Written {
+                id: *id,
+                from: d.write_from,
+                new_file: d.new_file,
+            };
+            let result = (|| -> io::Result<()> {
+                if d.new_file {
+                    ensure_fanout(&self.shared, &mut self.fanouts, &mut self.dirty, *id)?;
+                }
+                let mode = if d.new_file {
+                    OpenMode::Truncate
+                } else {
+                    OpenMode::Existing
+                };
+                let file = self.shared.pool.get(*id, mode)?;
+                let mut pos = d.write_from;
+                for r in &d.writes {
+                    file.write_all_at(&b.buf[r.clone()], pos)?;
+                    pos += r.len() as u64;
+                }
+                Ok(())
+            })();
+            written.push(this);
+            if let Err(e) = result {
+                return Err(self.undo(&written, BatchFailure::new("write stream file", &e)));
+            }
+        }
+        Ok(written)
+    }
+
+    /// Takes back stream-file writes of a batch that failed with ENOSPC, durably, so no record
+    /// of it can resurface after a crash; returns the failure to report. Any other failure, or
+    /// a failed undo, stops the store.
+    fn undo(&mut self, written: &[Written], failure: BatchFailure) -> BatchFailure {
+        if failure.kind != io::ErrorKind::StorageFull {
+            self.shared.fail(&failure.message);
+            return failure;
+        }
+        for w in written {
+            let undone = if w.new_file {
+                self.shared.pool.remove(w.id);
+                let root = &self.shared.root;
+                match self.shared.fs.remove_file(&layout::stream_file(root, w.id)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                    _ => self.shared.fs.sync_dir(&layout::stream_dir(root, w.id)),
+                }
+            } else {
+                self.shared
+                    .pool
+                    .get(w.id, OpenMode::Existing)
+                    .and_then(|f| f.set_len(w.from).and_then(|()| f.sync_data()))
+            };
+            if let Err(e) = undone {
+                let failure = BatchFailure::new("undo stream file write", &e);
+                self.shared.fail(&failure.message);
+                return failure;
+            }
+        }
+        failure
+    }
+
+    /// Appends the batch to the WAL (and syncs it in file-durable mode).
+    fn commit(&mut self, b: &Batch, written: &[Written]) -> std::result::Result<(), BatchFailure> {
+        let start = self.wal_len;
+        if let Err(e) = self.wal.write_all_at(&b.buf, start) {
+            let failure = BatchFailure::new("write WAL", &e);
+            if e.kind() == io::ErrorKind::StorageFull {
+                // Take the partial write back so a later batch cannot be torn by it, and make
+                // the truncation durable before anything else is written.
+                let undone = self.wal.set_len(start).and_then(|()| self.wal.sync_data());
+                if undone.is_ok() {
+                    return Err(self.undo(written, failure));
+                }
+            }
+            self.shared.fail(&failure.message);
+            return Err(failure);
+        }
+        self.wal_len += b.buf.len() as u64;
+        let stats = &self.shared.stats;
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .wal_bytes
+            .fetch_add(b.buf.len() as u64, Ordering::Relaxed);
+        stats.records.fetch_add(b.records, Ordering::Relaxed);
+        match self.shared.durability {
+            Durability::Durable => {
+                if let Err(e) = self.wal.sync_data() {
+                    let failure = BatchFailure::new("sync WAL", &e);
+                    self.shared.fail(&failure.message);
+                    return Err(failure);
+                }
+                stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            }
+            Durability::Fast => self.shared.wal_dirty.store(true, Ordering::Release),
+        }
+        Ok(())
+    }
+
+    /// Installs a committed batch: the drafts become the streams' state, names are mapped and
+    /// unmapped, live readers are told, and removed streams' files are unlinked.
+    fn install(&mut self, mut b: Batch, written: &[Written]) {
+        let root = self.shared.root.clone();
+        for w in written {
+            self.dirty.streams.insert(w.id);
+            if w.new_file {
+                self.dirty.dirs.insert(layout::stream_dir(&root, w.id));
+            }
+        }
+        let mut removed = Vec::new();
+        for id in &b.order {
+            let d = b.drafts.remove(id).expect("every ordered id has a draft");
+            let entry = d.entry;
+            let mut st = entry.lock();
+            let access = st.s.last_access_ms.max(d.s.last_access_ms);
+            st.s = d.s;
+            st.s.last_access_ms = access;
+            st.index.extend(d.new_index);
+            st.fork_refs = d.fork_refs;
+            if d.clear_touch {
+                st.touch_pending = false;
+            }
+            if d.changed {
+                st.publish();
+            }
+            if st.s.removed {
+                removed.push((Arc::clone(&entry), d.new_file));
+            } else if d.new_file && entry.expiry != Expiry::None {
+                self.expiring.insert(entry.id, Arc::clone(&entry));
+            }
+        }
+        {
+            let mut map = self.shared.write_streams();
+            for (name, value) in b.names {
+                match value {
+                    Some(entry) => {
+                        map.replace(ByName(entry));
+                    }
+                    None => {
+                        map.remove(&name);
+                    }
+                }
+            }
+        }
+        for (entry, new_file) in removed {
+            self.expiring.remove(&entry.id);
+            self.shared.pool.remove(entry.id);
+            if new_file {
+                continue;
+            }
+            let path = layout::stream_file(&root, entry.id);
+            match self.shared.fs.remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // The WAL holds the Delete; the checkpoint retries the unlink before it lets
+                // the WAL go.
+                Err(_) => self.dirty.unlinks.push(path),
+            }
+            // A checkpoint already running may list this file; it skips files that are gone.
+            self.dirty.dirs.insert(layout::stream_dir(&root, entry.id));
+        }
+    }
+
+    fn maybe_rotate(&mut self) -> io::Result<()> {
+        if self.wal_len < self.shared.wal_segment_bytes
+            || self.shared.checkpointing.load(Ordering::Acquire)
+            || self.shared.failure().is_some()
+        {
+            return Ok(());
+        }
+        let job = self.rotate()?;
+        self.shared.checkpointing.store(true, Ordering::Release);
+        if self.bg_tx.send(BgMsg::Checkpoint(job)).is_err() {
+            self.shared.checkpointing.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Starts a new WAL segment and returns the checkpoint that makes the old ones obsolete.
+    fn rotate(&mut self) -> io::Result<CheckpointJob> {
+        // Every byte of the old segment must be durable before a newer segment can hold
+        // records, or recovery could find a hole followed by newer data.
+        self.wal.sync_data()?;
+        let segment = self.segment + 1;
+        let root = &self.shared.root;
+        let wal = self
+            .shared
+            .pool
+            .open(&layout::wal_segment(root, segment), OpenMode::Truncate)?;
+        self.shared.fs.sync_dir(&layout::wal_dir(root))?;
+        self.wal = Arc::clone(&wal);
+        *self.shared.wal_current() = Some(wal);
+        self.segment = segment;
+        self.wal_len = 0;
+        Ok(CheckpointJob {
+            floor: segment,
+            next_id: self.next_id,
+            dirty: std::mem::take(&mut self.dirty),
+        })
+    }
+
+    /// Persists last-access times, stops the background thread, and checkpoints so the next
+    /// open has nothing to replay.
+    fn shutdown(&mut self) {
+        if self.shared.failure().is_none() {
+            let mut b = Batch::new(self.shared.now(), self.segment);
+            let mut ttl: Vec<Arc<Entry>> = self
+                .expiring
+                .values()
+                .filter(|e| matches!(e.expiry, Expiry::Ttl(_)))
+                .cloned()
+                .collect();
+            ttl.sort_by_key(|e| e.id);
+            for entry in ttl {
+                touch(&mut b, &entry);
+            }
+            if !b.buf.is_empty()
+                && let Ok(written) = self.write_streams(&b)
+                && self.commit(&b, &written).is_ok()
+            {
+                self.install(b, &written);
+            }
+        }
+        let _ = self.bg_tx.send(BgMsg::Stop);
+        if let Some(bg) = self.bg.take() {
+            let _ = bg.join();
+        }
+        if self.shared.failure().is_some() || (self.wal_len == 0 && self.dirty.is_empty()) {
+            return;
+        }
+        let done = self.rotate().and_then(|job| checkpoint(&self.shared, job));
+        if let Err(e) = done {
+            self.shared
+                .fail(&BatchFailure::new("checkpoint", &e).message);
+        }
+    }
+}
+
+/// Creates the fan-out directory of stream `id` if it does not exist yet; the next
+/// checkpoint syncs it and its parent.
+pub(crate) fn ensure_fanout(
+    shared: &Shared,
+    fanouts: &mut HashSet<u8>,
+    dirty: &mut Dirty,
+    id: u64,
+) -> io::Result<()> {
+    let index = layout::fanout_of(id);
+    if fanouts.contains(&index) {
+        return Ok(());
+    }
+    shared
+        .fs
+        .create_dir_all(&layout::fanout_dir(&shared.root, index))?;
+    fanouts.insert(index);
+    dirty.dirs.insert(layout::streams_dir(&shared.root));
+    Ok(())
+}
+
+/// Marks a stream deleted while forks still reference it.
+fn soft_delete(b: &mut Batch, entry: &Arc<Entry>) {
+    let now = b.now;
+    b.emit(entry, Kind::SoftDelete, 0, now, &[], |_| {});
+}
+
+/// Removes a stream, cascading up the fork chain through sources that are soft-deleted (or
+/// expired) and no longer referenced.
+fn remove(shared: &Shared, b: &mut Batch, entry: &Arc<Entry>) {
+    let mut next = Some(Arc::clone(entry));
+    while let Some(entry) = next.take() {
+        let (removed, refs, soft) = {
+            let d = b.draft(&entry);
+            (d.s.removed, d.fork_refs, d.s.soft_deleted)
+        };
+        if removed {
+            return;
+        }
+        if refs > 0 {
+            if !soft {
+                soft_delete(b, &entry);
+            }
+            return;
+        }
+        let now = b.now;
+        b.emit(&entry, Kind::Delete, 0, now, &[], |_| {});
+        // Unmap the name only if it still names this incarnation (after recovery resolved a
+        // name collision, an older incarnation may live on for its forks, unnamed).
+        let named_here = match b.names.get(&entry.name) {
+            Some(found) => found.as_ref().is_some_and(|e| Arc::ptr_eq(e, &entry)),
+            None => shared
+                .get(&entry.name)
+                .is_some_and(|e| Arc::ptr_eq(&e, &entry)),
+        };
+        if named_here {
+            b.names.insert(entry.name.clone(), None);
+        }
+        if let Some(link) = &entry.fork {
+            let source = Arc::clone(&link.source);
+            let d = b.draft(&source);
+            d.fork_refs = d.fork_refs.saturating_sub(1);
+            let status = source.status(&d.s, now);
+            if d.fork_refs == 0 && matches!(status, Status::SoftDeleted | Status::Expired) {
+                next = Some(source);
+            }
+        }
+    }
+}
+
+/// Records a stream's latest access time if it is newer than what is on disk.
+fn touch(b: &mut Batch, entry: &Arc<Entry>) {
+    if matches!(b.peek(entry).0, Status::Removed) {
+        return;
+    }
+    let shared_access = entry.lock().s.last_access_ms;
+    let d = b.draft(entry);
+    d.clear_touch = true;
+    let access = d.s.last_access_ms.max(shared_access);
+    if access > d.s.persisted_access_ms {
+        b.emit(entry, Kind::Touch, 0, access, &[], |_| {});
+    }
+}
+
+/// The background thread: periodic WAL fsync in file-fast mode, and checkpoints.
+fn background(shared: &Arc<Shared>, rx: &mpsc::Receiver<BgMsg>) {
+    let fast = shared.durability == Durability::Fast;
+    let interval = shared.fsync_interval.max(Duration::from_millis(1));
+    let mut next_sync = Instant::now() + interval;
+    loop {
+        let msg = if fast {
+            let now = Instant::now();
+            if now >= next_sync {
+                sync_wal(shared);
+                next_sync = now + interval;
+                continue;
+            }
+            rx.recv_timeout(next_sync - now)
+        } else {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        };
+        match msg {
+            Ok(BgMsg::Checkpoint(job)) => {
+                if let Err(e) = checkpoint(shared, job) {
+                    shared.fail(&BatchFailure::new("checkpoint", &e).message);
+                }
+                shared.checkpointing.store(false, Ordering::Release);
+            }
+            Ok(BgMsg::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                if fast {
+                    sync_wal(shared);
+                }
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// `fdatasync`s the current WAL segment if it was written since the last sync.
+fn sync_wal(shared: &Shared) {
+    if !shared.wal_dirty.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    let Some(wal) = shared.wal_current().clone() else {
+        return;
+    };
+    match wal.sync_data() {
+        Ok(()) => {
+            shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => shared.fail(&BatchFailure::new("sync WAL", &e).message),
+    }
+}
+
+/// Makes everything written before the job's WAL floor durable in the stream files, records
+/// the floor, and deletes the WAL segments below it.
+pub(crate) fn checkpoint(shared: &Shared, job: CheckpointJob) -> io::Result<()> {
+    let fs = &shared.fs;
+    for path in &job.dirty.unlinks {
+        match fs.remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut ids: Vec<u64> = job.dirty.streams.into_iter().collect();
+    ids.sort_unstable();
+    sync_streams(shared, &ids)?;
+    let mut dirs: Vec<PathBuf> = job.dirty.dirs.into_iter().collect();
+    dirs.sort();
+    for dir in dirs {
+        match fs.sync_dir(&dir) {
+            // A fan-out directory that did not survive a crash holds nothing to persist.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    write_checkpoint(
+        shared,
+        Checkpoint {
+            wal_floor: job.floor,
+            next_stream_id: job.next_id,
+        },
+    )?;
+    remove_segments_below(shared, job.floor)
+}
+
+/// Most threads a checkpoint uses to fsync stream files.
+const SYNC_THREADS: usize = 16;
+
+/// `fdatasync`s stream files, several at a time: devices and file systems overlap concurrent
+/// flushes (and journal commits), so many dirty files sync far faster than one by one.
+fn sync_streams(shared: &Shared, ids: &[u64]) -> io::Result<()> {
+    let sync_one = |id: u64| match shared.pool.get(id, OpenMode::Existing) {
+        Ok(file) => file.sync_data(),
+        // Deleted since; its Delete record is in a newer segment.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    let threads = (ids.len() / 64).clamp(1, SYNC_THREADS);
+    if threads == 1 {
+        return ids.iter().try_for_each(|id| sync_one(*id));
+    }
+    let chunk = ids.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = ids
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().try_for_each(|id| sync_one(*id))))
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(io::Error::other("a checkpoint sync thread panicked")))
+        })
+    })
+}
+
+/// Replaces the CHECKPOINT file atomically.
+pub(crate) fn write_checkpoint(shared: &Shared, ckpt: Checkpoint) -> io::Result<()> {
+    let root = &shared.root;
+    let tmp = layout::checkpoint_tmp(root);
+    let file = shared.pool.open(&tmp, OpenMode::Truncate)?;
+    file.write_all_at(&ckpt.encode(), 0)?;
+    file.sync_data()?;
+    drop(file);
+    shared.fs.rename(&tmp, &layout::checkpoint_file(root))?;
+    shared.fs.sync_dir(root)
+}
+
+/// Deletes WAL segments numbered below `floor` (already obsolete by the CHECKPOINT file).
+pub(crate) fn remove_segments_below(shared: &Shared, floor: u64) -> io::Result<()> {
+    let dir = layout::wal_dir(&shared.root);
+    for name in shared.fs.list_dir(&dir)? {
+        if let Some(seg) = layout::parse_wal_segment(&name)
+            && seg < floor
+        {
+            match shared.fs.remove_file(&dir.join(&name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,373 @@
+//! Reads from stream files: catch-up reads across fork chains, and the fork-boundary
+//! resolution of fork creation.
+//!
+//! Everything here does blocking I/O and runs on tokio's blocking pool. A read looks up the
+//! sparse-index entry at or before its start, walks record heads from there, and reads at most
+//! about `max_bytes` of payload, in blocks of [`BLOCK`] bytes (larger pieces are read exactly),
+//! so serving a huge stream never holds more than one chunk of it in memory. Record heads are
+//! trusted (they were checksummed when written or recovered); data past the length captured
+//! under the stream's lock is never looked at, so a read never sees a record the committer is
+//! still writing.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use ds_protocol::Offset;
+use ds_storage::{Error, Result};
+
+use crate::io::{FsFile, OpenMode, read_exact_at};
+use crate::pool::FilePool;
+use crate::record::{self, DataHead};
+use crate::stream::{Entry, IdxEntry};
+
+/// Size of one disk read while walking a stream file.
+pub(crate) const BLOCK: usize = 64 * 1024;
+
+/// One message (JSON) or one append (binary) of a stream's own data.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unit {
+    /// Its index (the `seq` of offsets inside it).
+    pub seq: u64,
+    /// Its first byte position.
+    pub start: u64,
+    /// Its length.
+    pub len: u64,
+    /// File position of its first payload byte.
+    payload_pos: u64,
+    /// Messages from this one to the end of its record (its append batch), inclusive.
+    pub rest_in_record: u64,
+}
+
+/// Walks the units of a stream file from a sparse-index entry.
+struct UnitCursor {
+    file: Arc<dyn FsFile>,
+    end: u64,
+    pos: u64,
+    next_at: Offset,
+    current: Option<(u64, Vec<u32>, usize)>,
+    block_start: u64,
+    block: Bytes,
+}
+
+impl UnitCursor {
+    fn new(file: Arc<dyn FsFile>, from: IdxEntry, end: u64) -> Self {
+        UnitCursor {
+            file,
+            end,
+            pos: from.pos,
+            next_at: from.at,
+            current: None,
+            block_start: 0,
+            block: Bytes::new(),
+        }
+    }
+
+    /// `len` bytes at file position `pos` (which must lie below `end`).
+    fn bytes(&mut self, pos: u64, len: usize) -> io::Result<Bytes> {
+        let in_block = pos >= self.block_start
+            && pos + len as u64 <= self.block_start + self.block.len() as u64;
+        if in_block {
+            let at = (pos - self.block_start) as usize;
+            return Ok(self.block.slice(at..at + len));
+        }
+        if len > BLOCK {
+            let mut buf = BytesMut::zeroed(len);
+            read_exact_at(&*self.file, &mut buf, pos)?;
+            return Ok(buf.freeze());
+        }
+        let size = (self.end.saturating_sub(pos) as usize).clamp(len, BLOCK);
+        let mut buf = BytesMut::zeroed(size);
+        read_exact_at(&*self.file, &mut buf, pos)?;
+        self.block = buf.freeze();
+        self.block_start = pos;
+        Ok(self.block.slice(0..len))
+    }
+
+    fn head(&mut self, pos: u64) -> io::Result<DataHead> {
+        let mut want = record::FIXED_LEN;
+        loop {
+            let avail = (self.end - pos) as usize;
+            if want > avail {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "record head runs past the end of the stream file",
+                ));
+            }
+            let head = self.bytes(pos, want)?;
+            match record::data_head(&head) {
+                Ok(h) => return Ok(h),
+                Err(need) if need > want => want = need,
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "malformed record head",
+                    ));
+                }
+            }
+        }
+    }
+
+    fn next_unit(&mut self) -> io::Result<Option<Unit>> {
+        loop {
+            if let Some((payload_pos, lens, i)) = &mut self.current {
+                if *i < lens.len() {
+                    let len = u64::from(lens[*i]);
+                    let unit = Unit {
+                        seq: self.next_at.seq,
+                        start: self.next_at.byte,
+                        len,
+                        payload_pos: *payload_pos,
+                        rest_in_record: (lens.len() - *i) as u64,
+                    };
+                    *payload_pos += len;
+                    *i += 1;
+                    self.next_at = Offset::new(unit.seq + 1, unit.start + len);
+                    return Ok(Some(unit));
+                }
+                self.current = None;
+            }
+            if self.pos >= self.end {
+                return Ok(None);
+            }
+            let head = self.head(self.pos)?;
+            if head.len < head.payload_off || self.pos + head.len > self.end {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "record runs past the end of the stream file",
+                ));
+            }
+            self.current = Some((self.pos + head.payload_off, head.msg_lens, 0));
+            self.pos += head.len;
+        }
+    }
+
+    fn payload(&mut self, unit: &Unit, skip: u64, take: u64) -> io::Result<Bytes> {
+        self.bytes(unit.payload_pos + skip, take as usize)
+    }
+
+    /// Advances to the unit containing byte `byte`.
+    fn seek(&mut self, byte: u64) -> io::Result<Option<Unit>> {
+        while let Some(unit) = self.next_unit()? {
+            if unit.start + unit.len > byte {
+                return Ok(Some(unit));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn read_error(e: io::Error) -> Error {
+    crate::backend("read stream file", e)
+}
+
+/// What lies at a position of a stream's view (for fork boundaries).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Located {
+    /// Bytes from the position to the end of its record.
+    pub bytes_to_boundary: u64,
+    /// JSON messages from the position to the end of its append batch.
+    pub messages_to_boundary: u64,
+}
+
+/// A consistent view of a stream's own data, captured under its lock.
+struct Snapshot {
+    tail: Offset,
+    file_len: u64,
+    start: Option<IdxEntry>,
+}
+
+fn snapshot(entry: &Entry, byte: u64) -> Snapshot {
+    let st = entry.lock();
+    Snapshot {
+        tail: st.s.tail,
+        file_len: st.s.file_len,
+        start: st.index_before(byte),
+    }
+}
+
+fn cursor_at(pool: &FilePool, entry: &Entry, snap: &Snapshot) -> Result<UnitCursor> {
+    let start = snap
+        .start
+        .ok_or(Error::InvalidOffset { offset: snap.tail })?;
+    let file = pool.get(entry.id, OpenMode::Existing).map_err(read_error)?;
+    Ok(UnitCursor::new(file, start, snap.file_len))
+}
+
+/// Resolves `at` in `entry`'s view (inherited data included) for fork creation.
+pub(crate) fn locate(pool: &FilePool, entry: &Arc<Entry>, at: Offset) -> Result<Located> {
+    let snap = snapshot(entry, at.byte);
+    let tail = snap.tail;
+    if at.byte > tail.byte || at > tail {
+        return Err(Error::ForkOffsetBeyondTail { offset: at, tail });
+    }
+    let base = entry.base;
+    if at.byte < base.byte {
+        let link = entry
+            .fork
+            .as_ref()
+            .ok_or(Error::ForkOffsetInvalid { offset: at })?;
+        let inner = locate(pool, &link.source, at)?;
+        // Inherited records end where this stream's own data begins.
+        return Ok(Located {
+            bytes_to_boundary: inner.bytes_to_boundary.min(base.byte - at.byte),
+            messages_to_boundary: inner
+                .messages_to_boundary
+                .min(base.seq.saturating_sub(at.seq)),
+        });
+    }
+    if at.byte == tail.byte {
+        if at.seq != tail.seq {
+            return Err(Error::ForkOffsetInvalid { offset: at });
+        }
+        return Ok(Located {
+            bytes_to_boundary: 0,
+            messages_to_boundary: 0,
+        });
+    }
+    let mut cursor = cursor_at(pool, entry, &snap)?;
+    let unit = cursor
+        .seek(at.byte)
+        .map_err(read_error)?
+        .ok_or(Error::ForkOffsetInvalid { offset: at })?;
+    if unit.seq != at.seq || (entry.json && unit.start != at.byte) {
+        return Err(Error::ForkOffsetInvalid { offset: at });
+    }
+    Ok(Located {
+        bytes_to_boundary: unit.start + unit.len - at.byte,
+        messages_to_boundary: if entry.json { unit.rest_in_record } else { 1 },
+    })
+}
+
+/// The position `count` JSON messages past `anchor` in `entry`'s view.
+pub(crate) fn json_position(
+    pool: &FilePool,
+    entry: &Arc<Entry>,
+    anchor: Offset,
+    count: u64,
+) -> Result<Offset> {
+    let tail = entry.lock().s.tail;
+    let mut budget = usize::MAX;
+    let mut units = count as usize;
+    let mut pieces = Vec::new();
+    read_view(
+        pool,
+        entry,
+        anchor,
+        Some(tail.byte),
+        &mut Budget {
+            bytes: &mut budget,
+            units: &mut units,
+        },
+        &mut pieces,
+    )?;
+    let bytes: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+    Ok(Offset::new(anchor.seq + count, anchor.byte + bytes))
+}
+
+/// What a read may still take.
+pub(crate) struct Budget<'a> {
+    /// Payload bytes.
+    pub bytes: &'a mut usize,
+    /// Units (messages or appends).
+    pub units: &'a mut usize,
+}
+
+/// Reads `entry`'s view from `from` up to `limit` (a byte position; `None` = the tail),
+/// pushing pieces into `out` while the budget lasts. Returns the next position.
+pub(crate) fn read_view(
+    pool: &FilePool,
+    entry: &Arc<Entry>,
+    from: Offset,
+    limit: Option<u64>,
+    budget: &mut Budget<'_>,
+    out: &mut Vec<Bytes>,
+) -> Result<Offset> {
+    let snap = snapshot(entry, from.byte);
+    let tail = snap.tail;
+    let end = limit.map_or(tail.byte, |l| l.min(tail.byte));
+    if from.byte > tail.byte || (limit.is_none() && from.byte == tail.byte && from != tail) {
+        return Err(Error::InvalidOffset { offset: from });
+    }
+    let base = entry.base;
+    if from.byte < base.byte {
+        let link = entry
+            .fork
+            .as_ref()
+            .ok_or(Error::InvalidOffset { offset: from })?;
+        let upto = base.byte.min(end);
+        let next = read_view(pool, &link.source, from, Some(upto), budget, out)?;
+        if next.byte < base.byte || end <= base.byte {
+            return Ok(if next.byte == base.byte { base } else { next });
+        }
+        if *budget.bytes == 0 {
+            return Ok(base);
+        }
+        let snap = snapshot(entry, base.byte);
+        return read_own(pool, entry, &snap, base, end, budget, out);
+    }
+    read_own(pool, entry, &snap, from, end, budget, out)
+}
+
+/// Reads this stream's own data (positions at or after its base).
+fn read_own(
+    pool: &FilePool,
+    entry: &Entry,
+    snap: &Snapshot,
+    from: Offset,
+    end: u64,
+    budget: &mut Budget<'_>,
+    out: &mut Vec<Bytes>,
+) -> Result<Offset> {
+    let tail = snap.tail;
+    if from.byte >= end {
+        if from.byte == tail.byte && from.seq != tail.seq {
+            return Err(Error::InvalidOffset { offset: from });
+        }
+        return Ok(if from.byte == tail.byte { tail } else { from });
+    }
+    let mut cursor = cursor_at(pool, entry, snap)?;
+    let mut unit = cursor
+        .seek(from.byte)
+        .map_err(read_error)?
+        .ok_or(Error::InvalidOffset { offset: from })?;
+    if unit.seq != from.seq || (entry.json && unit.start != from.byte) {
+        return Err(Error::InvalidOffset { offset: from });
+    }
+    let mut pos = from;
+    while pos.byte < end && *budget.units > 0 {
+        let unit_end = unit.start + unit.len;
+        let piece_end = unit_end.min(end);
+        let skip = pos.byte - unit.start;
+        let avail = piece_end - pos.byte;
+        if entry.json {
+            if (*budget.bytes as u64) < avail && !out.is_empty() {
+                break;
+            }
+            out.push(cursor.payload(&unit, 0, unit.len).map_err(read_error)?);
+            *budget.bytes = budget.bytes.saturating_sub(avail as usize);
+        } else {
+            if *budget.bytes == 0 {
+                break;
+            }
+            let take = avail.min(*budget.bytes as u64);
+            out.push(cursor.payload(&unit, skip, take).map_err(read_error)?);
+            *budget.bytes -= take as usize;
+            if take < avail {
+                pos = Offset::new(unit.seq, pos.byte + take);
+                break;
+            }
+        }
+        *budget.units -= 1;
+        pos = if piece_end == unit_end {
+            Offset::new(unit.seq + 1, piece_end)
+        } else {
+            Offset::new(unit.seq, piece_end)
+        };
+        match cursor.next_unit().map_err(read_error)? {
+            Some(next) => unit = next,
+            None => break,
+        }
+    }
+    Ok(pos)
+}

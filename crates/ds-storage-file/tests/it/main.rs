@@ -1,0 +1,10 @@
+//! Integration tests of the file backend: the shared storage contract suite in both modes
+//! (restart cases included), power-loss simulation through the I/O seam, recovery of damaged
+//! files, name safety, the descriptor pool, space reclamation, and an ignored group-commit
+//! measurement.
+
+mod bench;
+mod contract;
+mod files;
+mod powerloss;
+mod support;
