@@ -727,7 +727,7 @@ impl Committer {
                 let root = &self.shared.root;
                 match self.shared.fs.remove_file(&layout::stream_file(root, w.id)) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                    _ => self.shared.fs.sync_dir(&layout::stream_dir(root, w.id)),
+                    _ => self.shared.pool.sync_dir(&layout::stream_dir(root, w.id)),
                 }
             } else {
                 self.shared
@@ -871,7 +871,7 @@ impl Committer {
             .shared
             .pool
             .open(&layout::wal_segment(root, segment), OpenMode::Truncate)?;
-        self.shared.fs.sync_dir(&layout::wal_dir(root))?;
+        self.shared.pool.sync_dir(&layout::wal_dir(root))?;
         self.wal = Arc::clone(&wal);
         *self.shared.wal_current() = Some(wal);
         self.segment = segment;
@@ -1071,7 +1071,7 @@ pub(crate) fn checkpoint(shared: &Shared, job: CheckpointJob) -> io::Result<()> 
     let mut dirs: Vec<PathBuf> = job.dirty.dirs.into_iter().collect();
     dirs.sort();
     for dir in dirs {
-        match fs.sync_dir(&dir) {
+        match shared.pool.sync_dir(&dir) {
             // A fan-out directory that did not survive a crash holds nothing to persist.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             other => other?,
@@ -1125,13 +1125,13 @@ pub(crate) fn write_checkpoint(shared: &Shared, ckpt: Checkpoint) -> io::Result<
     file.sync_data()?;
     drop(file);
     shared.fs.rename(&tmp, &layout::checkpoint_file(root))?;
-    shared.fs.sync_dir(root)
+    shared.pool.sync_dir(root)
 }
 
 /// Deletes WAL segments numbered below `floor` (already obsolete by the CHECKPOINT file).
 pub(crate) fn remove_segments_below(shared: &Shared, floor: u64) -> io::Result<()> {
     let dir = layout::wal_dir(&shared.root);
-    for name in shared.fs.list_dir(&dir)? {
+    for name in shared.pool.list_dir(&dir)? {
         if let Some(seg) = layout::parse_wal_segment(&name)
             && seg < floor
         {

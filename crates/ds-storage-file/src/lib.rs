@@ -26,12 +26,17 @@
 //!   of its history (data, producer state and closure together), and a fork created on data
 //!   that was lost is dropped with it.
 //! - In both modes a torn or partially written record is detected by its CRC-32 and never
-//!   replayed, and everything after it in that file is ignored.
+//!   replayed, and everything after it in that file is ignored. A record that reached a
+//!   stream file but whose batch never committed to the WAL is cut off the same way.
 //! - Sliding TTLs: writes record their time with the data; reads record theirs with a small
 //!   Touch record at most every tenth of the TTL (between 1 s and 60 s) and on [`close`]. After
 //!   a crash, a stream that was only *read* during that window may expire up to that much
 //!   earlier than it would have. Absolute expiry (`Stream-Expires-At`) is exact.
 //! - Reads, heads and live readers only ever see committed data.
+//!
+//! Open descriptors: at most [`FileOptions::max_open_files`] stream files, plus the current WAL
+//! segment, the `LOCK` file and whatever operations are in flight hold for a moment. Running
+//! out of descriptors (`EMFILE`) closes pooled files and retries; clients never see it.
 //!
 //! After an I/O error other than a full disk (a failed `fsync` in particular: the page cache
 //! can no longer be trusted) the store stops accepting writes and reports not ready; a restart

@@ -83,9 +83,24 @@ impl FilePool {
 
     /// Opens any file, closing pooled files while descriptors are exhausted.
     pub(crate) fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FsFile>> {
+        self.retrying(|| self.fs.open(path, mode))
+    }
+
+    /// Syncs a directory (which takes a descriptor), like [`FilePool::open`].
+    pub(crate) fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.retrying(|| self.fs.sync_dir(path))
+    }
+
+    /// Lists a directory (which takes a descriptor), like [`FilePool::open`].
+    pub(crate) fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        self.retrying(|| self.fs.list_dir(path))
+    }
+
+    /// Runs `op`, closing pooled files and retrying while descriptors are exhausted.
+    fn retrying<T>(&self, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
         let mut tries = 0;
         loop {
-            match self.fs.open(path, mode) {
+            match op() {
                 Err(e) if is_fd_exhaustion(&e) && tries < EXHAUSTED_RETRIES => {
                     tries += 1;
                     let evicted = {

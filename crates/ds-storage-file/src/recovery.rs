@@ -293,7 +293,7 @@ struct Scan {
 
 fn scan_streams(shared: &Shared, trust: &Trust<'_>) -> Result<Scan> {
     let mut fanouts: Vec<u8> = shared
-        .fs
+        .pool
         .list_dir(&layout::streams_dir(&shared.root))
         .map_err(|e| backend("list stream directories", e))?
         .iter()
@@ -314,7 +314,7 @@ fn scan_streams(shared: &Shared, trust: &Trust<'_>) -> Result<Scan> {
                         part.fanouts.insert(dir_index);
                         let dir = layout::fanout_dir(&shared.root, dir_index);
                         let names = shared
-                            .fs
+                            .pool
                             .list_dir(&dir)
                             .map_err(|e| backend("list stream files", e))?;
                         for name in names {
@@ -531,8 +531,11 @@ fn prepare_dirs(shared: &Shared) -> Result<()> {
     let fs = &shared.fs;
     fs.create_dir_all(&layout::wal_dir(root)).map_err(op)?;
     fs.create_dir_all(&layout::streams_dir(root)).map_err(op)?;
-    fs.sync_dir(&layout::streams_dir(root)).map_err(op)?;
-    fs.sync_dir(root).map_err(op)?;
+    shared
+        .pool
+        .sync_dir(&layout::streams_dir(root))
+        .map_err(op)?;
+    shared.pool.sync_dir(root).map_err(op)?;
     Ok(())
 }
 
@@ -571,7 +574,9 @@ fn open_dir(shared: &Shared) -> Result<Box<dyn std::any::Any + Send + Sync>> {
         .map_err(|e| backend("create data directory", e))?;
     // A data directory created just now exists durably only once its parent is synced.
     if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs.sync_dir(parent)
+        shared
+            .pool
+            .sync_dir(parent)
             .map_err(|e| backend("create data directory", e))?;
     }
     let lock = fs
@@ -584,7 +589,7 @@ fn open_dir(shared: &Shared) -> Result<Box<dyn std::any::Any + Send + Sync>> {
 /// The WAL segments to replay (from `floor`, in order) and the highest segment number seen.
 fn wal_segments(shared: &Shared, floor: u64) -> Result<(Vec<u64>, u64)> {
     let mut segments: Vec<u64> = shared
-        .fs
+        .pool
         .list_dir(&layout::wal_dir(&shared.root))
         .map_err(|e| backend("list WAL segments", e))?
         .iter()
@@ -768,7 +773,7 @@ pub(crate) fn recover(shared: &Shared) -> Result<Recovered> {
         .open(&layout::wal_segment(root, segment), OpenMode::Truncate)
         .map_err(|e| backend("create WAL segment", e))?;
     shared
-        .fs
+        .pool
         .sync_dir(&layout::wal_dir(root))
         .map_err(|e| backend("create WAL segment", e))?;
     let fanouts = std::mem::take(&mut rebuild.scan.fanouts);

@@ -25,6 +25,8 @@ use super::{Fs, FsFile, OpenMode};
 /// a WAL write and its fsync, halfway through a checkpoint, or during recovery.
 ///
 /// Randomness comes from the seed given to [`SimFs::new`], so a failing case can be replayed.
+/// Setting the environment variable `DS_SIM_TRACE` prints every mutating operation and crash
+/// to stderr, which is the quickest way to see why a replayed seed fails.
 #[derive(Clone)]
 pub struct SimFs {
     state: Arc<Mutex<SimState>>,

@@ -7,7 +7,7 @@
 //! - `group_commit_throughput`: the disk's raw write+fdatasync rate, measured in the same run,
 //!   against file-durable appends from 64 concurrent writers over 1,000 streams (256 bytes
 //!   each). `DS_BENCH_DIR` picks the directory (default: a temporary one), `DS_BENCH_SECS` the
-//!   duration (default 3).
+//!   duration (default 3), `DS_BENCH_MODE=fast` measures file-fast instead.
 //! - `recovery_of_100k_streams`: creates 100,000 streams with one record each, then opens the
 //!   store again in a child process and reports the time to ready and the child's memory.
 
@@ -66,12 +66,14 @@ fn group_commit_throughput() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let store = FileStorage::open(FileOptions::new(
-            dir.path().join("store"),
-            Durability::Durable,
-        ))
-        .await
-        .expect("open");
+        let durability = if std::env::var("DS_BENCH_MODE").as_deref() == Ok("fast") {
+            Durability::Fast
+        } else {
+            Durability::Durable
+        };
+        let store = FileStorage::open(FileOptions::new(dir.path().join("store"), durability))
+            .await
+            .expect("open");
         let streams: Arc<Vec<_>> = Arc::new((0..STREAMS).map(|i| name(&format!("s{i}"))).collect());
         let creates: Vec<_> = (0..WRITERS)
             .map(|w| {
@@ -125,7 +127,7 @@ fn group_commit_throughput() {
         let rate = n as f64 / elapsed;
         println!("raw write+fdatasync loop: {raw:.0} fsyncs/s");
         println!(
-            "file-durable, {WRITERS} writers x {STREAMS} streams, 256 B appends: {n} appends in \
+            "{durability:?}, {WRITERS} writers x {STREAMS} streams, 256 B appends: {n} appends in \
              {elapsed:.2} s = {rate:.0} appends/s; {fsyncs} fsyncs, {:.1} appends per fsync; \
              {:.1}x the raw rate",
             n as f64 / fsyncs.max(1) as f64,
