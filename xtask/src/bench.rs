@@ -16,23 +16,16 @@ use crate::conformance::{cargo_program, release_dir};
 pub(crate) fn run(root: &Path, args: &[OsString]) -> Result<u8> {
     let cargo = cargo_program();
     println!("==> building the release server and ds-bench binaries");
-    let status = Command::new(&cargo)
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "durable-streams-server",
-            "-p",
-            "ds-bench",
-        ])
-        .status()
-        .with_context(|| format!("running {}", cargo.to_string_lossy()))?;
-    ensure!(
-        status.success(),
-        "building durable-streams-server and ds-bench failed ({status})"
-    );
+    // One build per package: built together, cargo unifies their dependencies' features and
+    // rebuilds the server, instead of reusing the binary `conformance` just built.
+    for package in ["durable-streams-server", "ds-bench"] {
+        let status = Command::new(&cargo)
+            .current_dir(root)
+            .args(["build", "--release", "--locked", "-p", package])
+            .status()
+            .with_context(|| format!("running {}", cargo.to_string_lossy()))?;
+        ensure!(status.success(), "building {package} failed ({status})");
+    }
 
     let binary = release_dir(root).join(format!("ds-bench{}", std::env::consts::EXE_SUFFIX));
     ensure!(
