@@ -22,7 +22,7 @@ pub mod testkit;
 pub use error::{Error, Result};
 pub use types::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ForkRequest, ProducerAck,
-    ReadChunk, ReadFrom, StreamInfo, Tail,
+    ReadChunk, ReadFrom, StorageStats, StreamInfo, Tail,
 };
 
 use std::future::Future;
@@ -89,5 +89,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Whether the store can serve requests (for `/readyz`).
     fn is_ready(&self) -> bool {
         true
+    }
+
+    /// Counters for operators (`/metrics`). Must be cheap (no I/O, no scan of every stream) and
+    /// must not wait on writers. The default reports nothing.
+    fn stats(&self) -> StorageStats {
+        StorageStats::default()
     }
 }

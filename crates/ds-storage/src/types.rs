@@ -176,3 +176,24 @@ pub struct Tail {
     /// The stream was deleted (or expired): readers should stop.
     pub gone: bool,
 }
+
+/// Counters a backend reports for operators (`/metrics`), read without blocking writers.
+///
+/// Every field is optional: a backend reports what it can measure and leaves the rest `None`,
+/// and the server omits metrics it has no value for. Counters only grow while the store is open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Live streams (not deleted, not expired as of the last sweep).
+    pub streams: Option<u64>,
+    /// Payload bytes those streams store themselves (not counting data inherited by forks).
+    pub bytes: Option<u64>,
+    /// Group commits completed: each is one write + one sync, or one durable transaction.
+    pub commit_batches: Option<u64>,
+    /// Operations (appends, creates, closes, deletes) carried by those group commits; divided by
+    /// `commit_batches` this is the average batch size.
+    pub commit_ops: Option<u64>,
+    /// `fsync`/`fdatasync` calls (or durable transaction commits) completed.
+    pub syncs: Option<u64>,
+    /// Total time spent waiting for those syncs, in microseconds.
+    pub sync_micros: Option<u64>,
+}

@@ -117,4 +117,8 @@ impl<S: Storage> Storage for Notifying<S> {
     fn is_ready(&self) -> bool {
         self.inner.is_ready()
     }
+
+    fn stats(&self) -> ds_storage::StorageStats {
+        self.inner.stats()
+    }
 }
