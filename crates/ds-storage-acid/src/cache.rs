@@ -3,9 +3,9 @@
 //!
 //! Which thread may change what:
 //!
-//! - The *committed* fields (`tail`, `bytes`, `writer`) are written only by the committer of the
-//!   stream's shard, after the transaction holding the change has committed. Readers therefore
-//!   never see a tail whose records are not durable.
+//! - The *committed* fields (`tail`, `bytes`, `writer`, `counted`) are written only by the
+//!   committer of the stream's shard, after the transaction holding the change has committed.
+//!   Readers therefore never see a tail whose records are not durable.
 //! - `soft_deleted`, `removed` and `fork_refs` change *before* commit, under the entry's lock,
 //!   because they are how a fork creation in one shard and a delete of its source in another
 //!   agree on who came first (the committer undoes them if its commit fails).
@@ -82,6 +82,9 @@ pub(crate) struct State {
     pub(crate) source_released: bool,
     /// Its rows are deleted (or being deleted by the current batch).
     pub(crate) removed: bool,
+    /// Counted in its shard's live stream and byte totals (committed, neither soft-deleted
+    /// nor removed); see `Shard::recount`.
+    pub(crate) counted: bool,
 }
 
 impl State {
@@ -267,6 +270,7 @@ impl NewEntry {
                 soft_delete_durable: self.soft_deleted,
                 source_released: false,
                 removed: false,
+                counted: false,
             }),
             tail_tx,
         })

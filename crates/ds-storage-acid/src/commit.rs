@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::Bytes;
 use ds_protocol::{Expiry, Offset, StreamName, content_type, fork_expiry};
@@ -355,7 +356,16 @@ fn run_batch(shared: &Shared, index: usize, next_counter: &mut u64, ops: Vec<Op>
                 }
             }
             match failure {
-                None => txn.commit().err().map(|e| Failure::new("commit", e)),
+                None => {
+                    let started = Instant::now();
+                    let result = txn.commit();
+                    if result.is_ok() {
+                        let micros =
+                            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        own.commit_micros.fetch_add(micros, Ordering::Relaxed);
+                    }
+                    result.err().map(|e| Failure::new("commit", e))
+                }
                 Some(f) => {
                     // Nothing of the batch may land; an abort failure changes nothing for
                     // the waiters, who get `f`.
@@ -927,7 +937,7 @@ impl Batch<'_> {
             }
             let mut st = p.entry.lock();
             st.tail = p.tail;
-            st.bytes = p.bytes;
+            shard.set_bytes(&mut st, p.bytes);
             st.writer.clone_from(&p.writer);
             if let Some(at) = p.access_written {
                 st.persisted_access_ms = at;
@@ -935,6 +945,7 @@ impl Batch<'_> {
             }
             if st.soft_deleted && !st.soft_delete_durable {
                 st.soft_delete_durable = true;
+                shard.recount(&mut st, false);
                 // Its last fork may have gone while the soft delete was being committed.
                 drop(st);
                 reclaim.extend(cache::release_source(&p.entry, self.now));
@@ -943,9 +954,15 @@ impl Batch<'_> {
         for after in self.after {
             match after {
                 After::Insert(entry) => {
+                    {
+                        let mut st = entry.lock();
+                        let live = !(st.removed || st.soft_deleted);
+                        shard.recount(&mut st, live);
+                    }
                     shard.map_mut().insert(entry.name.clone(), entry);
                 }
                 After::Remove(entry) => {
+                    shard.recount(&mut entry.lock(), false);
                     {
                         let mut map = shard.map_mut();
                         if map.get(&entry.name).is_some_and(|e| Arc::ptr_eq(e, &entry)) {

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use ds_protocol::{Offset, StreamName};
@@ -19,7 +19,7 @@ use ds_storage::rules::{Clock, ProducerState};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::mpsc;
 
-use crate::cache::{Entry, ForkLink, NewEntry, StreamMap};
+use crate::cache::{Entry, ForkLink, NewEntry, State, StreamMap};
 use crate::commit::Op;
 use crate::error::{Failure, OpenError, backend};
 use crate::schema::{
@@ -52,6 +52,12 @@ pub(crate) struct Shard {
     pub(crate) commits: AtomicU64,
     /// Operations answered after a commit.
     pub(crate) ops: AtomicU64,
+    /// Time spent in those commits (writing the pages and syncing them), in microseconds.
+    pub(crate) commit_micros: AtomicU64,
+    /// Live streams of this shard (counted entries, see [`Shard::recount`]).
+    pub(crate) live_streams: AtomicU64,
+    /// Payload bytes those streams store themselves.
+    pub(crate) live_bytes: AtomicU64,
     /// The I/O error a commit failed with: redb refuses writes until the file is reopened,
     /// so every later batch fails with it too.
     pub(crate) failed: std::sync::Mutex<Option<Failure>>,
@@ -91,6 +97,33 @@ impl Shard {
         self.streams
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts an entry of this shard in the live totals (`live`) or takes it out, at most
+    /// once each way. Called with the entry locked, by the shard's committer (or at open), so
+    /// the totals never go below zero.
+    pub(crate) fn recount(&self, st: &mut State, live: bool) {
+        if live == st.counted {
+            return;
+        }
+        st.counted = live;
+        if live {
+            self.live_streams.fetch_add(1, Ordering::Relaxed);
+            self.live_bytes.fetch_add(st.bytes, Ordering::Relaxed);
+        } else {
+            self.live_streams.fetch_sub(1, Ordering::Relaxed);
+            self.live_bytes.fetch_sub(st.bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets a committed entry's byte count, keeping the live totals in step.
+    pub(crate) fn set_bytes(&self, st: &mut State, bytes: u64) {
+        if st.counted {
+            // Wrapping: the difference of two counts is added modulo 2^64.
+            self.live_bytes
+                .fetch_add(bytes.wrapping_sub(st.bytes), Ordering::Relaxed);
+        }
+        st.bytes = bytes;
     }
 }
 

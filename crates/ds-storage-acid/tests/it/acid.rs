@@ -8,7 +8,8 @@ use bytes::Bytes;
 use ds_protocol::{Expiry, NameLimits, Offset, ProducerHeaders, StreamName};
 use ds_storage::rules::ManualClock;
 use ds_storage::{
-    AppendOutcome, AppendRequest, CreateRequest, Error, ForkRequest, ProducerAck, ReadFrom, Storage,
+    AppendOutcome, AppendRequest, CreateRequest, Error, ForkRequest, ProducerAck, ReadFrom,
+    Storage, StorageStats,
 };
 use ds_storage_acid::{AcidBackend, AcidOptions, AcidStorage};
 
@@ -461,4 +462,91 @@ async fn the_in_memory_backend_writes_no_files() {
         .expect("append");
     assert!(store.is_ready());
     assert!(!data_dir.exists());
+}
+
+#[tokio::test]
+async fn stats_follow_streams_bytes_and_commits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = clock();
+    let (a, b, c) = (
+        name_in_shard("a", 0, 4),
+        name_in_shard("b", 1, 4),
+        name_in_shard("c", 2, 4),
+    );
+    let store = AcidStorage::open(options(dir.path(), 4, &clock))
+        .await
+        .expect("open");
+    assert_eq!(
+        store.stats(),
+        StorageStats {
+            streams: Some(0),
+            bytes: Some(0),
+            commit_batches: Some(0),
+            commit_ops: Some(0),
+            syncs: Some(0),
+            sync_micros: Some(0),
+        }
+    );
+    let with_body = CreateRequest {
+        body: Bytes::from_static(b"abc"),
+        ..create_req(BINARY)
+    };
+    store.create(&a, with_body).await.expect("create a");
+    store
+        .append(&a, append_req(BINARY, "hello"))
+        .await
+        .expect("append a");
+    store
+        .create(&b, fork_req(&a, None, 0))
+        .await
+        .expect("fork b");
+    store
+        .append(&b, append_req(BINARY, "-B"))
+        .await
+        .expect("append b");
+    store
+        .create(&c, create_req(BINARY))
+        .await
+        .expect("create c");
+    store
+        .append(&c, append_req(BINARY, "0123456789"))
+        .await
+        .expect("append c");
+    let s = store.stats();
+    // A fork counts only its own bytes.
+    assert_eq!((s.streams, s.bytes), (Some(3), Some(3 + 5 + 2 + 10)));
+    // One after another, each operation is its own durable commit.
+    assert_eq!(
+        (s.commit_batches, s.commit_ops, s.syncs),
+        (Some(6), Some(6), Some(6))
+    );
+    assert!(s.sync_micros.is_some_and(|us| us > 0), "{s:?}");
+
+    // A source with a fork is soft-deleted: no longer live.
+    store.delete(&a).await.expect("soft delete a");
+    let s = store.stats();
+    assert_eq!((s.streams, s.bytes), (Some(2), Some(2 + 10)));
+    assert_eq!((s.commit_batches, s.commit_ops), (Some(7), Some(7)));
+
+    // The totals are recounted at open; the commit counters start again.
+    store.close().await;
+    let store = AcidStorage::open(options(dir.path(), 4, &clock))
+        .await
+        .expect("reopen");
+    let s = store.stats();
+    assert_eq!((s.streams, s.bytes), (Some(2), Some(12)));
+    assert_eq!((s.commit_batches, s.syncs), (Some(0), Some(0)));
+
+    // Deleting the last fork removes it and (then) its soft-deleted source.
+    store.delete(&b).await.expect("delete b");
+    let s = store.stats();
+    assert_eq!((s.streams, s.bytes), (Some(1), Some(10)));
+    store.delete(&c).await.expect("delete c");
+    store
+        .create(&c, create_req(BINARY))
+        .await
+        .expect("create c");
+    let s = store.stats();
+    assert_eq!((s.streams, s.bytes), (Some(1), Some(0)));
+    assert!(s.commit_batches >= Some(3) && s.commit_batches == s.syncs);
 }
