@@ -12,6 +12,8 @@ pub(crate) enum Scenario {
     AppendMany,
     /// Catch-up reads of a large stream, start to tail, repeatedly.
     Read,
+    /// One read of a very large stream (1 GiB), start to tail: the server's peak RSS.
+    BigRead,
     /// Many SSE subscribers on one stream, a paced producer.
     SseFanout,
     /// Many long-poll readers on one stream, a paced producer.
@@ -24,10 +26,11 @@ pub(crate) enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order the table shows them.
-    pub(crate) const ALL: [Scenario; 7] = [
+    pub(crate) const ALL: [Scenario; 8] = [
         Scenario::Append1,
         Scenario::AppendMany,
         Scenario::Read,
+        Scenario::BigRead,
         Scenario::SseFanout,
         Scenario::LongpollFanout,
         Scenario::Create,
@@ -40,6 +43,7 @@ impl Scenario {
             Scenario::Append1 => "append-1",
             Scenario::AppendMany => "append-many",
             Scenario::Read => "read",
+            Scenario::BigRead => "big-read",
             Scenario::SseFanout => "sse-fanout",
             Scenario::LongpollFanout => "longpoll-fanout",
             Scenario::Create => "create",
@@ -117,6 +121,8 @@ pub(crate) struct Options {
     pub(crate) data_root: Option<PathBuf>,
     /// Worker threads of the load generator's runtime.
     pub(crate) client_threads: usize,
+    /// big-read: stream size in MiB.
+    pub(crate) big_read_mib: u64,
     /// Skip measuring the HTTP and fdatasync ceilings.
     pub(crate) no_ceiling: bool,
 }
@@ -136,6 +142,7 @@ impl Default for Options {
             out: None,
             data_root: None,
             client_threads: 2,
+            big_read_mib: 1024,
             no_ceiling: false,
         }
     }
@@ -145,7 +152,7 @@ impl Default for Options {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Command {
     /// Run the benchmark.
-    Run(Options),
+    Run(Box<Options>),
     /// Print usage.
     Help,
     /// Internal: serve the bare-hyper ceiling server on this loopback port.
@@ -165,6 +172,8 @@ Scenarios (default: all):
   append-1         32 connections appending 100-byte messages to one stream
   append-many      64 connections, 1,000 streams, 256-byte appends
   read             4 connections reading a 64 MiB stream start to tail, repeatedly
+  big-read         a 1 GiB stream (1 MiB appends) read once start to tail on one
+                   connection: peak server RSS during the read, MB/s
   sse-fanout       SSE subscribers on one stream, 200 messages at 50/s
   longpoll-fanout  1,000 long-poll readers, 100 messages at 20/s
   create           32 connections creating streams
@@ -182,6 +191,8 @@ Options:
   --out PATH                               results file (default: target/bench/results.json)
   --data-root PATH                         where fresh data dirs go (default: target/bench/data)
   --client-threads N                       load-generator worker threads (default: 2)
+  --big-read-mib N                         big-read stream size in MiB (default: 1024;
+                                           --smoke uses 8)
   --no-ceiling                             skip the HTTP and fdatasync ceilings
   -h, --help                               this text
 ";
@@ -268,6 +279,12 @@ where
                 opts.client_threads =
                     parse_positive(&value("--client-threads")?, "--client-threads")?;
             }
+            "--big-read-mib" => {
+                opts.big_read_mib = parse_positive(&value("--big-read-mib")?, "--big-read-mib")?;
+                if opts.big_read_mib > 1 << 20 {
+                    return Err("--big-read-mib is capped at 1048576 (1 TiB)".into());
+                }
+            }
             s if s.starts_with('-') => return Err(format!("unknown option {s:?}")),
             s => {
                 let sc = Scenario::parse(s).ok_or_else(|| {
@@ -284,7 +301,7 @@ where
         scenarios.sort();
         opts.scenarios = scenarios;
     }
-    Ok(Command::Run(opts))
+    Ok(Command::Run(Box::new(opts)))
 }
 
 fn parse_backends(v: &str) -> Result<Vec<Backend>, String> {
@@ -325,7 +342,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<Options, String> {
         match parse(args.iter().map(|s| (*s).to_owned()))? {
-            Command::Run(o) => Ok(o),
+            Command::Run(o) => Ok(*o),
             other => Err(format!("not a run: {other:?}")),
         }
     }
@@ -334,7 +351,7 @@ mod tests {
     fn no_arguments_means_every_scenario_on_every_backend() {
         let o = run(&[]).unwrap();
         assert_eq!(o, Options::default());
-        assert_eq!(o.scenarios.len(), 7);
+        assert_eq!(o.scenarios.len(), 8);
         assert_eq!(o.backends, Backend::ALL.to_vec());
         assert_eq!(o.rounds, 3);
     }
@@ -365,6 +382,17 @@ mod tests {
         );
         assert_eq!(o.rounds, 5);
         assert!((o.secs - 2.5).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn big_read_and_its_size() {
+        let o = run(&["big-read", "--big-read-mib", "64"]).unwrap();
+        assert_eq!(o.scenarios, vec![Scenario::BigRead]);
+        assert_eq!(o.big_read_mib, 64);
+        assert_eq!(run(&[]).unwrap().big_read_mib, 1024);
+        assert!(!Scenario::BigRead.higher_is_better());
+        assert!(run(&["--big-read-mib", "0"]).is_err());
+        assert!(run(&["--big-read-mib", "2000000"]).is_err());
     }
 
     #[test]

@@ -253,6 +253,72 @@ pub(crate) async fn read_loop(
     Ok(out)
 }
 
+/// Reads stream `name` once from offset -1 to the tail (following `Stream-Next-Offset` until
+/// `Stream-Up-To-Date`) on each of `conns` connections at the same time. A pass that does not
+/// return exactly `expected` bytes counts as an error.
+pub(crate) async fn read_once(
+    target: &Target,
+    name: &str,
+    conns: usize,
+    expected: u64,
+) -> Result<LoadResult> {
+    let senders = open_all(target, conns).await?;
+    let barrier = Arc::new(Barrier::new(conns + 1));
+    let mut tasks = Vec::with_capacity(conns);
+    for mut sender in senders {
+        let barrier = Arc::clone(&barrier);
+        let target = target.clone();
+        let name = name.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut me = Worker::default();
+            barrier.wait().await;
+            let mut offset = "-1".to_owned();
+            loop {
+                let uri = target.uri(&name, &format!("offset={}", query_value(&offset)))?;
+                let t0 = Instant::now();
+                let req = request(Method::GET, uri, &target, None, Bytes::new());
+                let (parts, body) = match send_drain(&mut sender, req).await {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        me.failed(|| format!("{e:#}"));
+                        break;
+                    }
+                };
+                if !parts.status.is_success() {
+                    me.failed(|| format!("HTTP {}", parts.status));
+                    break;
+                }
+                me.ops += 1;
+                me.resp_bytes += body;
+                me.hist.record(ns(t0.elapsed()));
+                let up_to_date = header(&parts, "stream-up-to-date") == Some("true");
+                match header(&parts, "stream-next-offset") {
+                    Some(next) if !up_to_date && next != offset && me.resp_bytes < expected => {
+                        next.clone_into(&mut offset);
+                    }
+                    _ => break,
+                }
+            }
+            if me.errors == 0 && me.resp_bytes != expected {
+                let got = me.resp_bytes;
+                me.failed(|| format!("the read returned {got} bytes, expected {expected}"));
+            }
+            Ok::<_, anyhow::Error>((me, Instant::now()))
+        }));
+    }
+    barrier.wait().await;
+    let start = Instant::now();
+    let mut out = LoadResult::default();
+    let mut end = start;
+    for t in tasks {
+        let (w, finished) = t.await??;
+        out.absorb(&w);
+        end = end.max(finished);
+    }
+    out.elapsed = (end - start).as_secs_f64();
+    Ok(out)
+}
+
 /// Creates streams `name(0) .. name(count)` over `conns` connections, each with `body` as its
 /// first record, stopping early at `deadline` or once errors pass 1% of `count` (plus 100):
 /// a server that has hit a limit would only produce more of them. Returns (created, errors, first error).

@@ -81,7 +81,7 @@ fn main() -> ExitCode {
             // Dropping the run future on Ctrl-C drops every `Running`, which kills its server.
             let result = rt.block_on(async {
                 tokio::select! {
-                    r = run(opts) => r,
+                    r = run(*opts) => r,
                     _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
                 }
             });
@@ -156,6 +156,7 @@ fn sizes_json(s: &Sizes, subscribers: &[usize]) -> serde_json::Value {
         "append_1": {"connections": s.append1_conns, "bytes": s.append1_bytes},
         "append_many": {"connections": s.many_conns, "streams": s.many_streams, "bytes": s.many_bytes},
         "read": {"connections": s.read_conns, "stream_bytes": s.read_total, "fill_chunk": s.read_chunk},
+        "big_read": {"connections": s.big_read_conns, "stream_bytes": s.big_read_total, "fill_chunk": s.big_read_chunk, "rss_sample_ms": 10},
         "sse_fanout": {"subscribers": subscribers, "messages": s.sse_messages, "rate": s.sse_rate},
         "longpoll_fanout": {"readers": s.lp_readers, "messages": s.lp_messages, "rate": s.lp_rate},
         "create": {"connections": s.create_conns},
@@ -340,7 +341,7 @@ async fn run(opts: Options) -> Result<bool> {
     let sizes = if opts.smoke {
         Sizes::smoke()
     } else {
-        Sizes::full(opts.secs, opts.readers)
+        Sizes::full(opts.secs, opts.readers, opts.big_read_mib)
     };
     let plan = Plan {
         scenarios: opts.scenarios.clone(),

@@ -23,9 +23,10 @@ pub(crate) struct Metrics {
     pub(crate) max_ms: Option<f64>,
     /// Non-2xx answers plus transport errors.
     pub(crate) errors: u64,
-    /// Server RSS at the end of the measured phase, MiB.
+    /// Server RSS at the end of the measured phase, MiB; big-read: the highest RSS sampled
+    /// during the read.
     pub(crate) rss_mib: Option<f64>,
-    /// Server RSS before subscribers connected, MiB (fan-out only).
+    /// Server RSS before subscribers connected (fan-out), or before the read (big-read), MiB.
     pub(crate) rss_before_mib: Option<f64>,
     /// (RSS with subscribers − RSS before) / subscribers, KiB (fan-out only).
     pub(crate) rss_per_sub_kib: Option<f64>,
@@ -112,6 +113,7 @@ impl Row {
         match self.scenario {
             Scenario::Append1 | Scenario::AppendMany | Scenario::Create => m.ops_per_sec,
             Scenario::Read => m.mb_per_sec,
+            Scenario::BigRead => m.rss_mib,
             Scenario::SseFanout | Scenario::LongpollFanout => m.p99_ms,
             Scenario::IdleStreams => m.rss_per_stream_kib,
         }
@@ -257,7 +259,13 @@ fn other_column(row: &Row, m: &Metrics) -> String {
         parts.push(format!("missing {missing}"));
     }
     if let (Some(before), Some(after)) = (m.rss_before_mib, m.rss_mib) {
-        parts.push(format!("RSS {before:.1}→{after:.1} MiB"));
+        if row.scenario == Scenario::BigRead {
+            parts.push(format!(
+                "RSS {before:.1} MiB before the read, peak {after:.1}"
+            ));
+        } else {
+            parts.push(format!("RSS {before:.1}→{after:.1} MiB"));
+        }
     }
     if let Some(k) = m.rss_per_sub_kib {
         parts.push(format!("{k:.1} KiB/sub"));
@@ -298,7 +306,7 @@ fn ceiling_column(row: &Row, m: &Metrics, ceiling: &Ceiling) -> String {
                 parts.push(format!("{:.1}× fsync", v / f));
             }
         }
-        Scenario::Read => {
+        Scenario::Read | Scenario::BigRead => {
             if let Some(p) = pct(m.mb_per_sec, ceiling.http_read_mb_per_sec) {
                 parts.push(format!("{p:.0}% HTTP"));
             }
@@ -613,6 +621,29 @@ mod tests {
         let text = serde_json::to_string_pretty(&v).unwrap();
         let back: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(back, v);
+    }
+
+    #[test]
+    fn big_read_is_judged_by_its_peak_rss() {
+        let row = Row {
+            scenario: Scenario::BigRead,
+            label: "big-read".into(),
+            backend: Backend::Acid,
+            server: "ours".into(),
+            rounds: 1,
+            metrics: Some(Metrics {
+                mb_per_sec: Some(500.0),
+                rss_before_mib: Some(20.0),
+                rss_mib: Some(42.5),
+                ..Metrics::default()
+            }),
+            status: None,
+        };
+        assert_eq!(row.primary(), Some(42.5));
+        let s = other_column(&row, row.metrics.as_ref().unwrap());
+        assert_eq!(s, "RSS 20.0 MiB before the read, peak 42.5");
+        // Less memory is better: a peer at twice our peak is a 2× advantage.
+        assert_eq!(ours_advantage(Scenario::BigRead, 42.5, 85.0), Some(2.0));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The seven scenarios: setup, the measured phase, and the figures each one reports.
+//! The eight scenarios: setup, the measured phase, and the figures each one reports.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -13,7 +13,7 @@ use hyper::header::HeaderValue;
 use crate::args::{Backend, Scenario};
 use crate::client::{Target, one_shot, request};
 use crate::fanout::{self, Mode, Plan};
-use crate::load::{LoadResult, closed_loop, create_many, fill, read_loop};
+use crate::load::{LoadResult, closed_loop, create_many, fill, read_loop, read_once};
 use crate::report::{Metrics, Outcome};
 use crate::server::{Kind, Running, ServerSpec, StartError, start};
 use crate::stats::{Histogram, as_f64};
@@ -41,6 +41,12 @@ pub(crate) struct Sizes {
     pub(crate) read_total: u64,
     /// read: append size used to fill the stream.
     pub(crate) read_chunk: usize,
+    /// big-read: stream size in bytes.
+    pub(crate) big_read_total: u64,
+    /// big-read: append size used to fill the stream.
+    pub(crate) big_read_chunk: usize,
+    /// big-read: connections, each reading the whole stream once.
+    pub(crate) big_read_conns: usize,
     /// sse-fanout: messages, rate (subscriber counts come from the variant).
     pub(crate) sse_messages: u32,
     /// sse-fanout messages per second.
@@ -66,8 +72,8 @@ pub(crate) struct Sizes {
 }
 
 impl Sizes {
-    /// The sizes.
-    pub(crate) fn full(secs: f64, readers: usize) -> Sizes {
+    /// The sizes; big-read's stream is `big_read_mib` MiB.
+    pub(crate) fn full(secs: f64, readers: usize, big_read_mib: u64) -> Sizes {
         Sizes {
             secs,
             append1_conns: 32,
@@ -78,6 +84,9 @@ impl Sizes {
             read_conns: 4,
             read_total: 64 << 20,
             read_chunk: 256 << 10,
+            big_read_total: big_read_mib << 20,
+            big_read_chunk: 1 << 20,
+            big_read_conns: 1,
             sse_messages: 200,
             sse_rate: 50.0,
             lp_readers: readers,
@@ -104,6 +113,9 @@ impl Sizes {
             read_conns: 2,
             read_total: 1 << 20,
             read_chunk: 64 << 10,
+            big_read_total: 8 << 20,
+            big_read_chunk: 1 << 20,
+            big_read_conns: 1,
             sse_messages: 10,
             sse_rate: 20.0,
             lp_readers: 20,
@@ -175,6 +187,7 @@ pub(crate) async fn run_one(
         Scenario::Append1 => append_1(&server, sizes).await,
         Scenario::AppendMany => append_many(&server, sizes).await,
         Scenario::Read => read(&server, sizes).await,
+        Scenario::BigRead => big_read(&server, sizes).await,
         Scenario::SseFanout => {
             let plan = Plan {
                 readers: subscribers,
@@ -302,6 +315,38 @@ async fn read(server: &Running, sizes: &Sizes) -> Result<Metrics> {
     let r = read_loop(target, "bench-read", sizes.read_conns, sizes.secs, expected).await?;
     let mut m = load_metrics(&r, r.resp_bytes);
     m.rss_mib = server.rss_mib();
+    Ok(m)
+}
+
+/// How often big-read samples the server's RSS.
+const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
+async fn big_read(server: &Running, sizes: &Sizes) -> Result<Metrics> {
+    let target = &server.target;
+    let name = "bench-big-read";
+    create(target, name, &OCTET).await?;
+    let started = Instant::now();
+    fill(
+        target,
+        name,
+        &OCTET,
+        sizes.big_read_total,
+        sizes.big_read_chunk,
+    )
+    .await?;
+    let fill_mb_per_sec = as_f64(sizes.big_read_total) / 1e6 / started.elapsed().as_secs_f64();
+    let before = server.rss_mib();
+    let sampler = server.sample_rss(RSS_SAMPLE_EVERY);
+    let read = read_once(target, name, sizes.big_read_conns, sizes.big_read_total).await;
+    let peak = sampler.finish().await;
+    let r = read?;
+    let mut m = load_metrics(&r, r.resp_bytes);
+    m.rss_before_mib = before;
+    m.rss_mib = match (peak, server.rss_mib()) {
+        (Some(p), Some(now)) => Some(p.max(now)),
+        (p, now) => p.or(now),
+    };
+    add_note(&mut m, &format!("filled at {fill_mb_per_sec:.0} MB/s"));
     Ok(m)
 }
 

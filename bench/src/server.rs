@@ -158,6 +158,31 @@ impl Running {
         parse_vm_rss_kib(&text).map(|kib| crate::stats::as_f64(kib) / 1024.0)
     }
 
+    /// Starts sampling the server's RSS every `every`, keeping the highest value.
+    pub(crate) fn sample_rss(&self, every: Duration) -> RssPeak {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let status = format!("/proc/{}/status", self.pid);
+        let task = tokio::spawn(async move {
+            let mut peak: Option<u64> = None;
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tick.tick() => {}
+                }
+                if let Some(kib) = std::fs::read_to_string(&status)
+                    .ok()
+                    .and_then(|t| parse_vm_rss_kib(&t))
+                {
+                    peak = peak.max(Some(kib));
+                }
+            }
+            peak
+        });
+        RssPeak { stop, task }
+    }
+
     /// Kills the process (SIGKILL) and reaps it.
     pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
@@ -166,6 +191,22 @@ impl Running {
     /// Whether the process has exited.
     pub(crate) fn exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// A running RSS sampler (see [`Running::sample_rss`]).
+#[derive(Debug)]
+pub(crate) struct RssPeak {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Option<u64>>,
+}
+
+impl RssPeak {
+    /// Stops sampling; the highest RSS seen, in MiB (`None` if no sample was taken).
+    pub(crate) async fn finish(self) -> Option<f64> {
+        let _ = self.stop.send(());
+        let kib = self.task.await.ok().flatten()?;
+        Some(crate::stats::as_f64(kib) / 1024.0)
     }
 }
 
