@@ -75,6 +75,8 @@ pub fn run(cli: Cli) -> Result<(), StartupError> {
             let result = runtime.block_on(startup::serve(cfg, None));
             // Connections still open past the drain timeout are dropped, not awaited.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            // Spans still queued for OTLP export, bounded by observability.otlp_timeout_secs.
+            ds_server::telemetry::shutdown_tracing();
             result
         }
     }

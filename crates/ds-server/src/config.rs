@@ -620,6 +620,15 @@ pub struct ObservabilityConfig {
     pub stream_names: StreamNameLogging,
     /// Serve Prometheus metrics at `/metrics`.
     pub metrics_enabled: bool,
+    /// Base URL of an OTLP/HTTP collector (`http://otel-collector:4318`): request spans are
+    /// exported as traces to `<endpoint>/v1/traces` (protobuf). Unset or empty: no export.
+    pub otlp_endpoint: Option<String>,
+    /// Extra headers sent with every export, each `name=value` (an API key, a tenant).
+    pub otlp_headers: Vec<String>,
+    /// The `service.name` resource attribute of exported spans.
+    pub otlp_service_name: String,
+    /// Longest one export may take, and the bound on the final flush at shutdown.
+    pub otlp_timeout_secs: u64,
 }
 
 impl Default for ObservabilityConfig {
@@ -629,7 +638,107 @@ impl Default for ObservabilityConfig {
             log_format: LogFormat::Pretty,
             stream_names: StreamNameLogging::Plain,
             metrics_enabled: true,
+            otlp_endpoint: None,
+            otlp_headers: Vec::new(),
+            otlp_service_name: "durable-streams-server".to_owned(),
+            otlp_timeout_secs: 10,
         }
+    }
+}
+
+/// The path OTLP/HTTP collectors receive traces on.
+const OTLP_TRACES_PATH: &str = "/v1/traces";
+
+impl ObservabilityConfig {
+    /// The URL spans are POSTed to, when OTLP export is on: `otlp_endpoint` with `/v1/traces`
+    /// appended, unless it already ends with it.
+    #[must_use]
+    pub fn otlp_traces_url(&self) -> Option<String> {
+        let endpoint = self.otlp_endpoint.as_deref()?.trim();
+        if endpoint.is_empty() {
+            return None;
+        }
+        if endpoint.trim_end_matches('/').ends_with(OTLP_TRACES_PATH) {
+            return Some(endpoint.to_owned());
+        }
+        Some(format!(
+            "{}{OTLP_TRACES_PATH}",
+            endpoint.trim_end_matches('/')
+        ))
+    }
+
+    /// `otlp_headers` split into names and values (validated by [`Config::validate`]).
+    pub fn otlp_header_pairs(&self) -> Result<Vec<(String, String)>, String> {
+        self.otlp_headers
+            .iter()
+            .map(|entry| {
+                let (name, value) = entry.split_once('=').ok_or_else(|| {
+                    format!(
+                        "observability.otlp_headers entry {entry:?} is not `name=value` (such as \"x-api-key=secret\")"
+                    )
+                })?;
+                let (name, value) = (name.trim(), value.trim());
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(format!(
+                        "observability.otlp_headers entry {entry:?}: {name:?} is not a valid HTTP header name"
+                    ));
+                }
+                if http::HeaderValue::from_str(value).is_err() {
+                    return Err(format!(
+                        "observability.otlp_headers entry {entry:?}: the value is not a valid HTTP header value"
+                    ));
+                }
+                Ok((name.to_owned(), value.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Checks the OTLP keys; each message names the key.
+    fn validate_otlp(&self) -> Result<(), String> {
+        self.otlp_header_pairs()?;
+        if self.otlp_service_name.trim().is_empty() {
+            return Err("observability.otlp_service_name must not be empty".to_owned());
+        }
+        if self.otlp_timeout_secs == 0 {
+            return Err("observability.otlp_timeout_secs must be at least 1".to_owned());
+        }
+        let endpoint = self.otlp_endpoint.as_deref().unwrap_or_default().trim();
+        if endpoint.is_empty() {
+            return Ok(());
+        }
+        let example = "such as \"http://otel-collector:4318\"";
+        let uri = endpoint.parse::<http::Uri>().map_err(|e| {
+            format!("observability.otlp_endpoint {endpoint:?} is not a valid URL ({e}); use the collector's base URL, {example}")
+        })?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            Some(other) => {
+                return Err(format!(
+                    "observability.otlp_endpoint {endpoint:?}: scheme {other:?} is not supported; OTLP is exported over HTTP, so use http:// or https:// ({example}; gRPC endpoints on port 4317 are not supported)"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "observability.otlp_endpoint {endpoint:?} has no scheme; use an absolute http:// or https:// URL, {example}"
+                ));
+            }
+        }
+        let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
+            return Err(format!(
+                "observability.otlp_endpoint {endpoint:?} has no host; use the collector's base URL, {example}"
+            ));
+        };
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "observability.otlp_endpoint {endpoint:?} contains credentials; put them in observability.otlp_headers instead"
+            ));
+        }
+        if uri.query().is_some() || endpoint.contains('#') {
+            return Err(format!(
+                "observability.otlp_endpoint {endpoint:?} must not have a query or fragment; use the collector's base URL, {example}"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -696,6 +805,7 @@ const LIST_KEYS: &[&str] = &[
     "transport.http.versions",
     "transport.tls.alpn_protocols",
     "proxy.trusted_proxies",
+    "observability.otlp_headers",
 ];
 
 /// The HTTP versions `transport.http.versions` accepts.
@@ -920,6 +1030,9 @@ impl Config {
         }
         self.validate_transport()?;
         self.validate_proxy()?;
+        self.observability
+            .validate_otlp()
+            .map_err(ConfigError::Invalid)?;
         if self.profile.is_production()
             && self.http.cors_origins.trim() == "*"
             && !self.http.allow_wildcard_cors

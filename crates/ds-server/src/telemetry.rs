@@ -8,9 +8,14 @@
 //! (`observability.log_format`). A completed request is logged at `info` and counted in
 //! [`Metrics`].
 //!
-//! An OTLP exporter is not built in: see the crate README for the reason and how to add one.
+//! With `observability.otlp_endpoint` set, the same spans are also exported as OTLP traces
+//! over HTTP, batched and off the request path ([`OtlpExporter`], in the `otlp` module); the
+//! span is then named `{method} {route}` with kind `server`, and a `5xx` marks it as an error.
+//! [`shutdown_tracing`] sends what is still queued before the process exits.
 
-use std::sync::Arc;
+mod otlp;
+
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
@@ -18,28 +23,73 @@ use axum::http::Version;
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{Config, LogFormat, StreamNameLogging};
 use crate::metrics::Metrics;
 use crate::proxy::ClientOrigin;
 
+pub use otlp::{OtlpError, OtlpExporter};
+
+/// The exporter [`init_tracing`] installed, for [`shutdown_tracing`].
+static INSTALLED: OnceLock<OtlpExporter> = OnceLock::new();
+
 /// Initialises `tracing` from `RUST_LOG`, else `observability.rust_log`, in the configured
-/// format. A second initialisation (tests, embedders with their own subscriber) is a no-op.
+/// format, plus the OTLP exporter when `observability.otlp_endpoint` is set. A second
+/// initialisation (tests, embedders with their own subscriber) is a no-op.
+///
+/// An exporter that cannot start is reported on stderr and left out: telemetry never stops
+/// the server from serving.
 pub fn init_tracing(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.observability.rust_log))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match cfg.observability.log_format {
-        LogFormat::Json => builder
+    let exporter = OtlpExporter::from_config(&cfg.observability).unwrap_or_else(|e| {
+        eprintln!("warning: {e}; continuing without trace export");
+        None
+    });
+    let logs = match cfg.observability.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(exporter.as_ref().map(OtlpExporter::layer))
+        .try_init()
+        .is_ok();
+    if let Some(exporter) = exporter {
+        if installed {
+            tracing::info!(
+                otlp.url = exporter.url(),
+                "exporting request spans over OTLP/HTTP"
+            );
+            let _ = INSTALLED.set(exporter);
+        } else {
+            // Another subscriber is in charge; this exporter would never see a span.
+            let _ = exporter.shutdown();
+        }
+    }
+}
+
+/// Sends the spans still queued for export and stops the exporter, waiting at most
+/// `observability.otlp_timeout_secs`. Call once, before the process exits; does nothing when
+/// [`init_tracing`] started no exporter.
+pub fn shutdown_tracing() {
+    if let Some(exporter) = INSTALLED.get()
+        && let Err(e) = exporter.shutdown()
+    {
+        tracing::warn!(error = %e, "spans queued for export were lost at shutdown");
+    }
 }
 
 /// What the span middleware needs.
@@ -109,24 +159,45 @@ pub(crate) async fn request_span(
         ds.stream.name = stream_field.as_deref(),
         http.response.status_code = tracing::field::Empty,
         event.duration = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     );
+    let exporting = otlp::active();
+    if exporting {
+        // Recorded before the span is first entered, while the OpenTelemetry span is still
+        // being built: its kind cannot change after that.
+        span.record("otel.name", format!("{method} {route}"));
+        span.record("otel.kind", "server");
+    }
     let res = next.run(req).instrument(span.clone()).await;
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
-    span.record("http.response.status_code", status);
+    // Signed integers: OpenTelemetry attributes have no unsigned type, and `tracing-opentelemetry`
+    // would turn a `u64` into a string.
+    span.record("http.response.status_code", i64::from(status));
+    if exporting && res.status().is_server_error() {
+        span.record("otel.status_code", "error");
+    }
     // ECS `event.duration` is in nanoseconds.
     span.record(
         "event.duration",
-        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+        i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX),
     );
     settings
         .metrics
         .record_request(method.as_str(), status, elapsed);
     span.in_scope(|| {
         if res.status().is_server_error() {
-            tracing::warn!(http.response.status_code = status, "request failed");
+            tracing::warn!(
+                http.response.status_code = i64::from(status),
+                "request failed"
+            );
         } else {
-            tracing::info!(http.response.status_code = status, "request completed");
+            tracing::info!(
+                http.response.status_code = i64::from(status),
+                "request completed"
+            );
         }
     });
     res

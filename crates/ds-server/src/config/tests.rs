@@ -308,3 +308,133 @@ fn wildcard_cors_is_refused_in_production_profiles_unless_allowed() {
     Config::from_toml_with_profile(DeploymentProfile::Dev, "[http]\ncors_origins = \"*\"\n")
         .expect("fine outside prod");
 }
+
+#[test]
+fn otlp_export_is_off_by_default_and_on_with_an_endpoint() {
+    let cfg = Config::default();
+    assert_eq!(cfg.observability.otlp_endpoint, None);
+    assert_eq!(cfg.observability.otlp_traces_url(), None);
+    assert_eq!(
+        cfg.observability.otlp_service_name,
+        "durable-streams-server"
+    );
+    assert_eq!(cfg.observability.otlp_timeout_secs, 10);
+
+    let cfg = Config::from_toml(
+        "[observability]\notlp_endpoint = \"https://otel.example:4318\"\notlp_headers = [\"x-api-key = s3cret\", \"x-tenant=a=b\"]\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        cfg.observability.otlp_traces_url().as_deref(),
+        Some("https://otel.example:4318/v1/traces")
+    );
+    assert_eq!(
+        cfg.observability.otlp_header_pairs().expect("valid"),
+        [
+            ("x-api-key".to_owned(), "s3cret".to_owned()),
+            ("x-tenant".to_owned(), "a=b".to_owned())
+        ]
+    );
+    for (endpoint, url) in [
+        ("http://c:4318/", "http://c:4318/v1/traces"),
+        ("http://c:4318/otlp", "http://c:4318/otlp/v1/traces"),
+        ("http://c:4318/v1/traces", "http://c:4318/v1/traces"),
+        ("http://[::1]:4318", "http://[::1]:4318/v1/traces"),
+    ] {
+        let cfg = Config::from_toml(&format!(
+            "[observability]\notlp_endpoint = \"{endpoint}\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            cfg.observability.otlp_traces_url().as_deref(),
+            Some(url),
+            "{endpoint}"
+        );
+    }
+    // An empty endpoint (e.g. an env override clearing a file's value) turns export off.
+    let cfg = Config::from_toml("[observability]\notlp_endpoint = \"\"\n").expect("valid");
+    assert_eq!(cfg.observability.otlp_traces_url(), None);
+}
+
+#[test]
+fn otlp_keys_come_from_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("default.toml"),
+        "[observability]\notlp_endpoint = \"http://from-file:4318\"\n",
+    )
+    .expect("write");
+    let cfg = load_in(
+        dir.path(),
+        DeploymentProfile::Prod,
+        &[
+            ("DS_OBSERVABILITY__OTLP_ENDPOINT", "http://collector:4318"),
+            ("DS_OBSERVABILITY__OTLP_HEADERS", "x-api-key=k,x-tenant=t"),
+            ("DS_OBSERVABILITY__OTLP_SERVICE_NAME", "streams-eu"),
+            ("DS_OBSERVABILITY__OTLP_TIMEOUT_SECS", "3"),
+        ],
+    )
+    .expect("valid");
+    let o = &cfg.observability;
+    assert_eq!(o.otlp_endpoint.as_deref(), Some("http://collector:4318"));
+    assert_eq!(o.otlp_headers, ["x-api-key=k", "x-tenant=t"]);
+    assert_eq!(o.otlp_service_name, "streams-eu");
+    assert_eq!(o.otlp_timeout_secs, 3);
+    assert_eq!(o.log_format, LogFormat::Json, "the profile still applies");
+
+    let cfg = load_in(dir.path(), DeploymentProfile::Default, &[]).expect("valid");
+    assert_eq!(
+        cfg.observability.otlp_endpoint.as_deref(),
+        Some("http://from-file:4318")
+    );
+    let err = load_in(
+        dir.path(),
+        DeploymentProfile::Default,
+        &[("DS_OBSERVABILITY__OTLP_ENDPOINT", "grpc://collector:4317")],
+    )
+    .expect_err("invalid");
+    assert!(
+        matches!(&err, ConfigError::Invalid(m) if m.contains("observability.otlp_endpoint")),
+        "{err}"
+    );
+}
+
+#[test]
+fn otlp_rules_have_precise_messages() {
+    let endpoint = |e: &str| invalid(&format!("[observability]\notlp_endpoint = \"{e}\"\n"));
+    let m = endpoint("collector:4318");
+    assert!(
+        m.contains("observability.otlp_endpoint \"collector:4318\" has no scheme"),
+        "{m}"
+    );
+    let m = endpoint("otel-collector");
+    assert!(m.contains("has no scheme"), "{m}");
+    let m = endpoint("grpc://collector:4317");
+    assert!(
+        m.contains("scheme \"grpc\" is not supported") && m.contains("http://"),
+        "{m}"
+    );
+    let m = endpoint("http://");
+    assert!(m.contains("observability.otlp_endpoint \"http://\""), "{m}");
+    let m = endpoint("http://exa mple:4318");
+    assert!(m.contains("is not a valid URL"), "{m}");
+    let m = endpoint("http://user:pw@collector:4318");
+    assert!(
+        m.contains("credentials") && m.contains("otlp_headers"),
+        "{m}"
+    );
+    let m = endpoint("http://collector:4318/?a=b");
+    assert!(m.contains("query or fragment"), "{m}");
+
+    let m = invalid("[observability]\notlp_headers = [\"x-api-key\"]\n");
+    assert!(
+        m.contains("observability.otlp_headers entry \"x-api-key\" is not `name=value`"),
+        "{m}"
+    );
+    let m = invalid("[observability]\notlp_headers = [\"bad name=v\"]\n");
+    assert!(m.contains("not a valid HTTP header name"), "{m}");
+    let m = invalid("[observability]\notlp_timeout_secs = 0\n");
+    assert!(m.contains("observability.otlp_timeout_secs"), "{m}");
+    let m = invalid("[observability]\notlp_service_name = \" \"\n");
+    assert!(m.contains("observability.otlp_service_name"), "{m}");
+}

@@ -6,6 +6,7 @@ mod bad_input;
 mod live;
 mod net;
 mod operator;
+mod otlp;
 mod protocol;
 mod proxy;
 mod seed_config;
