@@ -232,6 +232,8 @@ struct Batch {
     order: Vec<u64>,
     names: HashMap<StreamName, Option<Arc<Entry>>>,
     records: u64,
+    /// Creates, appends and deletes that wrote records.
+    ops: u64,
 }
 
 impl Batch {
@@ -244,6 +246,7 @@ impl Batch {
             order: Vec::new(),
             names: HashMap::new(),
             records: 0,
+            ops: 0,
         }
     }
 
@@ -394,7 +397,12 @@ impl Committer {
         let mut batch = Batch::new(self.shared.now(), self.segment);
         let mut results = Vec::with_capacity(requests.len());
         for r in requests {
+            let client_op = matches!(r.op, Op::Create(_) | Op::Append { .. } | Op::Delete { .. });
+            let records = batch.records;
             let outcome = self.plan(&mut batch, r.op);
+            if client_op && batch.records > records {
+                batch.ops += 1;
+            }
             results.push((r.reply, outcome));
         }
         let stats = &self.shared.stats;
@@ -767,14 +775,16 @@ impl Committer {
             .wal_bytes
             .fetch_add(b.buf.len() as u64, Ordering::Relaxed);
         stats.records.fetch_add(b.records, Ordering::Relaxed);
+        stats.ops.fetch_add(b.ops, Ordering::Relaxed);
         match self.shared.durability {
             Durability::Durable => {
+                let started = Instant::now();
                 if let Err(e) = self.wal.sync_data() {
                     let failure = BatchFailure::new("sync WAL", &e);
                     self.shared.fail(&failure.message);
                     return Err(failure);
                 }
-                stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                stats.synced(started.elapsed());
             }
             Durability::Fast => self.shared.wal_dirty.store(true, Ordering::Release),
         }
@@ -792,10 +802,23 @@ impl Committer {
             }
         }
         let mut removed = Vec::new();
+        // The change to the live-stream gauges: a stream counts while it is neither removed
+        // nor soft-deleted (a stream created in this batch did not count before it).
+        let (mut streams_delta, mut bytes_delta) = (0i64, 0i64);
+        let live = |s: &StreamState| !s.removed && !s.soft_deleted;
+        let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         for id in &b.order {
             let d = b.drafts.remove(id).expect("every ordered id has a draft");
             let entry = d.entry;
             let mut st = entry.lock();
+            if !d.new_file && live(&st.s) {
+                streams_delta -= 1;
+                bytes_delta -= signed(st.s.bytes);
+            }
+            if live(&d.s) {
+                streams_delta += 1;
+                bytes_delta += signed(d.s.bytes);
+            }
             let access = st.s.last_access_ms.max(d.s.last_access_ms);
             st.s = d.s;
             st.s.last_access_ms = access;
@@ -813,6 +836,8 @@ impl Committer {
                 self.expiring.insert(entry.id, Arc::clone(&entry));
             }
         }
+        crate::Stats::adjust(&self.shared.stats.live_streams, streams_delta);
+        crate::Stats::adjust(&self.shared.stats.live_bytes, bytes_delta);
         {
             let mut map = self.shared.write_streams();
             for (name, value) in b.names {
@@ -1046,10 +1071,9 @@ fn sync_wal(shared: &Shared) {
     let Some(wal) = shared.wal_current().clone() else {
         return;
     };
+    let started = Instant::now();
     match wal.sync_data() {
-        Ok(()) => {
-            shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        }
+        Ok(()) => shared.stats.synced(started.elapsed()),
         Err(e) => shared.fail(&BatchFailure::new("sync WAL", &e).message),
     }
 }

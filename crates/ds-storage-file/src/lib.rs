@@ -80,7 +80,7 @@ use ds_protocol::{Expiry, Offset, StreamName, fork_expiry};
 use ds_storage::rules::{self, Clock, SystemClock};
 use ds_storage::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Error, ForkRequest, ReadChunk,
-    ReadFrom, Result, Storage, StreamInfo, Tail,
+    ReadFrom, Result, Storage, StorageStats, StreamInfo, Tail,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -169,8 +169,37 @@ pub(crate) struct Stats {
     requests: AtomicU64,
     batches: AtomicU64,
     records: AtomicU64,
+    /// Creates, appends and deletes that wrote records, in committed batches.
+    ops: AtomicU64,
     fsyncs: AtomicU64,
+    /// Time spent in the WAL `fdatasync`s counted by `fsyncs`.
+    fsync_micros: AtomicU64,
     wal_bytes: AtomicU64,
+    /// Streams neither deleted nor removed, kept by the committer as it installs batches.
+    live_streams: AtomicU64,
+    /// Payload bytes those streams store themselves.
+    live_bytes: AtomicU64,
+}
+
+impl Stats {
+    /// Adds a (possibly negative) change to a gauge. Only the committer (and `open`, before it
+    /// starts) changes the gauges, so the result never goes below zero.
+    pub(crate) fn adjust(gauge: &AtomicU64, delta: i64) {
+        if delta >= 0 {
+            gauge.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+        } else {
+            gauge.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    /// Records one completed WAL sync that took `took`.
+    pub(crate) fn synced(&self, took: Duration) {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_micros.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
 }
 
 /// State shared by the request side, the committer and the background thread.
@@ -381,6 +410,15 @@ impl FileStorage {
         let recovered = tokio::task::spawn_blocking(move || recovery::recover(&recovering))
             .await
             .map_err(|e| backend("recover", std::io::Error::other(e)))??;
+        // The committer keeps these up to date from here on (see `Committer::install`).
+        let (live, bytes) = recovered
+            .streams
+            .iter()
+            .map(|b| b.0.lock())
+            .filter(|st| !st.s.removed && !st.s.soft_deleted)
+            .fold((0u64, 0u64), |(n, b), st| (n + 1, b + st.s.bytes));
+        shared.stats.live_streams.store(live, Ordering::Relaxed);
+        shared.stats.live_bytes.store(bytes, Ordering::Relaxed);
         *shared.write_streams() = recovered.streams;
         *shared.wal_current() = Some(Arc::clone(&recovered.init.wal));
         let (tx, rx) = mpsc::channel();
@@ -427,9 +465,9 @@ impl FileStorage {
         &self.handle.shared.root
     }
 
-    /// The committer's counters.
+    /// The committer's counters (the operator-facing subset is [`Storage::stats`]).
     #[must_use]
-    pub fn stats(&self) -> CommitStats {
+    pub fn commit_stats(&self) -> CommitStats {
         let s = &self.handle.shared.stats;
         CommitStats {
             requests: s.requests.load(Ordering::Relaxed),
@@ -778,5 +816,22 @@ impl Storage for FileStorage {
 
     fn is_ready(&self) -> bool {
         self.shared().failure().is_none() && self.handle.sender().is_some()
+    }
+
+    /// Streams and bytes are kept by the committer as it installs each batch (no scan);
+    /// `syncs` and `sync_micros` count the WAL `fdatasync`s, on the acknowledgement path in
+    /// file-durable mode and in the background in file-fast mode (checkpoint syncs of stream
+    /// files are not counted).
+    fn stats(&self) -> StorageStats {
+        let s = &self.shared().stats;
+        let load = |a: &AtomicU64| Some(a.load(Ordering::Relaxed));
+        StorageStats {
+            streams: load(&s.live_streams),
+            bytes: load(&s.live_bytes),
+            commit_batches: load(&s.batches),
+            commit_ops: load(&s.ops),
+            syncs: load(&s.fsyncs),
+            sync_micros: load(&s.fsync_micros),
+        }
     }
 }

@@ -21,7 +21,7 @@ use ds_protocol::{Expiry, Offset, StreamName, content_type, fork_expiry};
 use ds_storage::rules::{self, Clock, SystemClock, WriterState};
 use ds_storage::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Error, ForkRequest, ReadChunk,
-    ReadFrom, Result, Storage, StreamInfo, Tail,
+    ReadFrom, Result, Storage, StorageStats, StreamInfo, Tail,
 };
 use tokio::sync::watch;
 
@@ -66,6 +66,12 @@ struct Inner {
     streams: RwLock<HashMap<StreamName, Arc<Entry>>>,
     next_id: AtomicU64,
     used_bytes: AtomicU64,
+    /// Streams neither removed nor soft-deleted. Changed under the stream's lock, by whoever
+    /// moves it into or out of that state.
+    live_streams: AtomicU64,
+    /// Payload bytes those streams store themselves (`used_bytes` also counts soft-deleted
+    /// sources that forks keep alive).
+    live_bytes: AtomicU64,
     opts: MemoryOptions,
 }
 
@@ -171,6 +177,8 @@ impl MemoryStorage {
                 streams: RwLock::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 used_bytes: AtomicU64::new(0),
+                live_streams: AtomicU64::new(0),
+                live_bytes: AtomicU64::new(0),
                 opts,
             }),
         }
@@ -192,6 +200,13 @@ impl Default for MemoryStorage {
 impl Inner {
     fn now(&self) -> u64 {
         self.opts.clock.now_ms()
+    }
+
+    /// Takes a stream out of the live gauges; called, under its lock, by whoever first marks it
+    /// soft-deleted or removed.
+    fn retire(&self, st: &State) {
+        self.live_streams.fetch_sub(1, Ordering::Relaxed);
+        self.live_bytes.fetch_sub(st.bytes, Ordering::Relaxed);
     }
 
     fn get(&self, name: &StreamName) -> Option<Arc<Entry>> {
@@ -235,6 +250,7 @@ impl Inner {
             }
             if st.fork_refs > 0 {
                 if !st.soft_deleted {
+                    self.retire(&st);
                     st.soft_deleted = true;
                     let tail = st.tail;
                     drop(st);
@@ -269,7 +285,10 @@ impl Inner {
             // the data for the fork and soft-delete instead.
             if st.fork_refs > 0 {
                 drop(map);
-                st.soft_deleted = true;
+                if !st.soft_deleted {
+                    self.retire(&st);
+                    st.soft_deleted = true;
+                }
                 let tail = st.tail;
                 drop(st);
                 entry.tail_tx.send_replace(Tail {
@@ -278,6 +297,9 @@ impl Inner {
                     gone: true,
                 });
                 return;
+            }
+            if !st.soft_deleted {
+                self.retire(&st);
             }
             st.removed = true;
             if map.get(&entry.name).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
@@ -648,6 +670,9 @@ impl Inner {
             src.fork_refs += 1;
         }
         map.insert(name.clone(), Arc::clone(&entry));
+        // Counted under the map lock, before anyone can find (and delete) the stream.
+        self.live_streams.fetch_add(1, Ordering::Relaxed);
+        self.live_bytes.fetch_add(len, Ordering::Relaxed);
         drop(map);
         let st = lock(&entry);
         Ok(CreateOutcome::Created(Self::info(&entry, &st)))
@@ -705,6 +730,7 @@ impl Inner {
         let tail = st.tail;
         st.tail = push_batch(&mut st.records, tail, messages);
         st.bytes += len;
+        self.live_bytes.fetch_add(len, Ordering::Relaxed);
         st.last_access_ms = self.now();
         rules::apply_append(&mut st.writer, req, &plan);
         let producer = match &plan {
@@ -774,6 +800,7 @@ impl Inner {
                 return Err(Error::Gone);
             }
             if st.fork_refs > 0 {
+                self.retire(&st);
                 st.soft_deleted = true;
                 let tail = st.tail;
                 drop(st);
@@ -869,5 +896,15 @@ impl Storage for MemoryStorage {
 
     async fn sweep_expired(&self) -> Result<usize> {
         Ok(self.inner.sweep_expired())
+    }
+
+    /// Streams and bytes from counters kept on create, append, delete and expiry (no scan).
+    /// Nothing is committed or synced, so the other fields stay `None`.
+    fn stats(&self) -> StorageStats {
+        StorageStats {
+            streams: Some(self.inner.live_streams.load(Ordering::Relaxed)),
+            bytes: Some(self.inner.live_bytes.load(Ordering::Relaxed)),
+            ..StorageStats::default()
+        }
     }
 }

@@ -88,7 +88,7 @@ fn group_commit_throughput() {
         for c in creates {
             c.await.expect("create task");
         }
-        let before = store.stats();
+        let before = store.commit_stats();
         let appended = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + Duration::from_secs_f64(secs);
         let started = Instant::now();
@@ -121,7 +121,7 @@ fn group_commit_throughput() {
             w.await.expect("writer");
         }
         let elapsed = started.elapsed().as_secs_f64();
-        let after = store.stats();
+        let after = store.commit_stats();
         let n = appended.load(Ordering::Relaxed);
         let fsyncs = after.fsyncs - before.fsyncs;
         let rate = n as f64 / elapsed;

@@ -273,7 +273,7 @@ async fn the_descriptor_pool_stays_bounded_and_evicts() {
     let streams: Vec<StreamName> = (0..50).map(|i| name(&format!("s{i}"))).collect();
     for s in &streams {
         store.create(s, create_req()).await.expect("create");
-        assert!(store.stats().open_files <= 4);
+        assert!(store.commit_stats().open_files <= 4);
     }
     for round in 0..3 {
         for (i, s) in streams.iter().enumerate() {
@@ -281,7 +281,7 @@ async fn the_descriptor_pool_stays_bounded_and_evicts() {
                 .append(s, append_req(format!("{round}:{i};")))
                 .await
                 .expect("append");
-            assert!(store.stats().open_files <= 4);
+            assert!(store.commit_stats().open_files <= 4);
         }
     }
     for (i, s) in streams.iter().enumerate() {
@@ -289,7 +289,7 @@ async fn the_descriptor_pool_stays_bounded_and_evicts() {
             read_all(&store, s).await.expect("read"),
             format!("0:{i};1:{i};2:{i};").as_bytes()
         );
-        assert!(store.stats().open_files <= 4);
+        assert!(store.commit_stats().open_files <= 4);
     }
     store.close().await;
     let store = FileStorage::open(opts).await.expect("reopen");

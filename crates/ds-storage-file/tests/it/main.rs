@@ -7,4 +7,5 @@ mod bench;
 mod contract;
 mod files;
 mod powerloss;
+mod stats;
 mod support;
