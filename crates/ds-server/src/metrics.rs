@@ -3,13 +3,18 @@
 //!
 //! Hand-written on purpose: a handful of counters, gauges and one histogram do not justify a
 //! metrics framework. Counters are atomics; the per-(method, status) request table sits behind
-//! one short `Mutex`, never held across an `.await`.
+//! one short `Mutex`, never held across an `.await`. The store's series come from
+//! [`Storage::stats`](ds_storage::Storage::stats), which reads counters (no listing of streams),
+//! so a scrape costs the same with a hundred thousand streams as with ten; a series the backend
+//! cannot measure is left out.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
+
+use ds_storage::StorageStats;
 
 /// Upper bounds (seconds) of the request-duration histogram buckets.
 const BUCKETS: [f64; 14] = [
@@ -269,41 +274,82 @@ impl Metrics {
             let _ = writeln!(out, "{name} {value}");
         }
         if let Some(s) = storage {
-            header(
-                &mut out,
-                "ds_storage_streams",
-                "gauge",
-                "Live streams in the store.",
-            );
-            let _ = writeln!(out, "ds_storage_streams {}", s.streams);
-            header(
-                &mut out,
-                "ds_storage_bytes",
-                "gauge",
-                "Payload bytes held by live streams.",
-            );
-            let _ = writeln!(out, "ds_storage_bytes {}", s.bytes);
-            header(
-                &mut out,
-                "ds_storage_ready",
-                "gauge",
-                "1 when the store can serve requests.",
-            );
-            let _ = writeln!(out, "ds_storage_ready {}", u8::from(s.ready));
+            render_storage(&mut out, &s);
         }
         out
     }
 }
 
-/// Store gauges, read at scrape time.
+/// What the store reports at scrape time.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StorageGauges {
-    /// Live streams.
-    pub streams: u64,
-    /// Payload bytes they hold.
-    pub bytes: u64,
+    /// The backend's counters ([`Storage::stats`](ds_storage::Storage::stats)).
+    pub stats: StorageStats,
     /// Whether the store is ready.
     pub ready: bool,
+}
+
+/// The `ds_storage_*` series; those the backend reports no value for are left out.
+fn render_storage(out: &mut String, s: &StorageGauges) {
+    header(
+        out,
+        "ds_storage_ready",
+        "gauge",
+        "1 when the store can serve requests.",
+    );
+    let _ = writeln!(out, "ds_storage_ready {}", u8::from(s.ready));
+    let st = &s.stats;
+    let integers = [
+        (
+            "ds_storage_streams",
+            "gauge",
+            "Live streams in the store (expired ones count until swept).",
+            st.streams,
+        ),
+        (
+            "ds_storage_bytes",
+            "gauge",
+            "Payload bytes the live streams store themselves (forks exclude inherited data).",
+            st.bytes,
+        ),
+        (
+            "ds_storage_commit_batches_total",
+            "counter",
+            "Group commits (one write and one sync, or one durable transaction) since the store opened.",
+            st.commit_batches,
+        ),
+        (
+            "ds_storage_commit_ops_total",
+            "counter",
+            "Creates, appends, closes and deletes carried by those group commits; divided by ds_storage_commit_batches_total, the mean batch size.",
+            st.commit_ops,
+        ),
+        (
+            "ds_storage_syncs_total",
+            "counter",
+            "Syncs to stable storage on the write path (WAL fdatasync or durable transaction commit) since the store opened.",
+            st.syncs,
+        ),
+    ];
+    for (name, kind, help, value) in integers {
+        if let Some(v) = value {
+            header(out, name, kind, help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+    }
+    if let Some(micros) = st.sync_micros {
+        let name = "ds_storage_sync_seconds_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Time spent waiting for those syncs, in seconds.",
+        );
+        // Exact for any realistic total (f64 holds integers up to 2^53 µs, 285 years).
+        #[allow(clippy::cast_precision_loss)]
+        let secs = micros as f64 / 1e6;
+        let _ = writeln!(out, "{name} {secs}");
+    }
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -323,8 +369,10 @@ mod tests {
         m.record_append(10);
         let guard = m.sse();
         let text = m.render(Some(StorageGauges {
-            streams: 2,
-            bytes: 30,
+            stats: StorageStats {
+                streams: Some(2),
+                ..StorageStats::default()
+            },
             ready: true,
         }));
         assert!(text.contains("ds_http_requests_total{method=\"GET\",status=\"200\"} 2"));
@@ -339,5 +387,125 @@ mod tests {
         assert!(text.contains("ds_storage_streams 2"));
         drop(guard);
         assert!(m.render(None).contains("ds_sse_connections_active 0"));
+    }
+
+    /// Checks the text format: every sample belongs to a family announced by `# HELP` and
+    /// `# TYPE` (histogram samples by their suffixes), and every value is a number. Returns the
+    /// samples as (series, value text) pairs.
+    fn parse_exposition(text: &str) -> Vec<(String, String)> {
+        let mut typed = std::collections::HashMap::new();
+        let mut helped = std::collections::HashSet::new();
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').expect("HELP name text");
+                assert!(!help.is_empty(), "{line}");
+                assert!(helped.insert(name.to_owned()), "duplicate HELP: {line}");
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                assert!(helped.contains(name), "TYPE before HELP: {line}");
+                assert!(
+                    typed.insert(name.to_owned(), kind.to_owned()).is_none(),
+                    "duplicate TYPE: {line}"
+                );
+            } else {
+                let (series, value) = line.rsplit_once(' ').expect("series value");
+                let name = series.split('{').next().expect("name");
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| {
+                        name.strip_suffix(suffix)
+                            .filter(|f| typed.get(*f).is_some_and(|k| k == "histogram"))
+                    })
+                    .unwrap_or(name);
+                assert!(typed.contains_key(family), "sample without TYPE: {line}");
+                if typed[family] == "counter" {
+                    assert!(name.ends_with("_total"), "counter named {name}");
+                }
+                assert!(value.parse::<f64>().is_ok(), "value: {line}");
+                samples.push((series.to_owned(), value.to_owned()));
+            }
+        }
+        samples
+    }
+
+    fn sample<'a>(samples: &'a [(String, String)], series: &str) -> Option<&'a str> {
+        samples
+            .iter()
+            .find(|(s, _)| s == series)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn storage_stats_render_as_prometheus_series() {
+        let m = Metrics::default();
+        m.record_request("PUT", 201, Duration::from_millis(1));
+        let text = m.render(Some(StorageGauges {
+            stats: StorageStats {
+                streams: Some(120_000),
+                bytes: Some(7_340_032),
+                commit_batches: Some(250),
+                commit_ops: Some(1_000),
+                syncs: Some(250),
+                sync_micros: Some(1_234_567),
+            },
+            ready: true,
+        }));
+        let samples = parse_exposition(&text);
+        for (series, value) in [
+            ("ds_storage_ready", "1"),
+            ("ds_storage_streams", "120000"),
+            ("ds_storage_bytes", "7340032"),
+            ("ds_storage_commit_batches_total", "250"),
+            ("ds_storage_commit_ops_total", "1000"),
+            ("ds_storage_syncs_total", "250"),
+            ("ds_storage_sync_seconds_total", "1.234567"),
+        ] {
+            assert_eq!(sample(&samples, series), Some(value), "{series} in\n{text}");
+        }
+        assert!(text.contains("# TYPE ds_storage_streams gauge\nds_storage_streams 120000\n"));
+        assert!(text.contains(
+            "# TYPE ds_storage_sync_seconds_total counter\nds_storage_sync_seconds_total 1.234567\n"
+        ));
+    }
+
+    #[test]
+    fn storage_series_without_a_value_are_left_out() {
+        let m = Metrics::default();
+        // What the memory backend reports: no commits, no syncs.
+        let text = m.render(Some(StorageGauges {
+            stats: StorageStats {
+                streams: Some(3),
+                bytes: Some(0),
+                ..StorageStats::default()
+            },
+            ready: false,
+        }));
+        let samples = parse_exposition(&text);
+        assert_eq!(sample(&samples, "ds_storage_ready"), Some("0"));
+        assert_eq!(sample(&samples, "ds_storage_streams"), Some("3"));
+        assert_eq!(sample(&samples, "ds_storage_bytes"), Some("0"));
+        for absent in [
+            "ds_storage_commit_batches_total",
+            "ds_storage_commit_ops_total",
+            "ds_storage_syncs_total",
+            "ds_storage_sync_seconds_total",
+        ] {
+            assert!(!text.contains(absent), "{absent} has no value:\n{text}");
+        }
+        // A backend that reports nothing (the trait's default) still gets readiness.
+        let text = m.render(Some(StorageGauges {
+            stats: StorageStats::default(),
+            ready: true,
+        }));
+        let samples = parse_exposition(&text);
+        assert_eq!(sample(&samples, "ds_storage_ready"), Some("1"));
+        assert!(!text.contains("ds_storage_streams"));
+        assert!(
+            parse_exposition(&m.render(None))
+                .iter()
+                .all(|(s, _)| !s.starts_with("ds_storage"))
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod live;
+mod metrics;
 mod net;
 mod operator;
 mod otlp;
