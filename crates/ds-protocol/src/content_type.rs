@@ -42,11 +42,11 @@ pub fn normalize(value: &str) -> Result<String, ContentTypeError> {
         return Err(invalid());
     }
     let subtype = p.token().ok_or_else(invalid)?;
-    let mut out = format!(
-        "{}/{}",
-        ty.to_ascii_lowercase(),
-        subtype.to_ascii_lowercase()
-    );
+    // Usually one allocation: the normalised value is about as long as the input.
+    let mut out = String::with_capacity(p.s.len());
+    push_lowercase(&mut out, ty);
+    out.push('/');
+    push_lowercase(&mut out, subtype);
     loop {
         p.skip_ows();
         if p.done() {
@@ -65,7 +65,7 @@ pub fn normalize(value: &str) -> Result<String, ContentTypeError> {
         }
         let param_value = p.param_value().ok_or_else(invalid)?;
         out.push_str("; ");
-        out.push_str(&name.to_ascii_lowercase());
+        push_lowercase(&mut out, name);
         out.push('=');
         out.push_str(param_value);
     }
@@ -126,6 +126,11 @@ fn is_tchar(b: u8) -> bool {
 
 /// A cursor over an ASCII byte string. Every slice it hands out ends on an ASCII byte, so it
 /// is always valid UTF-8.
+/// Appends `s` ASCII-lowercased.
+fn push_lowercase(out: &mut String, s: &str) {
+    out.extend(s.chars().map(|c| c.to_ascii_lowercase()));
+}
+
 struct Parser<'a> {
     s: &'a [u8],
     at: usize,

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::http::HeaderMap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 
@@ -73,7 +73,9 @@ const COMPACT_BODY_BYTES: usize = 16 * 1024;
 
 /// Reads a whole request body, refusing more than `limit` bytes with `413`.
 ///
-/// A declared `Content-Length` over the limit is refused before any byte is read.
+/// A declared `Content-Length` over the limit is refused before any byte is read. A body that
+/// arrives in one frame (the usual case) is returned without a copy, unless it is small (see
+/// [`COMPACT_BODY_BYTES`]); a body in several frames is joined with one copy.
 pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
     if let Some(len) = headers
         .get(axum::http::header::CONTENT_LENGTH)
@@ -83,28 +85,48 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> Result
     {
         return Err(ApiError::BodyTooLarge { limit });
     }
-    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match limited.collect().await {
-        Ok(collected) => {
-            let bytes = collected.to_bytes();
-            // A small body is a slice of the connection's read buffer; stored as is, it would
-            // keep that whole buffer (8 KiB or more) alive for as long as the record lives.
-            // One copy into an exact-size allocation is cheaper than the memory it pins.
-            Ok(if bytes.len() <= COMPACT_BODY_BYTES {
-                Bytes::copy_from_slice(&bytes)
-            } else {
-                bytes
-            })
+    let mut body = body;
+    let mut first = Bytes::new();
+    let mut more: Vec<Bytes> = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad_request(
+                "BODY_READ_FAILED",
+                format!("could not read the request body: {e}"),
+            )
+        })?;
+        // Trailers carry no payload.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
         }
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::BodyTooLarge { limit })
+        total += data.len() as u64;
+        if total > limit {
+            return Err(ApiError::BodyTooLarge { limit });
         }
-        Err(e) => Err(ApiError::bad_request(
-            "BODY_READ_FAILED",
-            format!("could not read the request body: {e}"),
-        )),
+        if first.is_empty() {
+            first = data;
+        } else {
+            more.push(data);
+        }
     }
+    if !more.is_empty() {
+        let mut joined = BytesMut::with_capacity(usize::try_from(total).unwrap_or(usize::MAX));
+        joined.extend_from_slice(&first);
+        for piece in &more {
+            joined.extend_from_slice(piece);
+        }
+        return Ok(joined.freeze());
+    }
+    // A small body is a slice of the connection's read buffer; stored as is, it would keep
+    // that whole buffer (8 KiB or more) alive for as long as the record lives. One copy into
+    // an exact-size allocation is cheaper than the memory it pins.
+    Ok(if first.len() <= COMPACT_BODY_BYTES {
+        Bytes::copy_from_slice(&first)
+    } else {
+        first
+    })
 }

@@ -30,6 +30,7 @@
 mod backend;
 pub mod body;
 pub mod config;
+mod cors;
 pub mod error;
 mod handlers;
 mod live;

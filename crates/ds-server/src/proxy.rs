@@ -12,10 +12,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderName, uri::Authority};
-use axum::middleware::Next;
-use axum::response::Response;
 use ipnet::IpNet;
 
 use crate::config::{Config, ForwardedHeaders, IdentityMode};
@@ -328,12 +326,11 @@ fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
     parts.into_iter().filter(|p| !p.is_empty()).collect()
 }
 
-/// Middleware: resolves [`ClientOrigin`] (and [`ClientIdentity`]) for every request.
-pub(crate) async fn resolve_origin(
-    State(trust): State<std::sync::Arc<ProxyTrust>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// Resolves [`ClientOrigin`] (and [`ClientIdentity`]) for a request, as request extensions.
+///
+/// `public_origin` also inserts [`ds_subscriptions::PublicOrigin`], the absolute base URL the
+/// client saw: only the subscription APIs need it (for callback and JWKS URLs).
+pub(crate) fn resolve_origin(trust: &ProxyTrust, req: &mut Request, public_origin: bool) {
     let conn = req
         .extensions()
         .get::<ConnectionInfo>()
@@ -351,8 +348,7 @@ pub(crate) async fn resolve_origin(
     let authority = req.uri().authority().map(|a| a.as_str().to_owned());
     let origin = trust.origin(conn.as_ref(), req.headers(), authority.as_deref());
     let identity = trust.identity(conn.as_ref(), req.headers_mut());
-    // Subscription callback and JWKS URLs are absolute: they use the origin the client saw.
-    if let Some(base) = origin.base_url() {
+    if public_origin && let Some(base) = origin.base_url() {
         req.extensions_mut()
             .insert(ds_subscriptions::PublicOrigin(base));
     }
@@ -360,7 +356,6 @@ pub(crate) async fn resolve_origin(
     if let Some(id) = identity {
         req.extensions_mut().insert(id);
     }
-    next.run(req).await
 }
 
 #[cfg(test)]

@@ -18,9 +18,8 @@ mod otlp;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::Version;
-use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 use tracing_subscriber::Layer as _;
@@ -122,85 +121,131 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-/// Middleware: the request span, the completion log line and the request metrics.
-pub(crate) async fn request_span(
-    State(settings): State<Arc<SpanSettings>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path();
-    let stream = path
-        .strip_prefix(settings.base_path.as_str())
-        .and_then(|r| r.strip_prefix('/'))
-        .filter(|r| !r.is_empty() && *r != "__ds" && !r.starts_with("__ds/"));
-    let route = match path {
-        "/healthz" | "/readyz" | "/metrics" => path.to_owned(),
-        _ if stream.is_some() => format!("{}/{{name}}", settings.base_path),
-        _ => "other".to_owned(),
-    };
-    let stream_field = match (stream, settings.stream_names) {
-        (Some(n), StreamNameLogging::Plain) => Some(n.to_owned()),
-        (Some(n), StreamNameLogging::Hashed) => Some(hash_stream_name(n)),
-        (_, _) => None,
-    };
-    let url_path = (settings.stream_names == StreamNameLogging::Plain).then(|| path.to_owned());
-    let origin = req.extensions().get::<ClientOrigin>().cloned();
-    let span = tracing::info_span!(
-        "request",
-        http.request.method = %method,
-        http.route = %route,
-        url.path = url_path.as_deref(),
-        url.scheme = origin.as_ref().map(|o| o.scheme),
-        server.address = origin.as_ref().and_then(|o| o.host.as_deref()),
-        client.address = origin.as_ref().and_then(|o| o.address).map(tracing::field::display),
-        network.protocol.version = version_str(req.version()),
-        ds.stream.name = stream_field.as_deref(),
-        http.response.status_code = tracing::field::Empty,
-        event.duration = tracing::field::Empty,
-        otel.name = tracing::field::Empty,
-        otel.kind = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
-    let exporting = otlp::active();
-    if exporting {
-        // Recorded before the span is first entered, while the OpenTelemetry span is still
-        // being built: its kind cannot change after that.
-        span.record("otel.name", format!("{method} {route}"));
-        span.record("otel.kind", "server");
-    }
-    let res = next.run(req).instrument(span.clone()).await;
-    let elapsed = start.elapsed();
-    let status = res.status().as_u16();
-    // Signed integers: OpenTelemetry attributes have no unsigned type, and `tracing-opentelemetry`
-    // would turn a `u64` into a string.
-    span.record("http.response.status_code", i64::from(status));
-    if exporting && res.status().is_server_error() {
-        span.record("otel.status_code", "error");
-    }
-    // ECS `event.duration` is in nanoseconds.
-    span.record(
-        "event.duration",
-        i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX),
-    );
-    settings
-        .metrics
-        .record_request(method.as_str(), status, elapsed);
-    span.in_scope(|| {
-        if res.status().is_server_error() {
-            tracing::warn!(
-                http.response.status_code = i64::from(status),
-                "request failed"
+/// A request's span, opened before the request is handled.
+pub(crate) struct RequestSpan<'a> {
+    settings: &'a SpanSettings,
+    start: Instant,
+    method: axum::http::Method,
+    span: tracing::Span,
+    exporting: bool,
+}
+
+impl<'a> RequestSpan<'a> {
+    /// Opens the span of `req`. Its fields are computed only when the span is enabled (a `warn`
+    /// filter without OTLP export pays for none of them).
+    pub(crate) fn open(settings: &'a SpanSettings, req: &Request) -> Self {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let mut exporting = false;
+        let span = if tracing::enabled!(target: "ds_server::telemetry", tracing::Level::INFO) {
+            let path = req.uri().path();
+            let stream = path
+                .strip_prefix(settings.base_path.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+                .filter(|r| !r.is_empty() && *r != "__ds" && !r.starts_with("__ds/"));
+            let route = match path {
+                "/healthz" | "/readyz" | "/metrics" => path.to_owned(),
+                _ if stream.is_some() => format!("{}/{{name}}", settings.base_path),
+                _ => "other".to_owned(),
+            };
+            let stream_field = match (stream, settings.stream_names) {
+                (Some(n), StreamNameLogging::Plain) => Some(n.to_owned()),
+                (Some(n), StreamNameLogging::Hashed) => Some(hash_stream_name(n)),
+                (_, _) => None,
+            };
+            let url_path = (settings.stream_names == StreamNameLogging::Plain).then_some(path);
+            let origin = req.extensions().get::<ClientOrigin>();
+            let span = tracing::info_span!(
+                "request",
+                http.request.method = %method,
+                http.route = %route,
+                url.path = url_path,
+                url.scheme = origin.map(|o| o.scheme),
+                server.address = origin.and_then(|o| o.host.as_deref()),
+                client.address = origin.and_then(|o| o.address).map(tracing::field::display),
+                network.protocol.version = version_str(req.version()),
+                ds.stream.name = stream_field.as_deref(),
+                http.response.status_code = tracing::field::Empty,
+                event.duration = tracing::field::Empty,
+                otel.name = tracing::field::Empty,
+                otel.kind = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
             );
+            exporting = otlp::active();
+            if exporting {
+                // Recorded before the span is first entered, while the OpenTelemetry span is
+                // still being built: its kind cannot change after that.
+                span.record("otel.name", format!("{method} {route}"));
+                span.record("otel.kind", "server");
+            }
+            span
         } else {
-            tracing::info!(
-                http.response.status_code = i64::from(status),
-                "request completed"
-            );
+            tracing::Span::none()
+        };
+        RequestSpan {
+            settings,
+            start,
+            method,
+            span,
+            exporting,
         }
-    });
-    res
+    }
+
+    /// Runs `inner` (the rest of the request's handling) inside the span, then logs the
+    /// completion line and counts the request in [`Metrics`].
+    pub(crate) async fn run<F>(self, inner: F) -> Response
+    where
+        F: std::future::Future<Output = Response>,
+    {
+        let RequestSpan {
+            settings,
+            start,
+            method,
+            span,
+            exporting,
+        } = self;
+        let res = inner.instrument(span.clone()).await;
+        let elapsed = start.elapsed();
+        let status = res.status().as_u16();
+        settings
+            .metrics
+            .record_request(method.as_str(), status, elapsed);
+        if span.is_disabled() {
+            if res.status().is_server_error() {
+                tracing::warn!(
+                    http.request.method = %method,
+                    http.response.status_code = i64::from(status),
+                    "request failed"
+                );
+            }
+            return res;
+        }
+        // Signed integers: OpenTelemetry attributes have no unsigned type, and
+        // `tracing-opentelemetry` would turn a `u64` into a string.
+        span.record("http.response.status_code", i64::from(status));
+        if exporting && res.status().is_server_error() {
+            span.record("otel.status_code", "error");
+        }
+        // ECS `event.duration` is in nanoseconds.
+        span.record(
+            "event.duration",
+            i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX),
+        );
+        span.in_scope(|| {
+            if res.status().is_server_error() {
+                tracing::warn!(
+                    http.response.status_code = i64::from(status),
+                    "request failed"
+                );
+            } else {
+                tracing::info!(
+                    http.response.status_code = i64::from(status),
+                    "request completed"
+                );
+            }
+        });
+        res
+    }
 }
 
 #[cfg(test)]

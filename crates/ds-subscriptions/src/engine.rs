@@ -383,6 +383,13 @@ pub struct Subscriptions<S> {
     client: webhook::Client,
     inner: Mutex<Inner>,
     stopped: AtomicBool,
+    /// Some subscription exists or is being created. Until then the storage hooks return at
+    /// once: a store without subscriptions pays one atomic load per write, not the lock.
+    ///
+    /// Set (`SeqCst`) before a new subscription reads the tails it starts from, and read
+    /// (`SeqCst`) by a hook after its write: a write whose hook saw `false` finished before the
+    /// flag was set, so that subscription's backfill sees it. Never cleared while open.
+    armed: AtomicBool,
 }
 
 impl<S> std::fmt::Debug for Subscriptions<S> {
@@ -417,6 +424,7 @@ impl<S: Storage> Subscriptions<S> {
         let scan = scan_streams(&*storage, &loaded.state, &cfg).await?;
 
         let compact_bytes = cfg.state_compact_bytes;
+        let armed = !loaded.state.subs.is_empty();
         let (log_tx, log_rx) = mpsc::unbounded_channel();
         let (job_tx, job_rx) = mpsc::unbounded_channel();
         let timer = Arc::new(Notify::new());
@@ -438,6 +446,7 @@ impl<S: Storage> Subscriptions<S> {
                 compact_bytes,
             }),
             stopped: AtomicBool::new(false),
+            armed: AtomicBool::new(armed),
         });
         resume(&mut engine.lock(), &scan.missing, &scan.names, now_ms());
         tokio::spawn(run_jobs(Arc::downgrade(&engine), job_rx));
@@ -451,6 +460,11 @@ impl<S: Storage> Subscriptions<S> {
 
     fn stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Whether a storage hook has anything to do (see [`Subscriptions::armed`]).
+    fn hooks_idle(&self) -> bool {
+        !self.armed.load(Ordering::SeqCst) || self.stopped()
     }
 
     /// Stops delivering: no new wakes, retries or lease expiries are acted on. State already
@@ -529,7 +543,7 @@ impl<S: Storage> Subscriptions<S> {
 
     /// A stream was created (or an existing one confirmed).
     pub fn stream_created(&self, name: &StreamName, info: &StreamInfo) {
-        if name.is_reserved() || self.stopped() {
+        if name.is_reserved() || self.hooks_idle() {
             return;
         }
         let path = name.as_str();
@@ -542,14 +556,18 @@ impl<S: Storage> Subscriptions<S> {
 
     /// Data was appended: `next` is the new tail.
     pub fn stream_appended(&self, name: &StreamName, next: Offset) {
-        if name.is_reserved() || self.stopped() {
+        if name.is_reserved() || self.hooks_idle() {
             return;
         }
         let path = name.as_str();
         let now = now_ms();
         let mut inner = self.lock();
-        let tail = inner.tails.entry(path.to_owned()).or_insert(next);
-        *tail = (*tail).max(next);
+        match inner.tails.get_mut(path) {
+            Some(tail) => *tail = (*tail).max(next),
+            None => {
+                inner.tails.insert(path.to_owned(), next);
+            }
+        }
         inner.discover(path);
         inner.wake_linked(path, now);
     }
@@ -557,7 +575,7 @@ impl<S: Storage> Subscriptions<S> {
     /// A stream was deleted: glob links go, explicit links stay at offset zero for a stream
     /// created again under the name.
     pub fn stream_deleted(&self, name: &StreamName) {
-        if name.is_reserved() || self.stopped() {
+        if name.is_reserved() || self.hooks_idle() {
             return;
         }
         let mut inner = self.lock();
@@ -634,6 +652,8 @@ impl<S: Storage> Subscriptions<S> {
         if let Some(outcome) = self.existing(id, &hash, root) {
             return outcome;
         }
+        // Before the backfill reads tails: from here on every write reaches the hooks.
+        self.armed.store(true, Ordering::SeqCst);
         let tails = self.backfill(&spec).await?;
         let now = now_ms();
         let view = {

@@ -65,7 +65,7 @@ pub(crate) fn set_offset(headers: &mut HeaderMap, offset: Offset) {
 
 /// An offset as a header value.
 pub(crate) fn offset_value(offset: Offset) -> HeaderValue {
-    HeaderValue::from_str(&offset.to_string()).expect("offsets are ASCII")
+    HeaderValue::from_bytes(&offset.encode()).expect("offsets are ASCII")
 }
 
 /// Inserts `Stream-Closed: true`.
