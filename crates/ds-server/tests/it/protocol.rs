@@ -359,6 +359,57 @@ async fn every_response_has_browser_security_headers_and_cors() {
         allowed.contains("if-none-match") && allowed.contains("producer-id"),
         "{allowed}"
     );
+    assert_eq!(
+        header(&res, "x-content-type-options").as_deref(),
+        Some("nosniff"),
+        "a preflight carries the security headers too"
+    );
+}
+
+#[tokio::test]
+async fn cors_headers_go_to_browsers_and_cacheable_reads_not_to_plain_writes() {
+    let app = router();
+    let ct = ("content-type", "text/plain");
+    let res = send(&app, req("PUT", "/v1/stream/c", &[ct], Body::empty())).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    // A write from outside a browser (no Origin): no CORS headers, security headers still.
+    let res = send(&app, req("POST", "/v1/stream/c", &[ct], Body::from("a"))).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&res, "access-control-allow-origin"), None);
+    assert_eq!(header(&res, "access-control-expose-headers"), None);
+    assert_eq!(
+        header(&res, "cross-origin-resource-policy").as_deref(),
+        Some("cross-origin")
+    );
+    // The same write from a browser page: allowed, and the offset header is readable.
+    let res = send(
+        &app,
+        req(
+            "POST",
+            "/v1/stream/c",
+            &[ct, ("origin", "https://app.test")],
+            Body::from("b"),
+        ),
+    )
+    .await;
+    assert_eq!(
+        header(&res, "access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    let exposed = header(&res, "access-control-expose-headers").expect("exposed");
+    assert!(exposed.contains("stream-next-offset"), "{exposed}");
+    // A catch-up read without Origin may be cached and served to a browser later: it carries
+    // the CORS headers.
+    let res = send(
+        &app,
+        req("GET", "/v1/stream/c?offset=-1", &[], Body::empty()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        header(&res, "access-control-allow-origin").as_deref(),
+        Some("*")
+    );
 }
 
 #[tokio::test]
