@@ -2,8 +2,9 @@
 //! `/metrics`.
 //!
 //! Hand-written on purpose: a handful of counters, gauges and one histogram do not justify a
-//! metrics framework. Counters are atomics; the per-(method, status) request table sits behind
-//! one short `Mutex`, never held across an `.await`. The store's series come from
+//! metrics framework. Counters are atomics, the per-(method, status) request table too: a
+//! request takes no lock to be counted (statuses outside the table's list, which the server does
+//! not produce, fall back to a short `Mutex`). The store's series come from
 //! [`Storage::stats`](ds_storage::Storage::stats), which reads counters (no listing of streams),
 //! so a scrape costs the same with a hundred thousand streams as with ten; a series the backend
 //! cannot measure is left out.
@@ -29,10 +30,106 @@ struct RequestStats {
     buckets: [u64; BUCKETS.len() + 1],
 }
 
+/// Method labels: the protocol's methods, and `OTHER` for anything else, so a client cannot
+/// grow the label set by inventing methods.
+const METHODS: [&str; 7] = ["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "OTHER"];
+
+/// Statuses counted without a lock: every status the server answers with.
+const STATUSES: [u16; 24] = [
+    200, 201, 204, 206, 304, 400, 401, 403, 404, 405, 408, 409, 410, 412, 413, 415, 416, 422, 429,
+    431, 500, 501, 503, 504,
+];
+
+/// One (method, status) series, updated with atomics.
+#[derive(Debug, Default)]
+struct RequestCell {
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+    /// Non-cumulative counts per bucket; the last slot is `+Inf`.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+}
+
+/// The request series: a fixed table of atomic cells, plus a locked map for rare statuses.
+#[derive(Debug)]
+struct RequestTable {
+    cells: Box<[RequestCell]>,
+    rare: Mutex<BTreeMap<(&'static str, u16), RequestStats>>,
+}
+
+impl Default for RequestTable {
+    fn default() -> Self {
+        RequestTable {
+            cells: (0..METHODS.len() * STATUSES.len())
+                .map(|_| RequestCell::default())
+                .collect(),
+            rare: Mutex::default(),
+        }
+    }
+}
+
+impl RequestTable {
+    fn record(&self, method: &str, status: u16, elapsed: Duration) {
+        let m = METHODS[..METHODS.len() - 1]
+            .iter()
+            .position(|x| *x == method)
+            .unwrap_or(METHODS.len() - 1);
+        let secs = elapsed.as_secs_f64();
+        let slot = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        if let Some(s) = STATUSES.iter().position(|x| *x == status) {
+            let cell = &self.cells[m * STATUSES.len() + s];
+            cell.count.fetch_add(1, Ordering::Relaxed);
+            cell.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+            cell.buckets[slot].fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut rare = self
+            .rare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = rare.entry((METHODS[m], status)).or_default();
+        entry.count += 1;
+        entry.sum_secs += secs;
+        entry.buckets[slot] += 1;
+    }
+
+    /// Every series seen so far, in label order.
+    fn snapshot(&self) -> BTreeMap<(&'static str, u16), RequestStats> {
+        let mut out = self
+            .rare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for (m, method) in METHODS.iter().enumerate() {
+            for (s, status) in STATUSES.iter().enumerate() {
+                let cell = &self.cells[m * STATUSES.len() + s];
+                let count = cell.count.load(Ordering::Relaxed);
+                if count == 0 {
+                    continue;
+                }
+                let mut stats = RequestStats {
+                    count,
+                    #[allow(clippy::cast_precision_loss)] // seconds as a float, by definition
+                    sum_secs: cell.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+                    buckets: [0; BUCKETS.len() + 1],
+                };
+                for (b, n) in stats.buckets.iter_mut().zip(&cell.buckets) {
+                    *b = n.load(Ordering::Relaxed);
+                }
+                out.insert((method, *status), stats);
+            }
+        }
+        out
+    }
+}
+
 /// The server's metrics. Cheap to update from any task.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), RequestStats>>,
+    requests: RequestTable,
     appends: AtomicU64,
     append_bytes: AtomicU64,
     reads: AtomicU64,
@@ -82,19 +179,7 @@ impl Drop for OwnedGaugeGuard {
 impl Metrics {
     /// Records one finished request (duration until the response head).
     pub fn record_request(&self, method: &str, status: u16, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        let slot = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        let mut table = self
-            .requests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = table.entry((method.to_owned(), status)).or_default();
-        entry.count += 1;
-        entry.sum_secs += secs;
-        entry.buckets[slot] += 1;
+        self.requests.record(method, status, elapsed);
     }
 
     /// Records a successful append of `bytes` payload bytes.
@@ -160,11 +245,7 @@ impl Metrics {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let gauge = |a: &AtomicI64| a.load(Ordering::Relaxed);
         {
-            let table = self
-                .requests
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
+            let table = self.requests.snapshot();
             header(
                 &mut out,
                 "ds_http_requests_total",
@@ -387,6 +468,23 @@ mod tests {
         assert!(text.contains("ds_storage_streams 2"));
         drop(guard);
         assert!(m.render(None).contains("ds_sse_connections_active 0"));
+    }
+
+    #[test]
+    fn invented_methods_share_one_label_and_rare_statuses_are_still_counted() {
+        let m = Metrics::default();
+        m.record_request("BREW", 405, Duration::from_millis(1));
+        m.record_request("PATCH", 405, Duration::from_millis(1));
+        m.record_request("POST", 418, Duration::from_millis(2));
+        m.record_request("POST", 204, Duration::from_millis(2));
+        let text = m.render(None);
+        assert!(text.contains("ds_http_requests_total{method=\"OTHER\",status=\"405\"} 2"));
+        assert!(text.contains("ds_http_requests_total{method=\"POST\",status=\"418\"} 1"));
+        assert!(text.contains("ds_http_requests_total{method=\"POST\",status=\"204\"} 1"));
+        assert!(!text.contains("BREW"));
+        assert!(text.contains(
+            "ds_http_request_duration_seconds_sum{method=\"POST\",status=\"204\"} 0.002"
+        ));
     }
 
     /// Checks the text format: every sample belongs to a family announced by `# HELP` and
