@@ -12,8 +12,9 @@
 //! 7. `DS_SECTION__FIELD` environment variables (list keys accept comma-separated values).
 //!
 //! Every key has the seed's name, so each `DS_*` variable maps one to one. Unknown keys are
-//! rejected, except the three legacy ones (`server.port`, `[tls]`, `[log]`), which still load,
-//! map onto the new model and leave a deprecation warning in [`Config::deprecations`].
+//! rejected, except the legacy ones (`server.port`, `[tls]`, `[log]`,
+//! `subscriptions.public_base_url`), which still load, map onto the new model and leave a
+//! deprecation warning in [`Config::deprecations`].
 //! [`Config::validate`] checks the cross-key rules and names the keys in every message.
 
 use std::collections::HashMap;
@@ -298,6 +299,11 @@ pub struct HttpConfig {
     pub stream_base_path: String,
     /// `public` or `private`: the visibility in `Cache-Control` of cacheable catch-up reads.
     pub cache_visibility: CacheVisibility,
+    /// The URL clients reach this server at (`https://streams.example.com`, optionally with the
+    /// path prefix a reverse proxy adds). When set, subscription `callback_url` and `jwks_url`
+    /// are built from it plus `stream_base_path`; unset, from each request's scheme and host
+    /// (through the `[proxy]` trust rules).
+    pub public_url: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -307,8 +313,62 @@ impl Default for HttpConfig {
             allow_wildcard_cors: false,
             stream_base_path: "/v1/stream".to_owned(),
             cache_visibility: CacheVisibility::Public,
+            public_url: None,
         }
     }
+}
+
+impl HttpConfig {
+    /// The public stream root (`public_url` followed by `stream_base_path`), when `public_url`
+    /// is set.
+    #[must_use]
+    pub fn public_stream_root(&self) -> Option<String> {
+        let url = self.public_url.as_deref()?.trim().trim_end_matches('/');
+        let base = self.stream_base_path.trim_end_matches('/');
+        Some(format!("{url}{base}"))
+    }
+}
+
+/// Checks that `key = value` is an absolute `http(s)://host[:port][/prefix]` URL; the message
+/// names the key and what to change.
+fn validate_public_url(key: &str, value: &str) -> Result<(), String> {
+    let example = "such as \"https://streams.example.com\"";
+    let value = value.trim();
+    if !value.contains("://") {
+        return Err(format!(
+            "{key} {value:?} has no scheme; use an absolute http:// or https:// URL, {example}"
+        ));
+    }
+    let uri = value.parse::<http::Uri>().map_err(|e| {
+        format!("{key} {value:?} is not a valid URL ({e}); use the absolute URL clients reach this server at, {example}")
+    })?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => {
+            return Err(format!(
+                "{key} {value:?}: scheme {other:?} is not supported; use http:// or https:// ({example})"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "{key} {value:?} has no scheme; use an absolute http:// or https:// URL, {example}"
+            ));
+        }
+    }
+    let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
+        return Err(format!("{key} {value:?} has no host; use {example}"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "{key} {value:?} must not contain credentials (user:password@)"
+        ));
+    }
+    if uri.query().is_some() || value.contains('#') {
+        return Err(format!(
+            "{key} {value:?} must not have a query or fragment; use {example}"
+        ));
+    }
+    Ok(())
 }
 
 /// Visibility of cacheable catch-up responses (PROTOCOL.md section 10.1).
@@ -907,7 +967,8 @@ impl Config {
     }
 
     /// Moves legacy keys onto the new model. `set_by_operator(key)` tells whether the operator
-    /// set the new key too, in which case it wins and the legacy key is only reported.
+    /// set the new key too, in which case it wins and the legacy key is only reported. Also
+    /// hands `http.public_url` to the subscription engine (as its stream root).
     fn map_legacy(&mut self, set_by_operator: impl Fn(&str) -> bool) {
         let mut notes = Vec::new();
         if let Some(port) = self.server.port.take() {
@@ -973,6 +1034,28 @@ impl Config {
                 notes.push("[log] rust_log is deprecated; use observability.rust_log".to_owned());
             }
         }
+        if let Some(legacy) = self.subscriptions.public_base_url.clone() {
+            if self.http.public_url.is_some() {
+                notes.push(
+                    "subscriptions.public_base_url is deprecated and ignored because http.public_url is set; remove it"
+                        .to_owned(),
+                );
+            } else {
+                // The legacy key is the whole stream root; the new one stops before the base path.
+                let root = legacy.trim().trim_end_matches('/');
+                let base = self.http.stream_base_path.trim_end_matches('/');
+                notes.push(match root.strip_suffix(base).filter(|_| !base.is_empty()) {
+                    Some(prefix) => format!(
+                        "subscriptions.public_base_url is deprecated; use http.public_url = {prefix:?} (http.stream_base_path is appended)"
+                    ),
+                    None => "subscriptions.public_base_url is deprecated; use http.public_url (the URL clients reach this server at; http.stream_base_path is appended)".to_owned(),
+                });
+            }
+        }
+        // What the subscription engine builds `callback_url` and `jwks_url` from.
+        if let Some(root) = self.http.public_stream_root() {
+            self.subscriptions.public_base_url = Some(root);
+        }
         self.deprecations.extend(notes);
     }
 
@@ -1027,6 +1110,16 @@ impl Config {
                 "storage.acid_shard_count {} must be a power of two in 1..=256",
                 self.storage.acid_shard_count
             ));
+        }
+        if let Some(url) = &self.http.public_url {
+            validate_public_url("http.public_url", url).map_err(ConfigError::Invalid)?;
+        }
+        if let Some(url) = &self.subscriptions.public_base_url {
+            validate_public_url(
+                "subscriptions.public_base_url (deprecated: use http.public_url)",
+                url,
+            )
+            .map_err(ConfigError::Invalid)?;
         }
         self.validate_transport()?;
         self.validate_proxy()?;

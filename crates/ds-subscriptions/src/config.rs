@@ -14,7 +14,9 @@ pub struct SubscriptionsConfig {
     pub allow_dev_webhooks: bool,
     /// The public URL of the stream root, e.g. `https://streams.example.com/v1/stream`. When set,
     /// `callback_url` and `jwks_url` are built from it; otherwise from the request's origin (see
-    /// [`PublicOrigin`](crate::PublicOrigin)) and the path the router is mounted at.
+    /// [`PublicOrigin`](crate::PublicOrigin)) and the path the router is mounted at. The server
+    /// sets it from `http.public_url`; its own `[subscriptions] public_base_url` key is a
+    /// deprecated alias.
     pub public_base_url: Option<String>,
     /// How long one webhook request may take (connect, TLS, response), in milliseconds.
     pub webhook_timeout_ms: u64,

@@ -438,3 +438,114 @@ fn otlp_rules_have_precise_messages() {
     let m = invalid("[observability]\notlp_service_name = \" \"\n");
     assert!(m.contains("observability.otlp_service_name"), "{m}");
 }
+
+#[test]
+fn public_url_feeds_the_subscription_stream_root() {
+    let cfg = Config::default();
+    assert_eq!(cfg.http.public_url, None);
+    assert_eq!(
+        cfg.subscriptions.public_base_url, None,
+        "unset: from each request"
+    );
+
+    let cfg = Config::from_toml("[http]\npublic_url = \"https://streams.example.com/\"\n")
+        .expect("valid");
+    assert_eq!(
+        cfg.subscriptions.public_base_url.as_deref(),
+        Some("https://streams.example.com/v1/stream")
+    );
+    assert!(cfg.deprecations.is_empty(), "{:?}", cfg.deprecations);
+
+    // A proxy prefix and another base path; from the environment.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = load_in(
+        dir.path(),
+        DeploymentProfile::Prod,
+        &[
+            ("DS_HTTP__PUBLIC_URL", "http://10.1.2.3:8080/ds"),
+            ("DS_HTTP__STREAM_BASE_PATH", "/streams"),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(
+        cfg.http.public_url.as_deref(),
+        Some("http://10.1.2.3:8080/ds")
+    );
+    assert_eq!(
+        cfg.subscriptions.public_base_url.as_deref(),
+        Some("http://10.1.2.3:8080/ds/streams")
+    );
+}
+
+#[test]
+fn subscriptions_public_base_url_is_a_deprecated_alias() {
+    let cfg = Config::from_toml(
+        "[subscriptions]\npublic_base_url = \"https://streams.example.com/v1/stream\"\n",
+    )
+    .expect("legacy key loads");
+    assert_eq!(
+        cfg.subscriptions.public_base_url.as_deref(),
+        Some("https://streams.example.com/v1/stream"),
+        "the legacy key is the whole stream root and keeps working"
+    );
+    assert_eq!(cfg.deprecations.len(), 1, "{:?}", cfg.deprecations);
+    assert!(
+        cfg.deprecations[0].contains("use http.public_url = \"https://streams.example.com\""),
+        "{:?}",
+        cfg.deprecations
+    );
+
+    // A root that does not end with the base path: no value to suggest.
+    let cfg = Config::from_toml("[subscriptions]\npublic_base_url = \"https://x.example/api\"\n")
+        .expect("legacy key loads");
+    assert_eq!(
+        cfg.subscriptions.public_base_url.as_deref(),
+        Some("https://x.example/api")
+    );
+    assert!(
+        cfg.deprecations[0].contains("use http.public_url ("),
+        "{:?}",
+        cfg.deprecations
+    );
+
+    // The new key wins.
+    let cfg = Config::from_toml(
+        "[http]\npublic_url = \"https://new.example\"\n[subscriptions]\npublic_base_url = \"https://old.example/v1/stream\"\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        cfg.subscriptions.public_base_url.as_deref(),
+        Some("https://new.example/v1/stream")
+    );
+    assert_eq!(cfg.deprecations.len(), 1, "{:?}", cfg.deprecations);
+    assert!(cfg.deprecations[0].contains("ignored because http.public_url is set"));
+}
+
+#[test]
+fn public_url_rules_have_precise_messages() {
+    let url = |u: &str| invalid(&format!("[http]\npublic_url = \"{u}\"\n"));
+    let m = url("streams.example.com");
+    assert!(
+        m.contains("http.public_url \"streams.example.com\" has no scheme"),
+        "{m}"
+    );
+    let m = url("ftp://streams.example.com");
+    assert!(m.contains("scheme \"ftp\" is not supported"), "{m}");
+    let m = url("https://");
+    assert!(m.contains("http.public_url \"https://\""), "{m}");
+    let m = url("https://exa mple.com");
+    assert!(m.contains("is not a valid URL"), "{m}");
+    let m = url("https://user:pw@streams.example.com");
+    assert!(m.contains("credentials"), "{m}");
+    let m = url("https://streams.example.com/?a=b");
+    assert!(m.contains("query or fragment"), "{m}");
+    let m = url("https://streams.example.com/#top");
+    assert!(m.contains("query or fragment"), "{m}");
+
+    let m = invalid("[subscriptions]\npublic_base_url = \"localhost:4437/v1/stream\"\n");
+    assert!(
+        m.contains("subscriptions.public_base_url (deprecated: use http.public_url)")
+            && m.contains("has no scheme"),
+        "{m}"
+    );
+}
