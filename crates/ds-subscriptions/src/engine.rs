@@ -696,8 +696,65 @@ impl<S: Storage> Subscriptions<S> {
             let sub = inner.state.subs.get(id).expect("just inserted");
             self.view(&inner, sub, root)
         };
+        let view = if self.link_late_streams(id).await {
+            let inner = self.lock();
+            inner
+                .state
+                .subs
+                .get(id)
+                .map_or(view, |sub| self.view(&inner, sub, root))
+        } else {
+            view
+        };
         self.sync().await?;
         Ok(PutOutcome::Created(view))
+    }
+
+    /// Links the streams a new subscription's backfill could not see: created after the
+    /// listing but before the subscription was committed, so their hooks found nothing to link
+    /// them to (and a stream with no further append would never wake anyone). Their hooks did
+    /// record a tail, so they are the known streams matching the pattern but not linked; each
+    /// is confirmed to exist (a stream that expired leaves a stale tail) and linked at offset
+    /// zero, as a stream created after the subscription. Returns whether any was linked.
+    async fn link_late_streams(&self, id: &str) -> bool {
+        let candidates: Vec<String> = {
+            let inner = self.lock();
+            let Some(sub) = inner.state.subs.get(id) else {
+                return false;
+            };
+            let Some(glob) = sub.glob.as_ref() else {
+                return false;
+            };
+            inner
+                .tails
+                .keys()
+                .filter(|path| {
+                    !sub.links.contains_key(*path)
+                        && sub.spec.wake_stream.as_deref() != Some(path.as_str())
+                        && glob.matches(path)
+                })
+                .cloned()
+                .collect()
+        };
+        let mut late = Vec::new();
+        for path in candidates {
+            let Ok(name) = spec::stream_name(&path, self.cfg.name_limits) else {
+                continue;
+            };
+            if self.storage.head(&name).await.is_ok() {
+                late.push(path);
+            }
+        }
+        if late.is_empty() {
+            return false;
+        }
+        let now = now_ms();
+        let mut inner = self.lock();
+        for path in &late {
+            inner.discover(path);
+            inner.wake_linked(path, now);
+        }
+        true
     }
 
     fn existing(&self, id: &str, hash: &str, root: &str) -> Option<Result<PutOutcome, ApiError>> {

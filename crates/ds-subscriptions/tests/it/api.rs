@@ -1,10 +1,20 @@
-//! Subscription CRUD, validation, glob backfill, explicit membership, JWKS, reserved names.
+//! Subscription CRUD, validation, glob backfill (and a stream created while it runs), explicit
+//! membership, JWKS, reserved names.
+
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use axum::http::{Method, StatusCode};
-use ds_storage::{CreateRequest, ForkRequest, Storage};
+use ds_protocol::StreamName;
+use ds_storage::{
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ForkRequest, ReadChunk, ReadFrom,
+    Storage, StreamInfo, Tail,
+};
+use ds_storage_memory::MemoryStorage;
+use ds_subscriptions::Notifying;
 use serde_json::json;
+use tokio::sync::watch;
 
-use crate::util::{H, ROOT, Receiver, name, webhook_spec};
+use crate::util::{H, ROOT, Receiver, dev_config, name, stream_of, webhook_spec};
 
 #[tokio::test]
 async fn create_reconfirm_conflict_get_and_delete() {
@@ -206,6 +216,108 @@ async fn streams_created_later_are_linked_before_their_first_data_wakes() {
         .await
         .expect("a wake event");
     assert_eq!(events[0]["stream"], "events/new");
+}
+
+/// A store whose next `list` lets a stream be created, through the engine's hooks, after the
+/// listing was taken: the window between a new subscription's backfill and its commit.
+struct CreateAfterList {
+    inner: MemoryStorage,
+    /// Where the racing create goes (so the engine's hooks see it).
+    front: OnceLock<Weak<Notifying<CreateAfterList>>>,
+    /// The stream to create after the next listing.
+    next: Mutex<Option<String>>,
+}
+
+impl Storage for CreateAfterList {
+    async fn create(
+        &self,
+        n: &StreamName,
+        req: CreateRequest,
+    ) -> ds_storage::Result<CreateOutcome> {
+        self.inner.create(n, req).await
+    }
+    async fn append(
+        &self,
+        n: &StreamName,
+        req: AppendRequest,
+    ) -> ds_storage::Result<AppendOutcome> {
+        self.inner.append(n, req).await
+    }
+    async fn read(
+        &self,
+        n: &StreamName,
+        from: ReadFrom,
+        max: usize,
+    ) -> ds_storage::Result<ReadChunk> {
+        self.inner.read(n, from, max).await
+    }
+    async fn head(&self, n: &StreamName) -> ds_storage::Result<StreamInfo> {
+        self.inner.head(n).await
+    }
+    async fn delete(&self, n: &StreamName) -> ds_storage::Result<()> {
+        self.inner.delete(n).await
+    }
+    async fn subscribe(&self, n: &StreamName) -> ds_storage::Result<watch::Receiver<Tail>> {
+        self.inner.subscribe(n).await
+    }
+    async fn list(&self) -> ds_storage::Result<Vec<StreamInfo>> {
+        let listed = self.inner.list().await?;
+        let racer = self.next.lock().expect("lock").take();
+        if let Some(path) = racer {
+            let front = self.front.get().and_then(Weak::upgrade).expect("front set");
+            let req = CreateRequest {
+                content_type: Some("application/json".into()),
+                body: bytes::Bytes::from_static(br#"{"e":1}"#),
+                ..CreateRequest::default()
+            };
+            front
+                .create(&name(&path), req)
+                .await
+                .expect("racing create");
+        }
+        Ok(listed)
+    }
+    async fn sweep_expired(&self) -> ds_storage::Result<usize> {
+        self.inner.sweep_expired().await
+    }
+}
+
+#[tokio::test]
+async fn a_stream_created_while_a_subscription_backfills_is_linked_and_woken() {
+    let store = Arc::new(CreateAfterList {
+        inner: MemoryStorage::default(),
+        front: OnceLock::new(),
+        next: Mutex::new(None),
+    });
+    let h = H::open(store.clone(), dev_config()).await;
+    store
+        .front
+        .set(Arc::downgrade(&h.streams))
+        .expect("set once");
+    let mut rx = Receiver::start(200, r#"{"done":true}"#).await;
+    let old = h.create_stream("events/old", r#"{"e":0}"#).await;
+    *store.next.lock().expect("lock") = Some("events/racer".to_owned());
+    assert_eq!(
+        h.put_sub("w", webhook_spec(&rx.url, "events/*", 30_000))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert!(store.next.lock().expect("lock").is_none(), "the race ran");
+    assert_eq!(
+        h.get_sub("w").await["streams"],
+        json!([
+            { "path": "events/old", "link_type": "glob", "acked_offset": old.to_string() },
+            { "path": "events/racer", "link_type": "glob", "acked_offset": "0000000000000000_0000000000000000" },
+        ])
+    );
+    // Its initial data wakes the subscription although nothing is appended after it.
+    let hit = rx
+        .next(std::time::Duration::from_secs(3))
+        .await
+        .expect("a wake for the stream created during the backfill");
+    assert_eq!(stream_of(&hit, "events/racer")["has_pending"], true);
+    assert_eq!(stream_of(&hit, "events/old")["has_pending"], false);
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! Test harness: an engine over the memory backend, its router, and a webhook receiver.
+//! Test harness: an engine over a store (the memory backend unless a test picks another, see
+//! [`crate::backends`]), its router, and a webhook receiver.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,10 +27,10 @@ pub(crate) fn dev_config() -> SubscriptionsConfig {
     }
 }
 
-pub(crate) struct H {
-    pub(crate) store: Arc<MemoryStorage>,
-    pub(crate) engine: Arc<Subscriptions<MemoryStorage>>,
-    pub(crate) streams: Arc<Notifying<MemoryStorage>>,
+pub(crate) struct H<S: Storage = MemoryStorage> {
+    pub(crate) store: Arc<S>,
+    pub(crate) engine: Arc<Subscriptions<S>>,
+    pub(crate) streams: Arc<Notifying<S>>,
     pub(crate) app: Router,
 }
 
@@ -53,8 +54,10 @@ impl H {
     pub(crate) async fn new() -> H {
         H::open(Arc::new(MemoryStorage::default()), dev_config()).await
     }
+}
 
-    pub(crate) async fn open(store: Arc<MemoryStorage>, cfg: SubscriptionsConfig) -> H {
+impl<S: Storage> H<S> {
+    pub(crate) async fn open(store: Arc<S>, cfg: SubscriptionsConfig) -> H<S> {
         let engine = Subscriptions::open(store.clone(), cfg).await.expect("open");
         let streams = Arc::new(Notifying::new(engine.clone()));
         let app = Router::new().nest("/v1/stream/__ds", router(engine.clone()));
@@ -66,8 +69,9 @@ impl H {
         }
     }
 
-    /// Persists everything and stops the engine, as before a restart.
-    pub(crate) async fn stop(self) -> Arc<MemoryStorage> {
+    /// Persists everything and stops the engine, as before a restart. The engine's background
+    /// tasks may still hold the store for a moment (see [`crate::backends::sole`]).
+    pub(crate) async fn stop(self) -> Arc<S> {
         self.engine.flush().await.expect("flush");
         self.engine.shutdown();
         self.store
