@@ -7,7 +7,7 @@
 //!   --secs N          seconds per measurement (default 3)
 //!   --writers N       concurrent appenders (default 64)
 //!   --streams N       streams they append to (default 1000)
-//!   --shards N        shard count (default 16)
+//!   --shards N        shard count (default: the crate's default, 4)
 //!   --size N          append size in bytes (default 256)
 //!   --rounds N        measurement rounds (default 3); each round measures the raw fsync
 //!                     rate right before and after the appends, since a shared disk's rate
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ds_protocol::{NameLimits, StreamName};
-use ds_storage::{AppendRequest, CreateRequest, Storage};
+use ds_storage::{AppendRequest, CreateRequest, Storage, StorageStats};
 use ds_storage_acid::{AcidOptions, AcidStorage};
 
 const BINARY: &str = "application/octet-stream";
@@ -48,7 +48,7 @@ fn parse_args() -> Args {
         secs: 3,
         writers: 64,
         streams: 1000,
-        shards: 16,
+        shards: ds_storage_acid::DEFAULT_SHARD_COUNT,
         size: 256,
         reopen: 0,
         rounds: 3,
@@ -108,7 +108,7 @@ async fn open(dir: &Path, shards: u32) -> AcidStorage {
     .expect("open store")
 }
 
-async fn appends(args: &Args, dir: &Path) -> (f64, f64) {
+async fn appends(args: &Args, dir: &Path) -> Measured {
     let store = open(dir, args.shards).await;
     let names: Arc<Vec<StreamName>> = Arc::new(
         (0..args.streams)
@@ -135,7 +135,7 @@ async fn appends(args: &Args, dir: &Path) -> (f64, f64) {
 
     let body = Bytes::from(vec![0xa5; args.size]);
     let count = Arc::new(AtomicU64::new(0));
-    let commits_before = store.commit_count();
+    let before = store.stats();
     let deadline = Instant::now() + Duration::from_secs(args.secs);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -167,10 +167,29 @@ async fn appends(args: &Args, dir: &Path) -> (f64, f64) {
         t.await.expect("writer");
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let commits = store.commit_count() - commits_before;
+    let after = store.stats();
+    let delta = |f: fn(&StorageStats) -> Option<u64>| {
+        f(&after)
+            .unwrap_or(0)
+            .saturating_sub(f(&before).unwrap_or(0))
+    };
+    let commits = delta(|s| s.commit_batches).max(1) as f64;
     let n = count.load(Ordering::Relaxed);
     store.close().await;
-    (n as f64 / elapsed, n as f64 / commits.max(1) as f64)
+    Measured {
+        appends_per_sec: n as f64 / elapsed,
+        per_commit: delta(|s| s.commit_ops) as f64 / commits,
+        commit_ms: delta(|s| s.sync_micros) as f64 / 1000.0 / commits,
+    }
+}
+
+/// What one round of appends measured.
+struct Measured {
+    appends_per_sec: f64,
+    /// Operations per durable commit.
+    per_commit: f64,
+    /// Average time in redb's `commit` (writing the pages and syncing), ms.
+    commit_ms: f64,
 }
 
 async fn reopen(args: &Args, dir: &Path) -> f64 {
@@ -219,14 +238,17 @@ async fn main() {
     for round in 0..args.rounds {
         let before = raw_fsync_rate(&args.dir, args.size, 1);
         let dir = args.dir.join(format!("appends-{round}"));
-        let (rate, per_commit) = appends(&args, &dir).await;
+        let m = appends(&args, &dir).await;
         let _ = std::fs::remove_dir_all(&dir);
         let after = raw_fsync_rate(&args.dir, args.size, 1);
         let raw = f64::midpoint(before, after);
+        let rate = m.appends_per_sec;
         ratios.push(rate / raw);
         println!(
             "round {round}: raw write+fdatasync {before:.0}/s before, {after:.0}/s after; \
-             acid {rate:.0} appends/s, {per_commit:.1} appends/commit: {:.1}x raw",
+             acid {rate:.0} appends/s, {:.1} appends/commit, {:.2} ms/commit: {:.1}x raw",
+            m.per_commit,
+            m.commit_ms,
             rate / raw
         );
     }

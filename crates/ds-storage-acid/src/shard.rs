@@ -28,10 +28,21 @@ use crate::schema::{
 };
 use crate::{AcidBackend, AcidOptions};
 
-/// redb's page cache, shared out between the shards (redb's own default is 1 GiB per
-/// database, which sixteen shards would multiply).
+/// redb's page cache (read cache and write buffer), shared out between the shards: redb's
+/// own default is 1 GiB per database, which every shard would multiply.
 const TOTAL_CACHE_BYTES: usize = 256 * 1024 * 1024;
 const MIN_SHARD_CACHE_BYTES: usize = 4 * 1024 * 1024;
+/// At most this much per shard: a read of a large stream goes through one shard's cache
+/// (every page it reads is cached), so this bounds what a big read adds to the process's
+/// memory whatever the shard count. The hot pages of appends (each stream's last leaf and the
+/// branches above) take far less.
+const MAX_SHARD_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// The cache size of each shard of a store with `shard_count` shards.
+pub(crate) fn shard_cache_bytes(shard_count: u32) -> usize {
+    (TOTAL_CACHE_BYTES / shard_count.max(1) as usize)
+        .clamp(MIN_SHARD_CACHE_BYTES, MAX_SHARD_CACHE_BYTES)
+}
 
 /// What the API and the committers share.
 pub(crate) struct Shared {
@@ -39,7 +50,6 @@ pub(crate) struct Shared {
     pub(crate) shard_count: u32,
     pub(crate) max_stream_bytes: Option<u64>,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) commit_slots: crate::commit::CommitSlots,
 }
 
 /// One shard: its database, its streams, and its committer's queue.
@@ -170,9 +180,8 @@ pub(crate) fn check_dir(opts: &AcidOptions) -> Result<()> {
 
 /// Opens (creating if needed) shard `index` and reads its metadata rows.
 pub(crate) fn load_shard(opts: &AcidOptions, index: usize) -> Result<LoadedShard> {
-    let cache = (TOTAL_CACHE_BYTES / opts.shard_count as usize).max(MIN_SHARD_CACHE_BYTES);
     let mut builder = Database::builder();
-    builder.set_cache_size(cache);
+    builder.set_cache_size(shard_cache_bytes(opts.shard_count));
     let (db, path) = match opts.backend {
         AcidBackend::File => {
             let path = shard_path(&opts.data_dir, index);
@@ -532,6 +541,17 @@ mod tests {
 
     fn refs(map: &StreamMap, raw: &str) -> u64 {
         map[&stored_name(raw).expect("name")].lock().fork_refs
+    }
+
+    #[test]
+    fn the_cache_is_shared_out_and_bounded_per_shard() {
+        const MIB: usize = 1024 * 1024;
+        // One big read goes through one shard's cache: never more than 32 MiB of it.
+        assert_eq!(shard_cache_bytes(1), 32 * MIB);
+        assert_eq!(shard_cache_bytes(4), 32 * MIB);
+        assert_eq!(shard_cache_bytes(16), 16 * MIB);
+        assert_eq!(shard_cache_bytes(64), 4 * MIB);
+        assert_eq!(shard_cache_bytes(256), 4 * MIB);
     }
 
     #[test]
