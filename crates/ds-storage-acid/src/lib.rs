@@ -51,7 +51,7 @@ mod read;
 mod schema;
 mod shard;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -102,6 +102,18 @@ pub struct AcidOptions {
 /// per second of 16 on the development machines' virtual disk (about 9 appends per commit
 /// instead of 2.6; `examples/group_commit.rs`). A data dir keeps the count it was created with.
 pub const DEFAULT_SHARD_COUNT: u32 = 4;
+
+/// The shard count `data_dir` was created with, or `None` if it holds no shard yet (missing or
+/// empty directory).
+///
+/// The count of a data dir can never change; a caller that lets operators leave it unset can
+/// open an existing data dir with its stored count and use [`DEFAULT_SHARD_COUNT`] (or its
+/// own default) only for a new one. Blocking file I/O: call it before [`AcidStorage::open`],
+/// off the async workers. Fails like `open` when another process has the data dir open or the
+/// first shard file cannot be read.
+pub fn stored_shard_count(data_dir: &Path) -> Result<Option<u32>> {
+    shard::stored_shard_count(data_dir)
+}
 
 impl AcidOptions {
     /// File-backed options for `data_dir`, with [`DEFAULT_SHARD_COUNT`] shards, no stream size

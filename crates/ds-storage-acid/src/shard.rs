@@ -178,6 +178,46 @@ pub(crate) fn check_dir(opts: &AcidOptions) -> Result<()> {
     Ok(())
 }
 
+/// The shard count stored in `dir`'s first shard file, or `None` when there is none.
+pub(crate) fn stored_shard_count(dir: &Path) -> Result<Option<u32>> {
+    let path = shard_path(dir, 0);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let db = Database::open(&path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => OpenError::InUse {
+            dir: dir.to_owned(),
+            file: path.clone(),
+            source: e,
+        }
+        .into(),
+        e => backend("open shard database", e),
+    })?;
+    let txn = db
+        .begin_read()
+        .map_err(|e| backend("begin read transaction", e))?;
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        // Created by an open that stopped before writing anything: no count yet.
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(backend("open meta table", e)),
+    };
+    let stored = meta
+        .get(KEY_SHARD_COUNT)
+        .map_err(|e| backend("read meta", e))?
+        .map(|v| v.value());
+    match stored {
+        None => Ok(None),
+        Some(n) => u32::try_from(n).map(Some).map_err(|_| {
+            OpenError::Corrupt {
+                file: path,
+                what: format!("shard count {n}"),
+            }
+            .into()
+        }),
+    }
+}
+
 /// Opens (creating if needed) shard `index` and reads its metadata rows.
 pub(crate) fn load_shard(opts: &AcidOptions, index: usize) -> Result<LoadedShard> {
     let mut builder = Database::builder();

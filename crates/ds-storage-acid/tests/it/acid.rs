@@ -550,3 +550,32 @@ async fn stats_follow_streams_bytes_and_commits() {
     assert_eq!((s.streams, s.bytes), (Some(1), Some(0)));
     assert!(s.commit_batches >= Some(3) && s.commit_batches == s.syncs);
 }
+
+#[tokio::test]
+async fn the_stored_shard_count_can_be_read_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    assert_eq!(
+        ds_storage_acid::stored_shard_count(&data_dir).expect("missing dir"),
+        None
+    );
+    std::fs::create_dir(&data_dir).expect("create dir");
+    assert_eq!(
+        ds_storage_acid::stored_shard_count(&data_dir).expect("empty dir"),
+        None
+    );
+    let store = AcidStorage::open(options(&data_dir, 8, &clock()))
+        .await
+        .expect("open");
+    // While the store has it open, the count cannot be read (and the dir is reported in use).
+    assert!(ds_storage_acid::stored_shard_count(&data_dir).is_err());
+    store.close().await;
+    assert_eq!(
+        ds_storage_acid::stored_shard_count(&data_dir).expect("read back"),
+        Some(8)
+    );
+    let store = AcidStorage::open(options(&data_dir, 8, &clock()))
+        .await
+        .expect("reopen after the probe");
+    store.close().await;
+}
