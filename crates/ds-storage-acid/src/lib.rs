@@ -98,9 +98,10 @@ pub struct AcidOptions {
 
 /// The shard count [`AcidOptions::new`] uses.
 ///
-/// With 64 concurrent writers on 1,000 streams, 4 shards sustained about 1.5 times the appends
+/// With 64 concurrent writers on 1,000 streams, 4 shards sustained 1.2 to 2 times the appends
 /// per second of 16 on the development machines' virtual disk (about 9 appends per commit
-/// instead of 2.6; `examples/group_commit.rs`). A data dir keeps the count it was created with.
+/// instead of 2.6; `examples/group_commit.rs` and the README). A data dir keeps the count it
+/// was created with (see [`stored_shard_count`]).
 pub const DEFAULT_SHARD_COUNT: u32 = 4;
 
 /// The shard count `data_dir` was created with, or `None` if it holds no shard yet (missing or
