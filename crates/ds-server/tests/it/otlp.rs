@@ -70,11 +70,25 @@ fn config(endpoint: &str, timeout_secs: u64) -> Config {
 }
 
 fn exporter(cfg: &Config) -> Arc<OtlpExporter> {
+    interested_global_subscriber();
     Arc::new(
         OtlpExporter::from_config(&cfg.observability)
             .expect("exporter starts")
             .expect("an endpoint is configured"),
     )
+}
+
+/// Installs a global subscriber that is interested in every callsite, once per test binary.
+///
+/// `tracing` caches each callsite's interest process-wide. While a single thread-local
+/// (`set_default`) subscriber exists, callsites first hit on any thread are asked of the global
+/// subscriber only; without one, they are cached as never enabled, and a test's own subscriber
+/// then misses its request spans. Other tests' spans land in this layer-less registry.
+fn interested_global_subscriber() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+    });
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -281,7 +295,14 @@ async fn a_black_holed_collector_neither_slows_nor_fails_requests_and_shutdown_i
     let warm = timed_appends(&app, 5).await;
     let flushing = Arc::clone(&exporter);
     let flush = tokio::task::spawn_blocking(move || flushing.force_flush());
+    let deadline = Instant::now() + Duration::from_secs(10);
     while accepted.lock().expect("lock").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the exporter never connected; max level {:?}, flush {:?}",
+            tracing::level_filters::LevelFilter::current(),
+            flush.is_finished()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let path = "/v1/stream/otlp-down";
