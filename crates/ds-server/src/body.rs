@@ -75,7 +75,7 @@ const COMPACT_BODY_BYTES: usize = 16 * 1024;
 ///
 /// A declared `Content-Length` over the limit is refused before any byte is read. A body that
 /// arrives in one frame (the usual case) is returned without a copy, unless it is small (see
-/// [`COMPACT_BODY_BYTES`]); a body in several frames is joined with one copy.
+/// `COMPACT_BODY_BYTES`, 16 KiB); a body in several frames is joined with one copy.
 pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
     if let Some(len) = headers
         .get(axum::http::header::CONTENT_LENGTH)

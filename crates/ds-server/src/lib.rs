@@ -11,7 +11,14 @@
 //! It does not know how bytes are stored: handlers are generic over `S: Storage`, and only
 //! [`startup::serve`] picks a concrete backend from `storage.mode`.
 //!
-//! Embedding in an axum app:
+//! Embedding: [`build_router`] (or [`build_router_with_ready`] with a [`ShutdownToken`]) over
+//! any [`Storage`] — [`MemoryStorage`] (alias [`InMemoryStorage`]), [`FileStorage`] or
+//! [`AcidStorage`] — mounts the protocol at [`RouterSettings::base_path`] (default
+//! [`DEFAULT_STREAM_BASE_PATH`]); [`Config`], [`ConfigLoadOptions`], [`DeploymentProfile`] and
+//! [`StorageMode`] load the operator configuration. The `embed` example of the
+//! `durable-streams-server` crate (`cargo run --example embed`) mounts it under `/streams` in an
+//! app with its own routes and middleware.
+//!
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -48,6 +55,8 @@ pub use config::{Config, ConfigLoadOptions, DeploymentProfile, StorageMode};
 pub use ds_storage::Storage;
 pub use ds_storage_acid::{AcidBackend, AcidOptions, AcidStorage};
 pub use ds_storage_file::{Durability, FileOptions, FileStorage};
+/// The seed's name for [`MemoryStorage`].
+pub use ds_storage_memory::MemoryStorage as InMemoryStorage;
 pub use ds_storage_memory::{MemoryOptions, MemoryStorage};
 pub use router::{
     AppState, DEFAULT_STREAM_BASE_PATH, RouterSettings, ShutdownToken, build_router,
