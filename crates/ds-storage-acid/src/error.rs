@@ -86,6 +86,17 @@ pub(crate) enum OpenError {
         #[source]
         source: redb::DatabaseError,
     },
+    /// Another process (or another store in this one) holds the data dir's `LOCK` file.
+    #[error(
+        "data directory {} is in use by another process (pid {pid}, lock file {})",
+        dir.display(),
+        file.display()
+    )]
+    Locked {
+        dir: PathBuf,
+        file: PathBuf,
+        pid: String,
+    },
     /// `shard_count` is not a power of two in 1..=256.
     #[error("shard_count {0} must be a power of two in 1..=256")]
     ShardCount(u32),
@@ -121,7 +132,7 @@ pub(crate) enum OpenError {
 impl From<OpenError> for Error {
     fn from(err: OpenError) -> Error {
         let op = match &err {
-            OpenError::InUse { .. } => "open data dir (in use)",
+            OpenError::InUse { .. } | OpenError::Locked { .. } => "open data dir (in use)",
             OpenError::ShardCount(_)
             | OpenError::ShardCountChanged { .. }
             | OpenError::StrayShard { .. } => "open data dir (shard count)",

@@ -33,8 +33,9 @@
 //!   only by reads may expire up to half a TTL earlier than without the restart.
 //! - **Fast restarts.** Opening reads stream metadata (and each stream's last record), never
 //!   the data: 100,000 streams open in about a second.
-//! - **One process per data dir.** redb locks the shard files; a second opener gets an error
-//!   saying the directory is in use.
+//! - **One process per data dir.** The store holds an exclusive lock on `data_dir/LOCK`, which
+//!   records its PID, and redb locks the shard files; a second opener gets an error saying the
+//!   directory is in use and naming the holder's PID.
 //!
 //! A full disk is reported as [`Error::StorageFull`]. redb refuses further writes to a
 //! database after any I/O error until it is reopened, so from then on that shard fails its
@@ -189,6 +190,10 @@ impl AcidStorage {
     /// another process, was created with another shard count, or cannot be read.
     pub async fn open(opts: AcidOptions) -> Result<AcidStorage> {
         shard::check_dir(&opts)?;
+        let lock = match opts.backend {
+            AcidBackend::File => Some(shard::lock_dir(&opts.data_dir)?),
+            AcidBackend::InMemory => None,
+        };
         let load_opts = opts.clone();
         let mut loaded = tokio::task::spawn_blocking(move || {
             std::thread::scope(|s| {
@@ -240,6 +245,7 @@ impl AcidStorage {
             shard_count: opts.shard_count,
             max_stream_bytes: opts.max_stream_bytes,
             clock: opts.clock,
+            _lock: lock,
         });
         let store = AcidStorage {
             handle: Arc::new(Handle {

@@ -50,6 +50,9 @@ pub(crate) struct Shared {
     pub(crate) shard_count: u32,
     pub(crate) max_stream_bytes: Option<u64>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// The data dir's `LOCK` file (file backend), held while the store is open. Declared last
+    /// so the shard databases are closed before another process can take the lock.
+    pub(crate) _lock: Option<std::fs::File>,
 }
 
 /// One shard: its database, its streams, and its committer's queue.
@@ -176,6 +179,56 @@ pub(crate) fn check_dir(opts: &AcidOptions) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The lock file of a data dir; it holds the owner's PID while a store has the dir open.
+pub(crate) fn lock_path(dir: &Path) -> PathBuf {
+    dir.join("LOCK")
+}
+
+/// Takes the data dir's exclusive `LOCK` and writes this process's PID into it, so whoever
+/// finds the dir in use (another server, `list`, `export`) can name the holder. redb's own
+/// per-file locks still guard the shards against a holder that predates the `LOCK` file.
+pub(crate) fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = lock_path(dir);
+    let io_err = |source: std::io::Error| ds_storage::Error::Backend {
+        op: "lock data directory",
+        source: Box::new(source),
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            // The holder wrote its PID when it took the lock; a read failure only makes the
+            // message less precise.
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(OpenError::Locked {
+                dir: dir.to_owned(),
+                file: path,
+                pid: if holder.is_empty() {
+                    "unknown".to_owned()
+                } else {
+                    holder.to_owned()
+                },
+            }
+            .into());
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+    }
+    file.set_len(0).map_err(io_err)?;
+    file.rewind().map_err(io_err)?;
+    writeln!(file, "{}", std::process::id()).map_err(io_err)?;
+    file.sync_data().map_err(io_err)?;
+    Ok(file)
 }
 
 /// The shard count stored in `dir`'s first shard file, or `None` when there is none.

@@ -220,6 +220,10 @@ async fn a_data_dir_in_use_cannot_be_opened_twice() {
         source.contains(&dir.path().display().to_string()),
         "{source}"
     );
+    assert!(
+        source.contains(&format!("pid {}", std::process::id())),
+        "the holder's PID is named: {source}"
+    );
     first.close().await;
     AcidStorage::open(options(dir.path(), 4, &clock))
         .await
