@@ -1,15 +1,20 @@
 //! The command line of `durable-streams-server`.
 //!
-//! This crate owns argument parsing (clap) and turns each command into calls on `ds-server`.
-//! Today it has `serve` (the default command); `list`, `export` and `import` join it with the
-//! transfer format. [`run`] returns a typed outcome so the binary can map failures to the exit
-//! code of their startup phase.
+//! This crate owns argument parsing (clap) and turns each command into calls on `ds-server` and
+//! the storage backends: `serve` (the default command) runs the server; `list` shows the
+//! streams of the configured backend's data dir while no server holds it. [`run`] returns a
+//! typed [`Failure`] so the binary can map startup failures to the exit code of their phase.
 
+mod list;
+mod offline;
+
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use ds_server::startup::{self, StartupError};
-use ds_server::{ConfigLoadOptions, DeploymentProfile};
+use ds_server::{Config, ConfigLoadOptions, DeploymentProfile};
+use ds_storage::Storage as _;
 
 /// Command line arguments.
 #[derive(Debug, Parser)]
@@ -40,15 +45,46 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Serve,
+    /// List the streams in the configured backend's data dir (the server must be stopped).
+    List {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also list the server's internal `__ds/` streams (subscription state, signing key).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The server (or the configuration any command loads) failed in a startup phase.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    /// An offline command (`list`) failed; shown with its chain of causes.
+    #[error("{0:#}")]
+    Command(anyhow::Error),
+}
+
+impl Failure {
+    /// The process exit code: the startup phase's code (10–15), or 1 for a failed command.
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Startup(e) => e.phase.exit_code(),
+            Failure::Command(_) => 1,
+        }
+    }
 }
 
 /// Parses the process arguments and runs the command.
-pub fn main() -> Result<(), StartupError> {
+pub fn main() -> Result<(), Failure> {
     run(Cli::parse())
 }
 
 /// Runs a parsed command line to completion.
-pub fn run(cli: Cli) -> Result<(), StartupError> {
+pub fn run(cli: Cli) -> Result<(), Failure> {
     // An unknown profile is a configuration error, reported (and exiting) as `[load_config]`.
     let profile = cli
         .profile
@@ -61,23 +97,57 @@ pub fn run(cli: Cli) -> Result<(), StartupError> {
         ignore_env: false,
         env: None,
     };
+    let cfg = startup::load_config(&opts)?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let cfg = startup::load_config(&opts)?;
-            startup::init_tracing(&cfg);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| StartupError {
-                    phase: startup::Phase::StartServer,
-                    message: format!("cannot start the async runtime: {e}"),
-                })?;
-            let result = runtime.block_on(startup::serve(cfg, None));
-            // Connections still open past the drain timeout are dropped, not awaited.
-            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-            // Spans still queued for OTLP export, bounded by observability.otlp_timeout_secs.
-            ds_server::telemetry::shutdown_tracing();
-            result
-        }
+        Command::Serve => serve(cfg).map_err(Failure::Startup),
+        Command::List { json, all } => offline_runtime()?
+            .block_on(list(&cfg, json, all))
+            .map_err(Failure::Command),
     }
+}
+
+fn serve(cfg: Config) -> Result<(), StartupError> {
+    startup::init_tracing(&cfg);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartupError {
+            phase: startup::Phase::StartServer,
+            message: format!("cannot start the async runtime: {e}"),
+        })?;
+    let result = runtime.block_on(startup::serve(cfg, None));
+    // Connections still open past the drain timeout are dropped, not awaited.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // Spans still queued for OTLP export, bounded by observability.otlp_timeout_secs.
+    ds_server::telemetry::shutdown_tracing();
+    result
+}
+
+/// The runtime of the offline commands (the backends use tokio's blocking pool).
+fn offline_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Command(anyhow::anyhow!("cannot start the async runtime: {e}")))
+}
+
+/// `list`: prints the data dir's streams to stdout.
+async fn list(cfg: &Config, json: bool, all: bool) -> anyhow::Result<()> {
+    let store = offline::open(cfg, "list", false).await?;
+    let listed = match &store {
+        offline::Offline::File(s) => s.list().await,
+        offline::Offline::Acid(s) => s.list().await,
+    };
+    store.close().await;
+    let mut streams = listed.map_err(|e| anyhow::anyhow!(e).context("cannot list the streams"))?;
+    if !all {
+        streams.retain(|s| !list::is_internal(s));
+    }
+    let out = if json {
+        list::json(&streams)
+    } else {
+        list::table(&streams)
+    };
+    std::io::stdout().lock().write_all(out.as_bytes())?;
+    Ok(())
 }

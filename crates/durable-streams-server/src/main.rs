@@ -1,6 +1,6 @@
 //! The `durable-streams-server` binary: parses the command line with `ds-cli`, prints a
-//! failure with its startup phase, and exits with that phase's code.
-
+//! failure (with its startup phase, or its chain of causes), and exits with that phase's code
+//! (1 for a failed offline command).
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -8,7 +8,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(e.phase.exit_code())
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -3,6 +3,7 @@
 //! `embed` example's app (the protocol mounted inside a host axum app).
 
 mod embed;
+mod offline;
 mod phases;
 mod seed;
 mod signals;

@@ -99,6 +99,11 @@ impl Server {
         );
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` (`TERM`, `HUP`, ...) with `kill`.
     pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
@@ -122,6 +127,29 @@ pub(crate) fn run_to_exit(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (i
     let mut server = spawn(cwd, args, env);
     let status = server.wait_exit(Duration::from_secs(20));
     (status.code().unwrap_or(-1), server.stderr())
+}
+
+/// Runs the binary as a one-shot command (`list`, ...) in `cwd` with a clean `DS_*`
+/// environment plus `env`, and returns its exit code, stdout and stderr.
+pub(crate) fn run_command(
+    cwd: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(cwd).args(args).stdin(Stdio::null());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("DS_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().expect("run the binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A parsed HTTP/1.1 response.
