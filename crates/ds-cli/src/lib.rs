@@ -7,6 +7,7 @@
 
 mod list;
 mod offline;
+pub mod transfer;
 
 use std::io::Write as _;
 use std::path::PathBuf;
