@@ -469,6 +469,21 @@ impl Storage for AcidStorage {
         Ok(entry.info(&st))
     }
 
+    async fn export_meta(&self, name: &StreamName) -> Result<ds_storage::ExportMeta> {
+        let entry = self.live(name).await?;
+        let st = entry.lock();
+        Ok(ds_storage::ExportMeta {
+            info: entry.info(&st),
+            base: entry.base,
+            fork: entry.fork.as_ref().map(|l| ds_storage::ForkPoint {
+                source: l.source.name.clone(),
+                offset: l.anchor,
+                sub_offset: l.sub_offset,
+            }),
+            writer: st.writer.clone(),
+        })
+    }
+
     async fn delete(&self, name: &StreamName) -> Result<()> {
         let shard = self.shared().shard_of(name).index;
         let name = name.clone();

@@ -77,7 +77,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ds_protocol::{Expiry, Offset, StreamName, fork_expiry};
-use ds_storage::rules::{self, Clock, SystemClock};
+use ds_storage::rules::{self, Clock, SystemClock, WriterState};
 use ds_storage::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Error, ForkRequest, ReadChunk,
     ReadFrom, Result, Storage, StorageStats, StreamInfo, Tail,
@@ -772,6 +772,21 @@ impl Storage for FileStorage {
         let entry = self.live(name, "head").await?;
         let st = entry.lock();
         Ok(entry.info(&st.s))
+    }
+
+    async fn export_meta(&self, name: &StreamName) -> Result<ds_storage::ExportMeta> {
+        let entry = self.live(name, "export metadata").await?;
+        let st = entry.lock();
+        Ok(ds_storage::ExportMeta {
+            info: entry.info(&st.s),
+            base: entry.base,
+            fork: entry.fork.as_ref().map(|l| ds_storage::ForkPoint {
+                source: l.source.name.clone(),
+                offset: l.anchor,
+                sub_offset: l.sub_offset,
+            }),
+            writer: WriterState::clone(&st.s.writer),
+        })
     }
 
     async fn delete(&self, name: &StreamName) -> Result<()> {

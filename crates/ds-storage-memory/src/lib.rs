@@ -861,6 +861,21 @@ impl Storage for MemoryStorage {
         Ok(Inner::info(&entry, &st))
     }
 
+    async fn export_meta(&self, name: &StreamName) -> Result<ds_storage::ExportMeta> {
+        let entry = self.inner.live(name)?;
+        let st = lock(&entry);
+        Ok(ds_storage::ExportMeta {
+            info: Inner::info(&entry, &st),
+            base: st.base,
+            fork: entry.fork.as_ref().map(|l| ds_storage::ForkPoint {
+                source: l.source.name.clone(),
+                offset: l.anchor,
+                sub_offset: l.sub_offset,
+            }),
+            writer: st.writer.clone(),
+        })
+    }
+
     async fn delete(&self, name: &StreamName) -> Result<()> {
         self.inner.delete(name)
     }

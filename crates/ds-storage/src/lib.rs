@@ -21,8 +21,8 @@ pub mod testkit;
 
 pub use error::{Error, Result};
 pub use types::{
-    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ForkRequest, ProducerAck,
-    ReadChunk, ReadFrom, StorageStats, StreamInfo, Tail,
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ExportMeta, ForkPoint, ForkRequest,
+    ProducerAck, ReadChunk, ReadFrom, StorageStats, StreamInfo, Tail,
 };
 
 use std::future::Future;
@@ -85,6 +85,22 @@ pub trait Storage: Send + Sync + 'static {
     /// passed, and returns how many were affected. Expired streams are already invisible to
     /// clients; this reclaims their space. The server calls it periodically.
     fn sweep_expired(&self) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Everything an export needs to re-create the stream exactly: its metadata, the first
+    /// position it owns, its fork point and its writer state (producers, `Stream-Seq`, closure).
+    /// Like [`head`](Storage::head), it does not reset a sliding TTL.
+    ///
+    /// Every backend of this workspace implements it; the default, for wrappers and test stores
+    /// that do not, fails with [`Error::Backend`].
+    fn export_meta(&self, name: &StreamName) -> impl Future<Output = Result<ExportMeta>> + Send {
+        let _ = name;
+        async {
+            Err(Error::Backend {
+                op: "export metadata",
+                source: "this store does not support export".into(),
+            })
+        }
+    }
 
     /// Whether the store can serve requests (for `/readyz`).
     fn is_ready(&self) -> bool {

@@ -166,6 +166,32 @@ pub struct StreamInfo {
     pub forked_from: Option<StreamName>,
 }
 
+/// Where a fork was created, as its `PUT` asked (see [`ExportMeta::fork`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkPoint {
+    /// The source stream (possibly soft-deleted since).
+    pub source: StreamName,
+    /// `Stream-Fork-Offset` as resolved at creation.
+    pub offset: Offset,
+    /// `Stream-Fork-Sub-Offset`.
+    pub sub_offset: u64,
+}
+
+/// What an export needs beyond [`StreamInfo`] to re-create a stream exactly (see
+/// [`Storage::export_meta`](crate::Storage::export_meta)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportMeta {
+    /// The stream's metadata, as [`head`](crate::Storage::head) reports it.
+    pub info: StreamInfo,
+    /// First position the stream owns: a read from here returns only its own records, none
+    /// inherited from a fork source. [`Offset::ZERO`] for a stream that is not a fork.
+    pub base: Offset,
+    /// The fork point, when the stream is a fork.
+    pub fork: Option<ForkPoint>,
+    /// Closure, the producer tuple that closed it, the last `Stream-Seq`, and producer states.
+    pub writer: crate::rules::WriterState,
+}
+
 /// The live state a reader waits on (see [`Storage::subscribe`](crate::Storage::subscribe)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tail {

@@ -50,6 +50,7 @@ pub mod concurrency;
 pub mod create;
 pub mod delete;
 pub mod expiry;
+pub mod export;
 pub mod fork;
 pub mod limits;
 pub mod live;
@@ -305,6 +306,10 @@ macro_rules! __contract_cases {
                 concurrent_fork_and_delete_never_lose_inherited_data,
                 reads_racing_a_delete_see_all_or_nothing,
             }
+            export [CurrentThread] {
+                export_meta_reports_fork_point_base_and_writer_state,
+                export_meta_survives_restart,
+            }
             restart [CurrentThread] {
                 data_survives_restart,
                 closure_survives_restart,
@@ -354,6 +359,7 @@ mod tests {
             ("create", include_str!("create.rs")),
             ("delete", include_str!("delete.rs")),
             ("expiry", include_str!("expiry.rs")),
+            ("export", include_str!("export.rs")),
             ("fork", include_str!("fork.rs")),
             ("limits", include_str!("limits.rs")),
             ("live", include_str!("live.rs")),
