@@ -19,7 +19,6 @@ use std::time::Duration;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -100,25 +99,32 @@ struct ConnCtx<'a> {
 }
 
 impl ConnCtx<'_> {
+    /// Serves one accepted connection on its own task.
+    ///
+    /// Plain and TLS connections are spawned as different futures: a task's allocation is the
+    /// size of its largest state, and a plain connection should not carry the room of a TLS
+    /// handshake for its whole life (it showed as 4 KiB per idle SSE subscriber).
     fn spawn(&self, tcp: TcpStream, peer: SocketAddr) {
         let guard = self.metrics.connection();
         let router = self.router.clone();
-        let tls = self.tls.clone();
-        let metrics = Arc::clone(&self.metrics);
         let watcher = self.graceful.watcher();
         let token = self.token.clone();
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = self.tls.clone() else {
+            let info = ConnectionInfo {
+                peer,
+                tls: false,
+                client_verified: false,
+            };
+            tokio::spawn(async move {
+                let _guard = guard;
+                serve_io(TokioIo::new(tcp), info, false, router, watcher, token).await;
+            });
+            return;
+        };
+        let metrics = Arc::clone(&self.metrics);
         tokio::spawn(async move {
             let _guard = guard;
-            let _ = tcp.set_nodelay(true);
-            let Some(tls) = tls else {
-                let info = ConnectionInfo {
-                    peer,
-                    tls: false,
-                    client_verified: false,
-                };
-                serve_io(TokioIo::new(tcp), info, false, router, watcher, token).await;
-                return;
-            };
             let stream =
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(tcp)).await {
                     Ok(Ok(stream)) => stream,
@@ -140,7 +146,16 @@ impl ConnCtx<'_> {
                 tls: true,
                 client_verified: session.peer_certificates().is_some_and(|c| !c.is_empty()),
             };
-            serve_io(TokioIo::new(stream), info, h2, router, watcher, token).await;
+            // Boxed: the serving state is allocated once the handshake state is gone.
+            Box::pin(serve_io(
+                TokioIo::new(stream),
+                info,
+                h2,
+                router,
+                watcher,
+                token,
+            ))
+            .await;
         });
     }
 }
@@ -150,6 +165,9 @@ impl ConnCtx<'_> {
 const SILENT_CONNECTION_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves one connection until it closes (or drains after shutdown).
+///
+/// HTTP/1.1 is served by hyper's `http1` connection directly, HTTP/2 (chosen by ALPN) by its
+/// `http2` connection: each future holds only its own protocol's state.
 async fn serve_io<I>(
     io: I,
     info: ConnectionInfo,
@@ -169,15 +187,6 @@ async fn serve_io<I>(
             router.clone().oneshot(req)
         })
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
-    // Over TLS, ALPN already chose the protocol; plain HTTP is HTTP/1.1 only (no h2c).
-    let builder = if h2 {
-        builder.http2_only()
-    } else {
-        builder.http1_only()
-    };
     let silent_cut = async {
         token.live_reads_end().await;
         tokio::time::sleep(SILENT_CONNECTION_GRACE).await;
@@ -185,8 +194,26 @@ async fn serve_io<I>(
             std::future::pending::<()>().await;
         }
     };
+    let served_conn = async {
+        if h2 {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(io, svc);
+            watcher.watch(conn).await
+        } else {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                // No read to detect a client's EOF while a response streams: that read needs an
+                // 8 KiB buffer per connection, which idle SSE subscribers would all hold. A
+                // client that went away is noticed on the next write instead (SSE keep-alives
+                // every 15 s, long-polls end within their timeout).
+                .half_close(true)
+                .serve_connection(io, svc);
+            watcher.watch(conn).await
+        }
+    };
     tokio::select! {
-        res = watcher.watch(builder.serve_connection(io, svc)) => {
+        res = served_conn => {
             if let Err(e) = res {
                 tracing::debug!(client.address = %info.peer, error = %e, "connection ended with an error");
             }
