@@ -89,18 +89,7 @@ pub trait Storage: Send + Sync + 'static {
     /// Everything an export needs to re-create the stream exactly: its metadata, the first
     /// position it owns, its fork point and its writer state (producers, `Stream-Seq`, closure).
     /// Like [`head`](Storage::head), it does not reset a sliding TTL.
-    ///
-    /// Every backend of this workspace implements it; the default, for wrappers and test stores
-    /// that do not, fails with [`Error::Backend`].
-    fn export_meta(&self, name: &StreamName) -> impl Future<Output = Result<ExportMeta>> + Send {
-        let _ = name;
-        async {
-            Err(Error::Backend {
-                op: "export metadata",
-                source: "this store does not support export".into(),
-            })
-        }
-    }
+    fn export_meta(&self, name: &StreamName) -> impl Future<Output = Result<ExportMeta>> + Send;
 
     /// Whether the store can serve requests (for `/readyz`).
     fn is_ready(&self) -> bool {

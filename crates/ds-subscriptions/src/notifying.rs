@@ -114,6 +114,11 @@ impl<S: Storage> Storage for Notifying<S> {
         self.inner.sweep_expired().await
     }
 
+    async fn export_meta(&self, name: &StreamName) -> Result<ds_storage::ExportMeta> {
+        hidden(name)?;
+        self.inner.export_meta(name).await
+    }
+
     fn is_ready(&self) -> bool {
         self.inner.is_ready()
     }

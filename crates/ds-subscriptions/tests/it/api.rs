@@ -280,6 +280,9 @@ impl Storage for CreateAfterList {
     async fn sweep_expired(&self) -> ds_storage::Result<usize> {
         self.inner.sweep_expired().await
     }
+    async fn export_meta(&self, n: &StreamName) -> ds_storage::Result<ds_storage::ExportMeta> {
+        self.inner.export_meta(n).await
+    }
 }
 
 #[tokio::test]
@@ -445,6 +448,18 @@ async fn reserved_streams_are_invisible_through_notifying() {
             .await,
         Err(ds_storage::Error::NotFound)
     ));
+    assert!(matches!(
+        h.streams.export_meta(&key).await,
+        Err(ds_storage::Error::NotFound)
+    ));
+    // Application streams are forwarded.
+    let app = name("app-stream");
+    h.streams
+        .create(&app, CreateRequest::default())
+        .await
+        .expect("create");
+    let meta = h.streams.export_meta(&app).await.expect("export meta");
+    assert_eq!(meta.info.name, app);
     let fork = CreateRequest {
         fork: Some(ForkRequest {
             source: key,
