@@ -25,6 +25,14 @@
 //!   (`not built` for a mode the binary lacks) and a final
 //!   `N passed, N failed` line (modes); exits non-zero if a built mode
 //!   failed or no requested mode is built. See `crash.rs` for the details.
+//! - `wake`: builds the release server binary, then for each durable
+//!   storage mode runs it with one pull-wake subscription whose glob
+//!   matches `--streams` streams under a steady append load, a worker that
+//!   claims and acks on every wake event, and `--kills` SIGKILL/restart
+//!   cycles; every acknowledged append must be reported by a claim within
+//!   1 s in steady state, none may be lost across a restart, and the acked
+//!   cursors must never go back. Prints wake latency p50/p99/max per mode
+//!   and a final `N passed, N failed` line. See `wake.rs`.
 //! - `bench [args...]`: builds the release server and `ds-bench` (the
 //!   `bench/` crate) with `cargo build --release --locked`, then runs
 //!   `target/release/ds-bench` with the remaining arguments passed through
@@ -35,10 +43,11 @@
 //! `conformance` also accepts `--server-binary <path>`, left out of its
 //! usage text (`crash` lists it): it tests the given binary (for instance
 //! another implementation of the protocol that reads the same `DS_*`
-//! variables) instead of building the workspace's. `crash --mode memory` is
-//! accepted too, outside `all` and the usage text: the memory backend
-//! forgets everything on a kill, so it is a self-check that the harness
-//! reports lost data.
+//! variables) instead of building the workspace's. `crash --mode memory` and
+//! `wake --mode memory` are accepted too, outside `all` and the usage text:
+//! the memory backend forgets everything on a kill, so they are self-checks
+//! that the harness reports lost data (`wake --mode memory --kills 0`
+//! measures wake latency alone, and passes).
 //!
 //! The xtask drives the built binary from outside, through its environment
 //! (`DS_*` variables) and HTTP only (over TLS, which it cannot speak, the
@@ -53,6 +62,7 @@ mod json;
 mod server;
 mod tempdir;
 mod vitest;
+mod wake;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -72,6 +82,11 @@ Commands:
   crash         Kill -9 the release server binary repeatedly under a load
                 of idempotent producers and check that no acknowledged
                 append is lost, duplicated, torn or reordered, once per
+                durable storage mode
+  wake          Check subscription wakes against the release server binary:
+                one glob over many streams under a steady append load, a
+                pull-wake worker, and kill -9/restart cycles; every append
+                must be woken within 1 s and no wake may be lost, once per
                 durable storage mode
   bench [args...]
                 Build the release server and ds-bench, then run
@@ -93,6 +108,17 @@ Options of `crash`:
   --mode <names>      Storage modes: file-fast, file-durable, acid or all
                       (default all). Repeatable or comma-separated.
   --kills <n>         Kills per mode, at least 1 (default 20)
+  --seed <s>          Seed of the schedule (default random; printed)
+  --skip-build        Use the existing target/release binary, do not build
+  --server-binary <path>
+                      Test this binary instead of building the workspace's
+
+Options of `wake`:
+  --mode <names>      Storage modes: file-fast, file-durable, acid or all
+                      (default all). Repeatable or comma-separated.
+  --kills <n>         Kills per mode; 0 measures latency only (default 10)
+  --streams <n>       Streams matched by the glob, 1 to 10000 (default 1000)
+  --rate <n>          Appends per second over all streams (default 200)
   --seed <s>          Seed of the schedule (default random; printed)
   --skip-build        Use the existing target/release binary, do not build
   --server-binary <path>
@@ -162,6 +188,24 @@ fn main() -> ExitCode {
                 Err(error) => return usage_error(&error),
             };
             match workspace_root().and_then(|root| crash::run(&root, &options)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("wake") => {
+            let options = match parse_wake_args(&args[1..]) {
+                Ok(Some(options)) => options,
+                Ok(None) => {
+                    print!("{USAGE}");
+                    return ExitCode::SUCCESS;
+                }
+                Err(error) => return usage_error(&error),
+            };
+            match workspace_root().and_then(|root| wake::run(&root, &options)) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(error) => {
@@ -342,9 +386,164 @@ fn parse_crash_args(args: &[String]) -> Result<Option<crash::Options>> {
     }))
 }
 
+/// Parses the arguments after `wake`; `Ok(None)` means help was asked for.
+fn parse_wake_args(args: &[String]) -> Result<Option<wake::Options>> {
+    let mut modes: Vec<Backend> = Vec::new();
+    let mut kills = wake::DEFAULT_KILLS;
+    let mut streams = wake::DEFAULT_STREAMS;
+    let mut rate = wake::DEFAULT_RATE;
+    let mut seed = None;
+    let mut skip_build = false;
+    let mut server_binary = None;
+
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        // Options with a value accept both `--opt value` and `--opt=value`.
+        let (flag, inline_value) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            match &inline_value {
+                Some(value) => Ok(value.clone()),
+                None => iter
+                    .next()
+                    .cloned()
+                    .with_context(|| format!("{name} needs a value")),
+            }
+        };
+        match flag {
+            "-h" | "--help" => return Ok(None),
+            "--mode" => {
+                for name in value("--mode")?.split(',').map(str::trim) {
+                    let selected: Vec<Backend> = if name == "all" {
+                        wake::DURABLE_MODES.to_vec()
+                    } else {
+                        vec![Backend::from_name(name).with_context(|| {
+                            format!(
+                                "unknown storage mode {name:?} (expected file-fast, file-durable, acid or all)"
+                            )
+                        })?]
+                    };
+                    for mode in selected {
+                        if !modes.contains(&mode) {
+                            modes.push(mode);
+                        }
+                    }
+                }
+            }
+            "--kills" => {
+                let text = value("--kills")?;
+                kills = text
+                    .parse()
+                    .with_context(|| format!("--kills needs a whole number, not {text:?}"))?;
+            }
+            "--streams" => {
+                let text = value("--streams")?;
+                streams = text
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=wake::MAX_STREAMS).contains(n))
+                    .with_context(|| {
+                        format!(
+                            "--streams needs a whole number from 1 to {}, not {text:?}",
+                            wake::MAX_STREAMS
+                        )
+                    })?;
+            }
+            "--rate" => {
+                let text = value("--rate")?;
+                rate = text.parse().ok().filter(|&n| n >= 1).with_context(|| {
+                    format!("--rate needs a whole number of at least 1, not {text:?}")
+                })?;
+            }
+            "--seed" => {
+                let text = value("--seed")?;
+                seed = Some(
+                    text.parse()
+                        .with_context(|| format!("--seed needs a whole number, not {text:?}"))?,
+                );
+            }
+            "--server-binary" => server_binary = Some(PathBuf::from(value("--server-binary")?)),
+            "--skip-build" if inline_value.is_some() => bail!("{flag} takes no value"),
+            "--skip-build" => skip_build = true,
+            _ => bail!("unknown argument {arg:?} for wake"),
+        }
+    }
+
+    if modes.is_empty() {
+        modes = wake::DURABLE_MODES.to_vec();
+    }
+    Ok(Some(wake::Options {
+        modes,
+        kills,
+        streams,
+        rate,
+        seed,
+        skip_build,
+        server_binary,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Backend, DEFAULT_KILLS, Transport, parse_conformance_args, parse_crash_args};
+    use super::{
+        Backend, DEFAULT_KILLS, Transport, parse_conformance_args, parse_crash_args,
+        parse_wake_args,
+    };
+
+    /// Parses `wake` arguments (space-separated), expecting success.
+    fn parse_wake(args: &str) -> super::wake::Options {
+        let args: Vec<String> = args.split_whitespace().map(str::to_owned).collect();
+        parse_wake_args(&args)
+            .expect("valid arguments")
+            .expect("not a help request")
+    }
+
+    #[test]
+    fn wake_defaults_and_options() {
+        let options = parse_wake("");
+        assert_eq!(
+            options.modes,
+            [Backend::FileFast, Backend::FileDurable, Backend::Acid]
+        );
+        assert_eq!(options.kills, super::wake::DEFAULT_KILLS);
+        assert_eq!(options.streams, 1000);
+        assert_eq!(options.rate, super::wake::DEFAULT_RATE);
+        assert!(options.seed.is_none() && !options.skip_build);
+        let options = parse_wake(
+            "--mode acid,file-fast --mode=acid --kills 0 --streams=50 --rate 10 --seed 9 --skip-build",
+        );
+        assert_eq!(options.modes, [Backend::Acid, Backend::FileFast]);
+        assert_eq!(
+            (options.kills, options.streams, options.rate, options.seed),
+            (0, 50, 10, Some(9))
+        );
+        assert!(options.skip_build);
+        assert_eq!(parse_wake("--mode memory").modes, [Backend::Memory]);
+        assert!(
+            parse_wake_args(&["--help".to_owned()])
+                .expect("valid")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn wake_rejects_bad_arguments() {
+        for bad in [
+            &["--mode", "sqlite"][..],
+            &["--kills", "-1"],
+            &["--streams", "0"],
+            &["--streams", "10001"],
+            &["--rate", "0"],
+            &["--seed"],
+            &["--skip-build=yes"],
+            &["--subscriptions"],
+        ] {
+            let args: Vec<String> = bad.iter().map(|s| (*s).to_owned()).collect();
+            assert!(parse_wake_args(&args).is_err(), "accepted {bad:?}");
+        }
+    }
 
     /// Parses `crash` arguments (space-separated), expecting success.
     fn parse_crash(args: &str) -> super::crash::Options {
