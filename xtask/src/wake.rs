@@ -21,16 +21,16 @@
 //!    tells it to, so a lost wake shows up as appends nobody reported.
 //! 3. Kill loop, `--kills` times: after 1.5 to 3 s of load (seeded), hold
 //!    the producers, start a burst of one to three appends to random streams
-//!    and SIGKILL the server 0 to 2 ms later (seeded), so appends and the
-//!    wakes they cause are caught mid-flight; restart it on the same data
-//!    directory, check that the subscription is still there, read the tails
-//!    of the burst's streams (an append the server applied is owed a wake
-//!    even if its acknowledgement was lost), and wait, with no new append
-//!    that could cover for a lost wake, until the worker has been woken for
-//!    everything that was written before the kill (at most 10 s: a lease
-//!    the kill orphaned runs out first); then resume the load. A final load
-//!    window follows the last restart; then the producers stop and the
-//!    worker drains.
+//!    from a connected client and SIGKILL the server 0 to 0.6 ms after the
+//!    first request (seeded), so appends and the wakes they cause are caught
+//!    mid-flight; restart it on the same data directory, check that the
+//!    subscription is still there, read the tails of the burst's streams (an
+//!    append the server applied is owed a wake even if its acknowledgement
+//!    was lost), and wait, with no new append that could cover for a lost
+//!    wake, until the worker has been woken for everything that was written
+//!    before the kill (at most 10 s: a lease the kill orphaned runs out
+//!    first); then resume the load. A final load window follows the last
+//!    restart; then the producers stop and the worker drains.
 //! 4. Verdict ([`analysis`]): each acknowledged append is matched with the
 //!    first claim whose reported tail reaches it. Appends with no kill
 //!    between acknowledgement and claim (and not acknowledged while delivery
