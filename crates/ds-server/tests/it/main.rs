@@ -5,6 +5,7 @@
 mod bad_input;
 mod live;
 mod metrics;
+mod model;
 mod net;
 mod operator;
 mod otlp;
