@@ -261,6 +261,10 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
 
 /// One incarnation of a stream.
 #[derive(Debug, Clone)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "mirrors the stream's independent flags"
+)]
 struct Stream {
     name: u8,
     ct: &'static str,
@@ -270,7 +274,7 @@ struct Stream {
     closed: bool,
     closed_by: Option<(String, u64, u64)>,
     ttl: bool,
-    stream_seq: Option<String>,
+    last_seq: Option<String>,
     /// Producer id → (epoch, last seq).
     producers: HashMap<String, (u64, u64)>,
     /// Position → the offset token the server returned for it.
@@ -620,9 +624,8 @@ impl Driver<'_> {
             };
         }
         let json = effective == Ct::Json.header();
-        let parsed = match parse_body(json, &body, true) {
-            Ok(p) => p,
-            Err(_) => return r.status(400),
+        let Ok(parsed) = parse_body(json, &body, true) else {
+            return r.status(400);
         };
         let mut st = Stream {
             name: s,
@@ -633,7 +636,7 @@ impl Driver<'_> {
             closed,
             closed_by: None,
             ttl,
-            stream_seq: None,
+            last_seq: None,
             producers: HashMap::new(),
             tokens: BTreeMap::new(),
             fork: None,
@@ -649,7 +652,8 @@ impl Driver<'_> {
 
     #[allow(
         clippy::too_many_arguments,
-        reason = "one argument per field of Op::Fork"
+        clippy::too_many_lines,
+        reason = "one argument per field of Op::Fork; the fork rules of section 4.2 in one place"
     )]
     async fn fork(
         &mut self,
@@ -727,9 +731,8 @@ impl Driver<'_> {
             Some(a) => a,
             None => (source.len(), source.tail_token()?.to_owned()),
         };
-        let parsed = match parse_body(source.json, &body, true) {
-            Ok(p) => p,
-            Err(_) => return r.status(400),
+        let Ok(parsed) = parse_body(source.json, &body, true) else {
+            return r.status(400);
         };
         let mut st = Stream {
             name: s,
@@ -748,7 +751,7 @@ impl Driver<'_> {
             closed,
             closed_by: None,
             ttl: ttl || source.ttl,
-            stream_seq: None,
+            last_seq: None,
             producers: HashMap::new(),
             tokens: source
                 .tokens
@@ -908,7 +911,7 @@ impl Driver<'_> {
                 }
             }
         }
-        if let (Some(new), Some(last)) = (&seq, &st.stream_seq)
+        if let (Some(new), Some(last)) = (&seq, &st.last_seq)
             && new.as_bytes() <= last.as_bytes()
         {
             return r.status(409);
@@ -922,7 +925,7 @@ impl Driver<'_> {
             st.producers.insert(pid.clone(), state);
         }
         if seq.is_some() {
-            st.stream_seq = seq;
+            st.last_seq = seq;
         }
         if close {
             st.closed = true;
@@ -1103,7 +1106,7 @@ impl Driver<'_> {
                 return Ok(());
             }
             pos = end;
-            query = r.next_offset()?.to_owned();
+            r.next_offset()?.clone_into(&mut query);
         }
         Err("catch-up did not reach the tail in 10000 reads".to_owned())
     }
@@ -1197,12 +1200,14 @@ fn cases() -> u32 {
 }
 
 /// Runs the model against `storage`: every case uses its own stream names in one shared store.
-fn check_backend<S: Storage>(rt: &tokio::runtime::Runtime, label: &str, storage: Arc<S>) {
+fn check_backend<S: Storage>(rt: &tokio::runtime::Runtime, label: &str, storage: &Arc<S>) {
     let router = |long_poll: Duration| {
-        let mut settings = RouterSettings::default();
-        settings.long_poll_timeout = long_poll;
-        settings.read_chunk_bytes = 16;
-        build_router(Arc::clone(&storage), settings)
+        let settings = RouterSettings {
+            long_poll_timeout: long_poll,
+            read_chunk_bytes: 16,
+            ..RouterSettings::default()
+        };
+        build_router(Arc::clone(storage), settings)
     };
     let quick = router(Duration::from_millis(15));
     let patient = router(Duration::from_secs(60));
@@ -1242,7 +1247,7 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn model_memory() {
     let rt = runtime();
-    check_backend(&rt, "memory", Arc::new(MemoryStorage::default()));
+    check_backend(&rt, "memory", &Arc::new(MemoryStorage::default()));
 }
 
 fn check_file(durability: Durability, label: &str) {
@@ -1251,7 +1256,7 @@ fn check_file(durability: Durability, label: &str) {
     let storage = rt
         .block_on(FileStorage::open(FileOptions::new(dir.path(), durability)))
         .expect("open file store");
-    check_backend(&rt, label, Arc::new(storage));
+    check_backend(&rt, label, &Arc::new(storage));
 }
 
 #[test]
@@ -1271,5 +1276,5 @@ fn model_acid() {
     let storage = rt
         .block_on(AcidStorage::open(AcidOptions::new(dir.path())))
         .expect("open acid store");
-    check_backend(&rt, "acid", Arc::new(storage));
+    check_backend(&rt, "acid", &Arc::new(storage));
 }
