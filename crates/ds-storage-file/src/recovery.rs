@@ -51,6 +51,9 @@ pub(crate) struct Recovered {
     pub init: CommitterInit,
 }
 
+/// Threads scanning stream files at recovery (I/O-bound: see `scan_streams`).
+const SCAN_THREADS: usize = 16;
+
 /// Reads whole records sequentially from a file.
 struct Scanner<'f> {
     file: &'f dyn FsFile,
@@ -300,10 +303,10 @@ fn scan_streams(shared: &Shared, trust: &Trust<'_>) -> Result<Scan> {
         .filter_map(|n| layout::parse_fanout_dir(n))
         .collect();
     fanouts.sort_unstable();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZero::get)
-        .clamp(1, 8)
-        .min(fanouts.len().max(1));
+    // The scan waits on the disk (an open, a stat and a read per stream file) far more than
+    // it computes, so it runs more threads than cores: with 100,000 streams on a 2-core VM,
+    // 16 threads recover in a fraction of the time 2 take.
+    let threads = SCAN_THREADS.min(fanouts.len().max(1));
     let fanouts = &fanouts;
     let parts: Vec<Result<Scan>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
