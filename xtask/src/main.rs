@@ -233,6 +233,84 @@ fn workspace_root() -> Result<PathBuf> {
         .with_context(|| format!("{} has no parent directory", manifest_dir.display()))
 }
 
+/// Walks command-line options: an option with a value accepts `--opt value` and `--opt=value`.
+struct Opts<'a> {
+    iter: std::slice::Iter<'a, String>,
+    current: &'a str,
+    inline: Option<&'a str>,
+}
+
+impl<'a> Opts<'a> {
+    fn new(args: &'a [String]) -> Self {
+        Opts {
+            iter: args.iter(),
+            current: "",
+            inline: None,
+        }
+    }
+
+    /// The next option's name (without an inline `=value`), or `None` at the end.
+    fn next_flag(&mut self) -> Option<&'a str> {
+        let arg = self.iter.next()?;
+        self.current = arg;
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value)),
+            _ => (arg.as_str(), None),
+        };
+        self.inline = inline;
+        Some(flag)
+    }
+
+    /// The whole current argument, as given.
+    fn current(&self) -> &'a str {
+        self.current
+    }
+
+    /// Whether the current option was given as `--opt=value`.
+    fn has_inline(&self) -> bool {
+        self.inline.is_some()
+    }
+
+    /// The current option's value: inline, or the next argument.
+    fn value(&mut self, name: &str) -> Result<String> {
+        match self.inline.take() {
+            Some(value) => Ok(value.to_owned()),
+            None => self
+                .iter
+                .next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value")),
+        }
+    }
+}
+
+/// Adds the comma-separated `list` of backend names to `into` (without duplicates, in order);
+/// `all` stands for `everything`.
+fn add_backends(
+    into: &mut Vec<Backend>,
+    list: &str,
+    everything: &[Backend],
+    what: &str,
+    expected: &str,
+) -> Result<()> {
+    for name in list.split(',').map(str::trim) {
+        let selected: Vec<Backend> = if name == "all" {
+            everything.to_vec()
+        } else {
+            vec![
+                Backend::from_name(name)
+                    .with_context(|| format!("unknown {what} {name:?} (expected {expected})"))?,
+            ]
+        };
+        for backend in selected {
+            if !into.contains(&backend) {
+                into.push(backend);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Parses the arguments after `conformance`; `Ok(None)` means help was asked for.
 fn parse_conformance_args(args: &[String]) -> Result<Option<conformance::Options>> {
     let mut backends: Vec<Backend> = Vec::new();
@@ -241,42 +319,18 @@ fn parse_conformance_args(args: &[String]) -> Result<Option<conformance::Options
     let mut skip_build = false;
     let mut server_binary = None;
 
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        // Options with a value accept both `--opt value` and `--opt=value`.
-        let (flag, inline_value) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = |name: &str| -> Result<String> {
-            match &inline_value {
-                Some(value) => Ok(value.clone()),
-                None => iter
-                    .next()
-                    .cloned()
-                    .with_context(|| format!("{name} needs a value")),
-            }
-        };
+    let mut opts = Opts::new(args);
+    while let Some(flag) = opts.next_flag() {
+        let mut value = |name: &str| opts.value(name);
         match flag {
             "-h" | "--help" => return Ok(None),
-            "--backend" => {
-                for name in value("--backend")?.split(',').map(str::trim) {
-                    let selected: Vec<Backend> = if name == "all" {
-                        Backend::ALL.to_vec()
-                    } else {
-                        vec![Backend::from_name(name).with_context(|| {
-                            format!(
-                                "unknown backend {name:?} (expected memory, file-fast, file-durable, acid or all)"
-                            )
-                        })?]
-                    };
-                    for backend in selected {
-                        if !backends.contains(&backend) {
-                            backends.push(backend);
-                        }
-                    }
-                }
-            }
+            "--backend" => add_backends(
+                &mut backends,
+                &value("--backend")?,
+                &Backend::ALL,
+                "backend",
+                "memory, file-fast, file-durable, acid or all",
+            )?,
             "--transport" => {
                 let name = value("--transport")?;
                 let selected = Transport::from_name(name.trim()).with_context(|| {
@@ -288,13 +342,13 @@ fn parse_conformance_args(args: &[String]) -> Result<Option<conformance::Options
                 transport = Some(selected);
             }
             "--server-binary" => server_binary = Some(PathBuf::from(value("--server-binary")?)),
-            "--subscriptions" | "--no-subscriptions" | "--skip-build" if inline_value.is_some() => {
+            "--subscriptions" | "--no-subscriptions" | "--skip-build" if opts.has_inline() => {
                 bail!("{flag} takes no value")
             }
             "--subscriptions" => subscriptions = true,
             "--no-subscriptions" => subscriptions = false,
             "--skip-build" => skip_build = true,
-            _ => bail!("unknown argument {arg:?} for conformance"),
+            _ => bail!("unknown argument {:?} for conformance", opts.current()),
         }
     }
 
@@ -318,42 +372,18 @@ fn parse_crash_args(args: &[String]) -> Result<Option<crash::Options>> {
     let mut skip_build = false;
     let mut server_binary = None;
 
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        // Options with a value accept both `--opt value` and `--opt=value`.
-        let (flag, inline_value) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = |name: &str| -> Result<String> {
-            match &inline_value {
-                Some(value) => Ok(value.clone()),
-                None => iter
-                    .next()
-                    .cloned()
-                    .with_context(|| format!("{name} needs a value")),
-            }
-        };
+    let mut opts = Opts::new(args);
+    while let Some(flag) = opts.next_flag() {
+        let mut value = |name: &str| opts.value(name);
         match flag {
             "-h" | "--help" => return Ok(None),
-            "--mode" => {
-                for name in value("--mode")?.split(',').map(str::trim) {
-                    let selected: Vec<Backend> = if name == "all" {
-                        crash::DURABLE_MODES.to_vec()
-                    } else {
-                        vec![Backend::from_name(name).with_context(|| {
-                            format!(
-                                "unknown storage mode {name:?} (expected file-fast, file-durable, acid or all)"
-                            )
-                        })?]
-                    };
-                    for mode in selected {
-                        if !modes.contains(&mode) {
-                            modes.push(mode);
-                        }
-                    }
-                }
-            }
+            "--mode" => add_backends(
+                &mut modes,
+                &value("--mode")?,
+                &crash::DURABLE_MODES,
+                "storage mode",
+                "file-fast, file-durable, acid or all",
+            )?,
             "--kills" => {
                 let text = value("--kills")?;
                 kills = text.parse().ok().filter(|&n| n >= 1).with_context(|| {
@@ -368,9 +398,9 @@ fn parse_crash_args(args: &[String]) -> Result<Option<crash::Options>> {
                 );
             }
             "--server-binary" => server_binary = Some(PathBuf::from(value("--server-binary")?)),
-            "--skip-build" if inline_value.is_some() => bail!("{flag} takes no value"),
+            "--skip-build" if opts.has_inline() => bail!("{flag} takes no value"),
             "--skip-build" => skip_build = true,
-            _ => bail!("unknown argument {arg:?} for crash"),
+            _ => bail!("unknown argument {:?} for crash", opts.current()),
         }
     }
 
@@ -396,42 +426,18 @@ fn parse_wake_args(args: &[String]) -> Result<Option<wake::Options>> {
     let mut skip_build = false;
     let mut server_binary = None;
 
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        // Options with a value accept both `--opt value` and `--opt=value`.
-        let (flag, inline_value) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = |name: &str| -> Result<String> {
-            match &inline_value {
-                Some(value) => Ok(value.clone()),
-                None => iter
-                    .next()
-                    .cloned()
-                    .with_context(|| format!("{name} needs a value")),
-            }
-        };
+    let mut opts = Opts::new(args);
+    while let Some(flag) = opts.next_flag() {
+        let mut value = |name: &str| opts.value(name);
         match flag {
             "-h" | "--help" => return Ok(None),
-            "--mode" => {
-                for name in value("--mode")?.split(',').map(str::trim) {
-                    let selected: Vec<Backend> = if name == "all" {
-                        wake::DURABLE_MODES.to_vec()
-                    } else {
-                        vec![Backend::from_name(name).with_context(|| {
-                            format!(
-                                "unknown storage mode {name:?} (expected file-fast, file-durable, acid or all)"
-                            )
-                        })?]
-                    };
-                    for mode in selected {
-                        if !modes.contains(&mode) {
-                            modes.push(mode);
-                        }
-                    }
-                }
-            }
+            "--mode" => add_backends(
+                &mut modes,
+                &value("--mode")?,
+                &wake::DURABLE_MODES,
+                "storage mode",
+                "file-fast, file-durable, acid or all",
+            )?,
             "--kills" => {
                 let text = value("--kills")?;
                 kills = text
@@ -465,9 +471,9 @@ fn parse_wake_args(args: &[String]) -> Result<Option<wake::Options>> {
                 );
             }
             "--server-binary" => server_binary = Some(PathBuf::from(value("--server-binary")?)),
-            "--skip-build" if inline_value.is_some() => bail!("{flag} takes no value"),
+            "--skip-build" if opts.has_inline() => bail!("{flag} takes no value"),
             "--skip-build" => skip_build = true,
-            _ => bail!("unknown argument {arg:?} for wake"),
+            _ => bail!("unknown argument {:?} for wake", opts.current()),
         }
     }
 
