@@ -44,6 +44,7 @@ mod live;
 pub mod metrics;
 pub mod proxy;
 pub mod router;
+mod shared_read;
 pub mod startup;
 pub mod telemetry;
 #[cfg(feature = "test-support")]

@@ -10,6 +10,7 @@
 //! event, so connections drain promptly and clients reconnect elsewhere.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -18,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use ds_protocol::headers as h;
 use ds_protocol::sse::{self, Control, SseEncoding};
 use ds_protocol::{Offset, OffsetParam, StreamName, content_type, cursor};
-use ds_storage::{ReadChunk, ReadFrom, Storage, Tail};
+use ds_storage::{ReadChunk, Storage, Tail};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -79,6 +80,7 @@ pub(crate) async fn long_poll<S: Storage>(
         .read(name, read_from(offset), chunk_bytes)
         .await?;
     let pos = chunk.next;
+    let stream_id = chunk.stream_id;
     loop {
         if !chunk.is_empty() {
             app.metrics.record_read(chunk.len());
@@ -101,9 +103,21 @@ pub(crate) async fn long_poll<S: Storage>(
             }
             Some(_) => {}
         }
-        chunk = match app.storage.read(name, ReadFrom::At(pos), chunk_bytes).await {
-            Ok(c) => c,
-            Err(e) => return Err(e.into()),
+        // Every reader parked here woke for the same append: one read serves them all.
+        chunk = match app
+            .shared_reads
+            .read(&*app.storage, name, stream_id, pos, chunk_bytes)
+            .await
+        {
+            Some(c) => ReadChunk::clone(&c),
+            // Deleted (or deleted and created again) while waiting: answer as a read of the
+            // stream's present state would (404, or 410 while forks keep it).
+            None => {
+                return Err(match app.storage.head(name).await {
+                    Err(e) => e.into(),
+                    Ok(_) => ApiError::Storage(ds_storage::Error::NotFound),
+                });
+            }
         };
     }
 }
@@ -131,7 +145,9 @@ struct SseConn<S> {
     name: StreamName,
     rx: watch::Receiver<Tail>,
     pos: Offset,
-    pending: Option<ReadChunk>,
+    /// The stream incarnation this response follows.
+    stream_id: u64,
+    pending: Option<Arc<ReadChunk>>,
     encoding: SseEncoding,
     json: bool,
     cursor: u64,
@@ -163,7 +179,8 @@ pub(crate) async fn sse<S: Storage>(
         name,
         rx,
         pos: first.next,
-        pending: Some(first),
+        stream_id: first.stream_id,
+        pending: Some(Arc::new(first)),
         encoding,
         json: content_type::is_json(&ct),
         cursor: next_cursor(client_cursor.as_deref()),
@@ -206,19 +223,23 @@ impl<S: Storage> SseConn<S> {
             }
             let chunk = match self.pending.take() {
                 Some(c) => c,
+                // Every subscriber at this position woke for the same append: one read serves
+                // them all.
                 None => match self
                     .app
-                    .storage
+                    .shared_reads
                     .read(
+                        &*self.app.storage,
                         &self.name,
-                        ReadFrom::At(self.pos),
+                        self.stream_id,
+                        self.pos,
                         self.app.settings.read_chunk_bytes,
                     )
                     .await
                 {
-                    Ok(c) => c,
+                    Some(c) => c,
                     // Deleted or expired under us: end the stream; a reconnect gets the 404.
-                    Err(_) => return None,
+                    None => return None,
                 },
             };
             if !chunk.is_empty() {

@@ -165,6 +165,8 @@ pub struct AppState<S> {
     pub shutdown: ShutdownToken,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Reads shared by live readers waiting at the same position.
+    pub(crate) shared_reads: crate::shared_read::SharedReads,
 }
 
 /// Handle to [`AppState`] given to every handler.
@@ -217,6 +219,7 @@ pub(crate) fn build_router_with_metrics<S: Storage>(
         settings,
         shutdown,
         metrics,
+        shared_reads: crate::shared_read::SharedReads::default(),
     });
     let mut router = Router::new()
         .route("/healthz", get(healthz))
