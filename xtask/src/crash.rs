@@ -39,14 +39,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use self::record::{Rng, fnv1a64, make_line};
+pub(crate) use self::record::Rng;
+use self::record::{fnv1a64, make_line};
 use self::verify::{Findings, ProducerLog};
 use crate::conformance::{self, Backend};
 use crate::http::{self, Client, Response};
+use crate::modes::{self, ModeReport, Outcome, random_seed};
 use crate::server::{self, Server, Startup};
 use crate::tempdir::TempDir;
 
@@ -99,40 +101,6 @@ pub(crate) struct Options {
     pub(crate) server_binary: Option<PathBuf>,
 }
 
-/// How testing one mode went.
-enum Outcome {
-    /// The crash loop ran; the report says what it found.
-    Tested(Report),
-    /// The binary was built without this storage mode.
-    NotBuilt,
-    /// The server or the harness failed before a verdict; the message says how.
-    Broken(String),
-}
-
-impl Outcome {
-    /// Whether this outcome fails the whole run.
-    fn is_failure(&self) -> bool {
-        match self {
-            Outcome::Tested(report) => !report.passed(),
-            Outcome::NotBuilt => false,
-            Outcome::Broken(_) => true,
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::Tested(report) => report.fmt(f),
-            Outcome::NotBuilt => f.write_str("not built"),
-            Outcome::Broken(message) => {
-                let first = message.lines().next().unwrap_or("failed");
-                write!(f, "error: {first}")
-            }
-        }
-    }
-}
-
 /// The verdict on one mode.
 #[derive(Debug, Default)]
 struct Report {
@@ -151,8 +119,7 @@ struct Report {
     unavailable: u64,
 }
 
-impl Report {
-    /// Whether the mode passed.
+impl ModeReport for Report {
     fn passed(&self) -> bool {
         self.findings.is_clean() && self.violations.is_empty() && self.closure_survived
     }
@@ -227,8 +194,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<bool> {
     let seed = options.seed.unwrap_or_else(random_seed);
     println!("==> crash: seed {seed} (replay the schedule with --seed {seed})");
 
-    let mut results = Vec::new();
-    for &mode in &options.modes {
+    Ok(modes::run_all("crash", &options.modes, |mode| {
         println!(
             "==> crash {}: {} kills, starting {}",
             mode.name(),
@@ -236,45 +202,8 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<bool> {
             binary.display()
         );
         let mode_seed = seed ^ fnv1a64(mode.name().as_bytes());
-        let outcome = match crash_mode(&binary, mode, options.kills, mode_seed) {
-            Ok(outcome) => outcome,
-            Err(error) => Outcome::Broken(format!("{error:#}")),
-        };
-        match &outcome {
-            Outcome::Broken(message) => eprintln!("==> crash {} broke: {message}", mode.name()),
-            Outcome::Tested(report) => report.print_details(mode.name()),
-            Outcome::NotBuilt => {}
-        }
-        results.push((mode, outcome));
-    }
-
-    println!();
-    let (mut passed, mut failed) = (0, 0);
-    for (mode, outcome) in &results {
-        println!("crash {}: {outcome}", mode.name());
-        match outcome {
-            Outcome::NotBuilt => {}
-            outcome if outcome.is_failure() => failed += 1,
-            _ => passed += 1,
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-
-    let any_built = results
-        .iter()
-        .any(|(_, outcome)| !matches!(outcome, Outcome::NotBuilt));
-    if !any_built {
-        eprintln!("error: none of the requested storage modes is built into the server");
-    }
-    Ok(any_built && failed == 0)
-}
-
-/// A seed from the clock and the process id.
-fn random_seed() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    Rng::new(nanos ^ (u64::from(std::process::id()) << 32)).next_u64()
+        crash_mode(&binary, mode, options.kills, mode_seed)
+    }))
 }
 
 /// The path of stream `index`.
@@ -783,7 +712,7 @@ impl Run<'_> {
 }
 
 /// Runs the crash loop for one mode.
-fn crash_mode(binary: &Path, mode: Backend, kills: u32, seed: u64) -> Result<Outcome> {
+fn crash_mode(binary: &Path, mode: Backend, kills: u32, seed: u64) -> Result<Outcome<Report>> {
     let temp = TempDir::new(&format!("crash-{}", mode.name()))?;
     let data_dir = temp.path().join("data");
     fs::create_dir(&data_dir)
@@ -967,7 +896,7 @@ fn final_report(run: &mut Run<'_>, producers: Vec<ProducerResult>) -> Report {
 
 #[cfg(test)]
 mod tests {
-    use super::{Outcome, Report, time_limit};
+    use super::{ModeReport, Outcome, Report, time_limit};
     use crate::crash::verify::Findings;
 
     #[test]
@@ -1000,8 +929,8 @@ mod tests {
             "5 kills, 10 acknowledged appends, 2 lost, 0 duplicated, 0 torn, 0 out of order, \
              closure FAILED, 1 unexpected records, 1 protocol violations"
         );
-        assert!(!Outcome::NotBuilt.is_failure());
-        assert_eq!(Outcome::NotBuilt.to_string(), "not built");
+        assert!(!Outcome::<Report>::NotBuilt.is_failure());
+        assert_eq!(Outcome::<Report>::NotBuilt.to_string(), "not built");
     }
 
     #[test]

@@ -59,6 +59,7 @@ mod conformance;
 mod crash;
 mod http;
 mod json;
+mod modes;
 mod server;
 mod tempdir;
 mod vitest;

@@ -52,7 +52,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -61,6 +61,7 @@ use self::load::{Rng, Shared, Worker, lock};
 use crate::conformance::{self, Backend};
 use crate::http::{Client, Response};
 use crate::json::{self, Value};
+use crate::modes::{self, ModeReport, Outcome, random_seed};
 use crate::server::{self, Server, Startup};
 use crate::tempdir::TempDir;
 
@@ -150,38 +151,6 @@ fn time_limit(kills: u32, streams: usize) -> Duration {
         + Duration::from_millis(20) * u32::try_from(streams).unwrap_or(u32::MAX)
 }
 
-/// How testing one mode went.
-enum Outcome {
-    /// The run finished; the report says what it found.
-    Tested(Box<Report>),
-    /// The binary was built without this storage mode.
-    NotBuilt,
-    /// The server or the harness failed before a verdict.
-    Broken(String),
-}
-
-impl Outcome {
-    fn is_failure(&self) -> bool {
-        match self {
-            Outcome::Tested(report) => !report.passed(),
-            Outcome::NotBuilt => false,
-            Outcome::Broken(_) => true,
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::Tested(report) => report.fmt(f),
-            Outcome::NotBuilt => f.write_str("not built"),
-            Outcome::Broken(message) => {
-                write!(f, "error: {}", message.lines().next().unwrap_or("failed"))
-            }
-        }
-    }
-}
-
 /// The verdict on one mode.
 #[derive(Debug, Default)]
 struct Report {
@@ -205,7 +174,7 @@ struct Report {
     violations: Vec<String>,
 }
 
-impl Report {
+impl ModeReport for Report {
     fn passed(&self) -> bool {
         self.coverage.lost.is_empty()
             && self.coverage.late.is_empty()
@@ -285,8 +254,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<bool> {
     let seed = options.seed.unwrap_or_else(random_seed);
     println!("==> wake: seed {seed} (replay the schedule with --seed {seed})");
 
-    let mut results = Vec::new();
-    for &mode in &options.modes {
+    Ok(modes::run_all("wake", &options.modes, |mode| {
         println!(
             "==> wake {}: {} streams, {} kills, {} appends/s, starting {}",
             mode.name(),
@@ -298,44 +266,8 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<bool> {
         let mode_seed = mode.name().bytes().fold(seed, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
-        let outcome = match wake_mode(&binary, mode, options, mode_seed) {
-            Ok(outcome) => outcome,
-            Err(error) => Outcome::Broken(format!("{error:#}")),
-        };
-        match &outcome {
-            Outcome::Broken(message) => eprintln!("==> wake {} broke: {message}", mode.name()),
-            Outcome::Tested(report) => report.print_details(mode.name()),
-            Outcome::NotBuilt => {}
-        }
-        results.push((mode, outcome));
-    }
-
-    println!();
-    let (mut passed, mut failed) = (0, 0);
-    for (mode, outcome) in &results {
-        println!("wake {}: {outcome}", mode.name());
-        match outcome {
-            Outcome::NotBuilt => {}
-            outcome if outcome.is_failure() => failed += 1,
-            _ => passed += 1,
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    let any_built = results
-        .iter()
-        .any(|(_, outcome)| !matches!(outcome, Outcome::NotBuilt));
-    if !any_built {
-        eprintln!("error: none of the requested storage modes is built into the server");
-    }
-    Ok(any_built && failed == 0)
-}
-
-/// A seed from the clock and the process id.
-fn random_seed() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    Rng::new(nanos ^ (u64::from(std::process::id()) << 32)).next_u64()
+        wake_mode(&binary, mode, options, mode_seed)
+    }))
 }
 
 /// Starts server processes for one mode on the same data directory.
@@ -560,7 +492,12 @@ fn stream_tail(client: &mut Client, port: u16, index: usize) -> Result<Off> {
 }
 
 /// Runs one mode: setup, load with kills, drain, verdict.
-fn wake_mode(binary: &Path, mode: Backend, options: &Options, seed: u64) -> Result<Outcome> {
+fn wake_mode(
+    binary: &Path,
+    mode: Backend,
+    options: &Options,
+    seed: u64,
+) -> Result<Outcome<Box<Report>>> {
     let temp = TempDir::new(&format!("wake-{}", mode.name()))?;
     let data_dir = temp.path().join("data");
     fs::create_dir(&data_dir)
@@ -885,7 +822,7 @@ impl Drop for StopOnDrop<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Outcome, Report, stream_name, time_limit};
+    use super::{ModeReport, Outcome, Report, stream_name, time_limit};
     use crate::wake::analysis::{Coverage, Latencies};
     use std::time::Duration;
 
@@ -929,7 +866,7 @@ mod tests {
         report.coverage.lost.push("x".into());
         assert!(!report.passed());
         assert!(Outcome::Tested(Box::new(report)).is_failure());
-        assert!(!Outcome::NotBuilt.is_failure());
+        assert!(!Outcome::<Box<Report>>::NotBuilt.is_failure());
         let idle = Report::default();
         assert!(!idle.passed(), "a run that measured nothing fails");
         assert!(time_limit(5, 1000) > Duration::from_secs(100));
