@@ -40,15 +40,31 @@ pub(crate) enum Backend {
     FileDurable,
     /// Transactional (ACID) storage.
     Acid,
+    /// PostgreSQL (see `pg`): needs a database, so only run when named.
+    Postgres,
 }
 
 impl Backend {
-    /// Every backend, in the order `all` runs them.
+    /// The backends that need nothing outside the server process, in the order `all` runs
+    /// them (`soak`'s default).
     pub(crate) const ALL: [Backend; 4] = [
         Backend::Memory,
         Backend::FileFast,
         Backend::FileDurable,
         Backend::Acid,
+    ];
+
+    /// What `conformance` runs by default and for `all`: every backend (postgres needs the
+    /// database of `DS_TEST_POSTGRES_URL`, which CI and the development machines run).
+    pub(crate) const CONFORMANCE: [Backend; 5] = Backend::KNOWN;
+
+    /// Every backend a command line may name.
+    pub(crate) const KNOWN: [Backend; 5] = [
+        Backend::Memory,
+        Backend::FileFast,
+        Backend::FileDurable,
+        Backend::Acid,
+        Backend::Postgres,
     ];
 
     /// The `DS_STORAGE__MODE` value, also used on the command line.
@@ -58,12 +74,30 @@ impl Backend {
             Backend::FileFast => "file-fast",
             Backend::FileDurable => "file-durable",
             Backend::Acid => "acid",
+            Backend::Postgres => "postgres",
         }
     }
 
     /// Parses one command-line name; `all` is handled by the caller.
     pub(crate) fn from_name(name: &str) -> Option<Backend> {
-        Backend::ALL.into_iter().find(|b| b.name() == name)
+        Backend::KNOWN.into_iter().find(|b| b.name() == name)
+    }
+
+    /// Server environment beyond `DS_STORAGE__MODE` and `DS_STORAGE__DATA_DIR` for a run
+    /// whose data directory is `data_dir` (the postgres schema of that run).
+    pub(crate) fn storage_env(self, data_dir: &Path) -> Vec<(String, OsString)> {
+        match self {
+            Backend::Postgres => crate::pg::env(data_dir),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Removes what a run stored outside its data directory (the postgres schema).
+    pub(crate) fn cleanup(self, data_dir: &Path) -> Result<()> {
+        match self {
+            Backend::Postgres => crate::pg::drop_schema(data_dir),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -455,6 +489,7 @@ fn test_backend(
         ),
         ("DS_OBSERVABILITY__RUST_LOG".into(), "warn".into()),
     ];
+    env.extend(backend.storage_env(&data_dir));
     if subscriptions {
         env.push(("DS_SUBSCRIPTIONS__ALLOW_DEV_WEBHOOKS".into(), "true".into()));
     }
@@ -487,6 +522,7 @@ fn test_backend(
     };
     match server.wait_ready_with(&probe)? {
         Startup::NotBuilt => {
+            backend.cleanup(&data_dir)?;
             temp.remove()?;
             return Ok(Outcome::NotBuilt);
         }
@@ -520,6 +556,7 @@ fn test_backend(
         }
         println!("==> conformance {name} server log tail:\n{log_tail}");
     }
+    backend.cleanup(&data_dir)?;
     temp.remove()?;
     Ok(outcome)
 }
@@ -619,7 +656,7 @@ mod tests {
 
     #[test]
     fn backend_names_round_trip() {
-        for backend in Backend::ALL {
+        for backend in Backend::KNOWN {
             assert_eq!(Backend::from_name(backend.name()), Some(backend));
         }
         assert_eq!(Backend::from_name("all"), None);

@@ -29,6 +29,9 @@
 //! The seed fixes the schedule (load windows, which stream is closed and
 //! when, the padding of every record), not the thread interleaving; it is
 //! printed so that `--seed` can replay a failing schedule.
+//!
+//! With the `postgres` backend, each load window also has every database
+//! connection of the server terminated halfway through (`pg::reset_connections`).
 
 mod record;
 mod verify;
@@ -52,9 +55,14 @@ use crate::modes::{self, ModeReport, Outcome, random_seed};
 use crate::server::{self, Server, Startup};
 use crate::tempdir::TempDir;
 
-/// Storage modes `--mode all` runs: the durable ones.
-pub(crate) const DURABLE_MODES: [Backend; 3] =
-    [Backend::FileFast, Backend::FileDurable, Backend::Acid];
+/// Storage modes `--mode all` runs: the durable ones (postgres needs the database of
+/// `DS_TEST_POSTGRES_URL`, see `pg`).
+pub(crate) const DURABLE_MODES: [Backend; 4] = [
+    Backend::FileFast,
+    Backend::FileDurable,
+    Backend::Acid,
+    Backend::Postgres,
+];
 
 /// Number of streams written.
 const STREAMS: usize = 4;
@@ -238,7 +246,7 @@ impl Launcher<'_> {
         self.starts += 1;
         let log_path = self.work_dir.join(format!("server-{}.log", self.starts));
         self.last_log = Some(log_path.clone());
-        let env: Vec<(String, OsString)> = vec![
+        let mut env: Vec<(String, OsString)> = vec![
             (
                 "DS_SERVER__BIND_ADDRESS".into(),
                 format!("127.0.0.1:{port}").into(),
@@ -254,6 +262,8 @@ impl Launcher<'_> {
                 MAX_STREAM_BYTES.into(),
             ),
         ];
+        // The same data dir means the same postgres schema on every restart.
+        env.extend(self.mode.storage_env(&self.data_dir));
         let mut server = Server::start(self.binary, self.work_dir, port, &env, &log_path)?;
         let startup = server.wait_ready()?;
         Ok((server, startup))
@@ -721,7 +731,7 @@ fn crash_mode(binary: &Path, mode: Backend, kills: u32, seed: u64) -> Result<Out
         binary,
         mode,
         work_dir: temp.path(),
-        data_dir,
+        data_dir: data_dir.clone(),
         starts: 0,
         last_log: None,
     };
@@ -730,6 +740,7 @@ fn crash_mode(binary: &Path, mode: Backend, kills: u32, seed: u64) -> Result<Out
     if let Startup::NotBuilt = startup {
         drop(server);
         drop(launcher);
+        mode.cleanup(&data_dir)?;
         temp.remove()?;
         return Ok(Outcome::NotBuilt);
     }
@@ -774,6 +785,7 @@ fn crash_mode(binary: &Path, mode: Backend, kills: u32, seed: u64) -> Result<Out
         );
     }
     drop(run);
+    mode.cleanup(&data_dir)?;
     temp.remove()?;
     Ok(outcome)
 }
@@ -802,9 +814,21 @@ fn drive(run: &mut Run<'_>, kills: u32, producer_seeds: &[u64]) -> Result<Report
             if kill == run.closure.before_kill {
                 run.close_stream(shared)?;
             }
-            thread::sleep(Duration::from_millis(
-                run.rng.range(LOAD_MIN_MS, LOAD_MAX_MS),
-            ));
+            let window = Duration::from_millis(run.rng.range(LOAD_MIN_MS, LOAD_MAX_MS));
+            if run.launcher.mode == Backend::Postgres {
+                // Halfway through the window the database drops every connection of the
+                // server (as a database restart would); the server must recover without
+                // losing or duplicating anything, then it is killed as usual.
+                let half = window / 2;
+                thread::sleep(half);
+                let reset = crate::pg::reset_connections(&run.launcher.data_dir)?;
+                if reset == 0 {
+                    bail!("the server had no database connection to reset");
+                }
+                thread::sleep(half);
+            } else {
+                thread::sleep(window);
+            }
             if Instant::now() >= run.deadline {
                 bail!("time limit exceeded");
             }

@@ -2,12 +2,20 @@
 //!
 //! This crate owns argument parsing (clap) and turns each command into calls on `ds-server` and
 //! the storage backends: `serve` (the default command) runs the server; `list` shows the
-//! streams of the configured backend's data dir while no server holds it. [`run`] returns a
+//! streams of the configured backend's data dir while no server holds it; `export` and
+//! `import` move streams between data dirs (and backends) through the transfer format
+//! ([`transfer`], [`export`], [`import`]). [`run`] returns a
 //! typed [`Failure`] so the binary can map startup failures to the exit code of their phase.
 
+pub mod export;
+pub mod import;
 mod list;
 mod offline;
-pub mod transfer;
+pub mod progress;
+mod transfer_cmd;
+
+/// The transfer format of `export` and `import` (the `ds-transfer` crate).
+pub use ds_transfer as transfer;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -54,6 +62,30 @@ pub enum Command {
         /// Also list the server's internal `__ds/` streams (subscription state, signing key).
         #[arg(long)]
         all: bool,
+    },
+    /// Write the streams of the configured backend's data dir to a transfer file (the server
+    /// must be stopped). Forks stay forks; internal `__ds/` streams are left out.
+    Export {
+        /// Where to write (default: standard output, which must not be a terminal).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Export only this stream (repeatable). A fork whose source is not exported too is
+        /// written as a plain stream holding its inherited data.
+        #[arg(long = "stream", value_name = "NAME")]
+        streams: Vec<String>,
+        /// Also export the webhook signing key (`__ds/keys/webhook-signing`).
+        #[arg(long)]
+        include_signing_key: bool,
+    },
+    /// Re-create the streams of a transfer file in the configured backend's data dir (the
+    /// server must be stopped). A file is checked completely before anything is written.
+    Import {
+        /// The file to read (default: standard input, which is imported as it is read).
+        #[arg(short, long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// What to do with a stream that already exists in the target.
+        #[arg(long, value_enum, default_value_t = import::OnConflict::Fail)]
+        on_conflict: import::OnConflict,
     },
 }
 
@@ -104,6 +136,22 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::List { json, all } => offline_runtime()?
             .block_on(list(&cfg, json, all))
             .map_err(Failure::Command),
+        Command::Export {
+            output,
+            streams,
+            include_signing_key,
+        } => {
+            let opts = export::ExportOptions {
+                streams,
+                include_signing_key,
+            };
+            offline_runtime()?
+                .block_on(transfer_cmd::export(&cfg, output, &opts))
+                .map_err(Failure::Command)
+        }
+        Command::Import { input, on_conflict } => offline_runtime()?
+            .block_on(transfer_cmd::import(&cfg, input, on_conflict))
+            .map_err(Failure::Command),
     }
 }
 
@@ -134,7 +182,7 @@ fn offline_runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 /// `list`: prints the data dir's streams to stdout.
 async fn list(cfg: &Config, json: bool, all: bool) -> anyhow::Result<()> {
-    let store = offline::open(cfg, "list", false).await?;
+    let store = offline::open(cfg, "list", offline::OpenFor::default()).await?;
     let listed = match &store {
         offline::Offline::File(s) => s.list().await,
         offline::Offline::Acid(s) => s.list().await,

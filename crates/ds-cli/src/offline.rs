@@ -27,16 +27,35 @@ impl Offline {
     }
 }
 
+/// How a command opens a data dir.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct OpenFor {
+    /// Create the data dir when it does not exist.
+    pub create: bool,
+    /// Bulk writing: the file backends skip the sync after each write, and the acid backend
+    /// commits without syncing (`AcidOptions::bulk_load`). The caller must [`Offline::close`]
+    /// the store, which syncs everything; a crash before that loses what was written.
+    pub bulk: bool,
+}
+
 /// Opens the data dir of `cfg.storage` for `command`.
 ///
 /// Refuses the memory backend (it has no data dir), a data dir that does not exist unless
-/// `create`, and a data dir whose `LOCK` another process (a running server) holds, naming
+/// `how.create`, and a data dir whose `LOCK` another process (a running server) holds, naming
 /// that process's PID.
-pub(crate) async fn open(cfg: &Config, command: &str, create: bool) -> anyhow::Result<Offline> {
+pub(crate) async fn open(cfg: &Config, command: &str, how: OpenFor) -> anyhow::Result<Offline> {
+    let create = how.create;
     let dir = &cfg.storage.data_dir;
     let mode = cfg.storage.mode;
+    if mode == StorageMode::Postgres {
+        bail!(
+            "storage.mode is postgres: streams live in the database, not in a data dir, and \
+             running servers keep serving them; `{command}` needs a data-dir backend \
+             (file-fast, file-durable or acid)"
+        );
+    }
     let durable = match mode {
-        StorageMode::Memory => None,
+        StorageMode::Memory | StorageMode::Postgres => None,
         StorageMode::Acid if cfg.storage.acid_backend == AcidBackendMode::InMemory => None,
         StorageMode::Acid => Some(None),
         StorageMode::FileFast => Some(Some(Durability::Fast)),
@@ -71,6 +90,7 @@ pub(crate) async fn open(cfg: &Config, command: &str, create: bool) -> anyhow::R
                 .unwrap_or(cfg.storage.acid_shard_count);
             let opts = AcidOptions {
                 shard_count,
+                bulk_load: how.bulk,
                 ..AcidOptions::new(dir.clone())
             };
             Offline::Acid(
@@ -80,6 +100,11 @@ pub(crate) async fn open(cfg: &Config, command: &str, create: bool) -> anyhow::R
             )
         }
         Some(durability) => {
+            let durability = if how.bulk {
+                Durability::Fast
+            } else {
+                durability
+            };
             let opts = FileOptions::new(dir.clone(), durability);
             Offline::File(FileStorage::open(opts).await.with_context(|| {
                 format!(
@@ -125,5 +150,66 @@ fn refuse_if_held(dir: &Path, command: &str) -> anyhow::Result<()> {
         Err(std::fs::TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("cannot check the lock file {}", path.display()))
         }
+    }
+}
+
+/// Evaluates `$body`, an async call using `$s` (the concrete store inside an [`Offline`]), and
+/// awaits it: the [`Storage`](ds_storage::Storage) trait is generic, so each backend gets its
+/// own instance of the call.
+macro_rules! with_store {
+    ($store:expr, |$s:ident| $body:expr) => {
+        match $store {
+            $crate::offline::Offline::File($s) => $body.await,
+            $crate::offline::Offline::Acid($s) => $body.await,
+        }
+    };
+}
+pub(crate) use with_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ds_protocol::{NameLimits, StreamName};
+    use ds_storage::{AppendRequest, CreateRequest, Storage as _};
+
+    /// Opens an acid data dir, writes a stream with three appends, and returns the syncs
+    /// counted before closing.
+    async fn acid_syncs(dir: &Path, how: OpenFor) -> Option<u64> {
+        let cfg = Config::from_toml(&format!(
+            "[storage]\nmode = \"acid\"\ndata_dir = {:?}\n",
+            dir.display().to_string()
+        ))
+        .expect("config");
+        let Offline::Acid(store) = open(&cfg, "test", how).await.expect("open") else {
+            panic!("acid mode opens the acid backend");
+        };
+        let s = StreamName::parse("s", NameLimits::default()).expect("name");
+        let text = || Some("text/plain".to_owned());
+        let create = CreateRequest {
+            content_type: text(),
+            ..CreateRequest::default()
+        };
+        store.create(&s, create).await.expect("create");
+        for body in ["a", "b", "c"] {
+            let req = AppendRequest {
+                content_type: text(),
+                body: body.into(),
+                ..AppendRequest::default()
+            };
+            store.append(&s, req).await.expect("append");
+        }
+        let syncs = store.stats().syncs;
+        Offline::Acid(store).close().await;
+        syncs
+    }
+
+    #[tokio::test]
+    async fn bulk_opens_acid_in_bulk_load_mode() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (bulk, durable) = (dir.path().join("bulk"), dir.path().join("durable"));
+        let how = |bulk| OpenFor { create: true, bulk };
+        assert_eq!(acid_syncs(&bulk, how(true)).await, Some(0));
+        // Without `bulk`, every commit syncs.
+        assert_eq!(acid_syncs(&durable, how(false)).await, Some(4));
     }
 }

@@ -59,6 +59,7 @@
 pub mod content_type;
 pub mod cursor;
 pub mod etag;
+pub mod fuzzing;
 pub mod headers;
 pub mod json;
 pub mod name;

@@ -10,6 +10,7 @@ use ds_storage::Storage;
 use ds_storage_acid::{AcidBackend, AcidOptions, AcidStorage};
 use ds_storage_file::{Durability, FileOptions, FileStorage};
 use ds_storage_memory::{MemoryOptions, MemoryStorage};
+use ds_storage_postgres::{PostgresOptions, PostgresStorage};
 use ds_subscriptions::{Notifying, Subscriptions};
 
 use crate::config::{AcidBackendMode, Config, StorageMode};
@@ -49,6 +50,28 @@ pub(crate) async fn serve_on_configured_backend(
                     format!(
                         "cannot open the acid store in {}: {}",
                         cfg.storage.data_dir.display(),
+                        error_chain(&e)
+                    ),
+                )
+            })?;
+            serve_with_subscriptions(cfg, storage, shutdown).await
+        }
+        StorageMode::Postgres => {
+            let pg = &cfg.storage.postgres;
+            let opts = PostgresOptions {
+                schema: pg.schema.clone(),
+                pool_size: pg.pool_size,
+                statement_timeout_ms: pg.statement_timeout_ms,
+                max_stream_bytes: cfg.limits.effective_max_stream_bytes(StorageMode::Postgres),
+                ..PostgresOptions::new(pg.url.clone())
+            };
+            let storage = PostgresStorage::open(opts).await.map_err(|e| {
+                // The URL may hold a password: name the schema, not the URL.
+                StartupError::new(
+                    Phase::StartServer,
+                    format!(
+                        "cannot open the postgres store (schema {}, storage.postgres.url): {}",
+                        pg.schema,
                         error_chain(&e)
                     ),
                 )

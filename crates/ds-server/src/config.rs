@@ -216,6 +216,10 @@ pub struct ServerConfig {
     /// Seconds between `/readyz` turning `503` and the listener closing on shutdown, so load
     /// balancers stop routing first (default 0).
     pub shutdown_delay_secs: u64,
+    /// Most connections open at once, plain and TLS together (TLS handshakes included). Past
+    /// it the server stops accepting: further connections wait in the kernel's listen backlog
+    /// and are served as others close (the kernel refuses them once the backlog is full).
+    pub max_connections: usize,
     /// Legacy listen port (deprecated: use `bind_address`). Always `None` after loading.
     pub port: Option<u16>,
 }
@@ -226,6 +230,7 @@ impl Default for ServerConfig {
             bind_address: "0.0.0.0:4437".to_owned(),
             drain_timeout_secs: 30,
             shutdown_delay_secs: 0,
+            max_connections: 10_000,
             port: None,
         }
     }
@@ -248,7 +253,26 @@ pub struct LimitsConfig {
     pub max_stream_name_segments: usize,
     /// Largest catch-up read response, in bytes (at least one JSON message is always sent).
     pub max_read_chunk_bytes: usize,
+    /// Most header fields in one request (`431` beyond).
+    pub max_header_count: usize,
+    /// Most bytes of header fields in one request, counting names, values and 4 bytes per
+    /// field (`431` beyond).
+    pub max_header_bytes: usize,
+    /// Most live reads (long-poll and SSE) open at once, in all (`503` beyond).
+    pub max_live_readers: usize,
+    /// Most live reads open at once on one stream (`503` beyond).
+    pub max_live_readers_per_stream: usize,
+    /// Sustained requests per second one client may send; 0 turns rate limiting off (the
+    /// default). Clients are told apart by the address proxy trust resolves (`429` beyond).
+    pub rate_limit_requests_per_sec: u32,
+    /// Requests one client may send at once before `rate_limit_requests_per_sec` applies.
+    pub rate_limit_burst: u32,
+    /// Most clients the rate limiter remembers at once (bounds its memory).
+    pub rate_limit_max_clients: usize,
 }
+
+/// The largest `limits.max_header_bytes` accepted: twice it must fit hyper's read buffer.
+pub const MAX_HEADER_BYTES_CEILING: usize = 128 * 1024;
 
 /// The memory backend's per-stream cap when `limits.max_stream_bytes` is unset (the seed's).
 pub const DEFAULT_MEMORY_MAX_STREAM_BYTES: u64 = 10 * 1024 * 1024;
@@ -283,6 +307,13 @@ impl Default for LimitsConfig {
             max_stream_name_bytes: 1024,
             max_stream_name_segments: 16,
             max_read_chunk_bytes: 1024 * 1024,
+            max_header_count: 100,
+            max_header_bytes: 16 * 1024,
+            max_live_readers: 10_000,
+            max_live_readers_per_stream: 5_000,
+            rate_limit_requests_per_sec: 0,
+            rate_limit_burst: 100,
+            rate_limit_max_clients: 100_000,
         }
     }
 }
@@ -386,7 +417,7 @@ pub enum CacheVisibility {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Backend: `memory`, `file-fast`, `file-durable` or `acid`.
+    /// Backend: `memory`, `file-fast`, `file-durable`, `acid` or `postgres`.
     pub mode: StorageMode,
     /// Directory of the durable backends.
     pub data_dir: PathBuf,
@@ -394,6 +425,34 @@ pub struct StorageConfig {
     pub acid_shard_count: u32,
     /// Where the `acid` backend keeps its databases: `file` or `in-memory`.
     pub acid_backend: AcidBackendMode,
+    /// `[storage.postgres]`: the database of the `postgres` backend.
+    pub postgres: PostgresConfig,
+}
+
+/// `[storage.postgres]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection URL (`DS_STORAGE__POSTGRES__URL`), e.g. `postgres://user:pw@db:5432/streams`.
+    pub url: String,
+    /// Schema holding the tables (created if missing); deployments sharing a database use
+    /// different ones.
+    pub schema: String,
+    /// Connections in each node's pool (at least 2); the LISTEN connection is one more.
+    pub pool_size: usize,
+    /// `statement_timeout` of those connections in milliseconds (0 = none).
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
+            schema: "durable_streams".to_owned(),
+            pool_size: 16,
+            statement_timeout_ms: 30_000,
+        }
+    }
 }
 
 /// `storage.acid_backend`
@@ -414,6 +473,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./data/streams"),
             acid_shard_count: 16,
             acid_backend: AcidBackendMode::File,
+            postgres: PostgresConfig::default(),
         }
     }
 }
@@ -431,6 +491,8 @@ pub enum StorageMode {
     FileDurable,
     /// redb, one transaction per batch.
     Acid,
+    /// PostgreSQL, shared by any number of server nodes.
+    Postgres,
 }
 
 impl StorageMode {
@@ -442,6 +504,7 @@ impl StorageMode {
             StorageMode::FileFast => "file-fast",
             StorageMode::FileDurable => "file-durable",
             StorageMode::Acid => "acid",
+            StorageMode::Postgres => "postgres",
         }
     }
 }
@@ -523,6 +586,25 @@ pub struct ConnectionConfig {
     pub long_poll_timeout_secs: u64,
     /// How long an SSE connection stays open before the server closes it (clients reconnect).
     pub sse_reconnect_interval_secs: u64,
+    /// How long a client may take to send a complete HTTP/1.1 request head, counted from when
+    /// the connection waits for it (so it also closes keep-alive connections idle that long:
+    /// keep it above a reverse proxy's upstream keep-alive idle time, e.g. 60 s on AWS ALB).
+    pub header_read_timeout_secs: u64,
+    /// A connection on which no byte moves either way for this long is closed (slow or stalled
+    /// clients, idle HTTP/2 connections). Must exceed `long_poll_timeout_secs`; unset, it is
+    /// the larger of 120 s and `long_poll_timeout_secs` + 30 s
+    /// ([`ConnectionConfig::effective_idle_timeout_secs`]).
+    pub idle_timeout_secs: Option<u64>,
+}
+
+impl ConnectionConfig {
+    /// `idle_timeout_secs`, or when unset the larger of 120 s and `long_poll_timeout_secs` +
+    /// 30 s, so raising the long-poll timeout alone never makes the configuration invalid.
+    #[must_use]
+    pub fn effective_idle_timeout_secs(&self) -> u64 {
+        self.idle_timeout_secs
+            .unwrap_or_else(|| self.long_poll_timeout_secs.saturating_add(30).max(120))
+    }
 }
 
 impl Default for ConnectionConfig {
@@ -530,6 +612,8 @@ impl Default for ConnectionConfig {
         ConnectionConfig {
             long_poll_timeout_secs: 30,
             sse_reconnect_interval_secs: 60,
+            header_read_timeout_secs: 65,
+            idle_timeout_secs: None,
         }
     }
 }
@@ -1103,6 +1187,7 @@ impl Config {
                 "transport.connection.sse_reconnect_interval_secs must be at least 1".to_owned(),
             );
         }
+        self.validate_limits()?;
         if !(1..=256).contains(&self.storage.acid_shard_count)
             || !self.storage.acid_shard_count.is_power_of_two()
         {
@@ -1110,6 +1195,34 @@ impl Config {
                 "storage.acid_shard_count {} must be a power of two in 1..=256",
                 self.storage.acid_shard_count
             ));
+        }
+        if self.storage.mode == StorageMode::Postgres {
+            let pg = &self.storage.postgres;
+            if pg.url.trim().is_empty() {
+                return invalid(
+                    "storage.postgres.url must be set with storage.mode = \"postgres\"".to_owned(),
+                );
+            }
+            if pg.pool_size < 2 {
+                return invalid(format!(
+                    "storage.postgres.pool_size {} must be at least 2",
+                    pg.pool_size
+                ));
+            }
+            let schema_ok = pg.schema.len() <= 40
+                && pg
+                    .schema
+                    .starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && pg
+                    .schema
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !schema_ok {
+                return invalid(format!(
+                    "storage.postgres.schema {:?} must be a lower-case identifier (a-z, 0-9, _) of at most 40 characters",
+                    pg.schema
+                ));
+            }
         }
         if let Some(url) = &self.http.public_url {
             validate_public_url("http.public_url", url).map_err(ConfigError::Invalid)?;
@@ -1243,6 +1356,54 @@ impl Config {
                     });
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The connection, header, live-reader and rate limits.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let conn = &self.transport.connection;
+        let limits = &self.limits;
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections must be at least 1".to_owned());
+        }
+        if conn.header_read_timeout_secs == 0 {
+            return invalid(
+                "transport.connection.header_read_timeout_secs must be at least 1".to_owned(),
+            );
+        }
+        if conn.effective_idle_timeout_secs() <= conn.long_poll_timeout_secs {
+            return invalid(format!(
+                "transport.connection.idle_timeout_secs ({}) must exceed transport.connection.long_poll_timeout_secs ({}), or waiting long-polls would be cut",
+                conn.effective_idle_timeout_secs(),
+                conn.long_poll_timeout_secs
+            ));
+        }
+        if limits.max_header_count == 0 || limits.max_header_bytes == 0 {
+            return invalid(
+                "limits.max_header_count and limits.max_header_bytes must be positive".to_owned(),
+            );
+        }
+        if limits.max_header_bytes > MAX_HEADER_BYTES_CEILING {
+            return invalid(format!(
+                "limits.max_header_bytes {} is above the ceiling of {MAX_HEADER_BYTES_CEILING}",
+                limits.max_header_bytes
+            ));
+        }
+        if limits.max_live_readers == 0 || limits.max_live_readers_per_stream == 0 {
+            return invalid(
+                "limits.max_live_readers and limits.max_live_readers_per_stream must be positive"
+                    .to_owned(),
+            );
+        }
+        if limits.rate_limit_requests_per_sec > 0
+            && (limits.rate_limit_burst == 0 || limits.rate_limit_max_clients == 0)
+        {
+            return invalid(
+                "limits.rate_limit_burst and limits.rate_limit_max_clients must be positive when limits.rate_limit_requests_per_sec is set"
+                    .to_owned(),
+            );
         }
         Ok(())
     }

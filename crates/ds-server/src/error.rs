@@ -35,6 +35,27 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// The request's header fields exceed `limits.max_header_count` or
+    /// `limits.max_header_bytes`.
+    #[error("{detail}")]
+    HeadersTooLarge {
+        /// Which limit, and by how much.
+        detail: String,
+    },
+    /// A live read (long-poll or SSE) would exceed a live-reader limit.
+    #[error("{}", live_readers_detail(*scope, *limit))]
+    TooManyLiveReaders {
+        /// The limit reached.
+        scope: crate::limits::LiveReaderScope,
+        /// Its value.
+        limit: usize,
+    },
+    /// The client sent more requests than `limits.rate_limit_requests_per_sec` allows.
+    #[error("too many requests from this client; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until the next request would be accepted (`Retry-After`).
+        retry_after_secs: u64,
+    },
     /// No such endpoint.
     #[error("no such endpoint")]
     NoRoute,
@@ -53,13 +74,26 @@ impl ApiError {
     }
 }
 
+/// The detail of [`ApiError::TooManyLiveReaders`].
+fn live_readers_detail(scope: crate::limits::LiveReaderScope, limit: usize) -> String {
+    match scope {
+        crate::limits::LiveReaderScope::Stream => format!(
+            "this stream already has {limit} live readers (long-poll and SSE), its limit (limits.max_live_readers_per_stream); retry later"
+        ),
+        crate::limits::LiveReaderScope::Total => format!(
+            "the server already serves {limit} live readers (long-poll and SSE), its limit (limits.max_live_readers); retry later"
+        ),
+    }
+}
+
 /// Extra headers some errors carry (section 5.2, 5.2.1).
 enum Extra {
     None,
     Closed(Offset),
     Epoch(u64),
     SeqGap(u64, u64),
-    RetryAfter,
+    /// `Retry-After`, in seconds.
+    RetryAfter(u64),
 }
 
 impl ApiError {
@@ -152,12 +186,14 @@ impl ApiError {
                     "Stream size limit reached",
                     Extra::None,
                 ),
-                E::StorageFull { .. } => (507, "STORAGE_FULL", "Storage full", Extra::RetryAfter),
+                E::StorageFull { .. } => {
+                    (507, "STORAGE_FULL", "Storage full", Extra::RetryAfter(1))
+                }
                 E::Backend { .. } => (
                     503,
                     "STORAGE_UNAVAILABLE",
                     "Storage unavailable",
-                    Extra::RetryAfter,
+                    Extra::RetryAfter(1),
                 ),
             },
             ApiError::Header(_) => (400, "INVALID_HEADER", "Invalid header", Extra::None),
@@ -171,6 +207,24 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => {
                 (413, "PAYLOAD_TOO_LARGE", "Payload too large", Extra::None)
             }
+            ApiError::HeadersTooLarge { .. } => (
+                431,
+                "HEADERS_TOO_LARGE",
+                "Request header fields too large",
+                Extra::None,
+            ),
+            ApiError::TooManyLiveReaders { .. } => (
+                503,
+                "TOO_MANY_LIVE_READERS",
+                "Too many live readers",
+                Extra::RetryAfter(crate::limits::LIVE_READERS_RETRY_AFTER_SECS),
+            ),
+            ApiError::RateLimited { retry_after_secs } => (
+                429,
+                "RATE_LIMITED",
+                "Too many requests",
+                Extra::RetryAfter(*retry_after_secs),
+            ),
             ApiError::NoRoute => (404, "NOT_FOUND", "Not found", Extra::None),
             ApiError::MethodNotAllowed => {
                 (405, "METHOD_NOT_ALLOWED", "Method not allowed", Extra::None)
@@ -186,6 +240,13 @@ impl IntoResponse for ApiError {
             ApiError::Storage(ds_storage::Error::Backend { op, source }) => {
                 tracing::error!(op, error = %source, "storage backend failure");
                 "the storage backend failed; retry later".to_owned()
+            }
+            // Backends report a full disk (or quota) with limit 0: there is no configured
+            // limit to name.
+            ApiError::Storage(ds_storage::Error::StorageFull { limit: 0 }) => {
+                "the disk holding the store is full; nothing was written, retry once space is \
+                 freed"
+                    .to_owned()
             }
             other => other.to_string(),
         };
@@ -215,8 +276,8 @@ impl IntoResponse for ApiError {
                 headers.insert(h::PRODUCER_EXPECTED_SEQ, num(expected));
                 headers.insert(h::PRODUCER_RECEIVED_SEQ, num(received));
             }
-            Extra::RetryAfter => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Extra::RetryAfter(secs) => {
+                headers.insert(header::RETRY_AFTER, num(secs));
             }
         }
         if status == 405 {

@@ -6,14 +6,15 @@
 //! optionally with client certificates, reloaded on `SIGHUP`), graceful shutdown, reverse-proxy
 //! trust ([`proxy`]), request spans and logs ([`telemetry`]), Prometheus metrics ([`metrics`]),
 //! the axum router ([`build_router`]), one handler per protocol operation, live reads
-//! (long-poll and SSE), and the mapping of every error to a status and an
+//! (long-poll and SSE), limits on connections, headers, live readers ([`limits`]) and
+//! per-client request rates ([`ratelimit`]), and the mapping of every error to a status and an
 //! `application/problem+json` body ([`error`]).
 //! It does not know how bytes are stored: handlers are generic over `S: Storage`, and only
 //! [`startup::serve`] picks a concrete backend from `storage.mode`.
 //!
 //! Embedding: [`build_router`] (or [`build_router_with_ready`] with a [`ShutdownToken`]) over
-//! any [`Storage`] — [`MemoryStorage`] (alias [`InMemoryStorage`]), [`FileStorage`] or
-//! [`AcidStorage`] — mounts the protocol at [`RouterSettings::base_path`] (default
+//! any [`Storage`] — [`MemoryStorage`] (alias [`InMemoryStorage`]), [`FileStorage`],
+//! [`AcidStorage`] or [`PostgresStorage`] — mounts the protocol at [`RouterSettings::base_path`] (default
 //! [`DEFAULT_STREAM_BASE_PATH`]); [`Config`], [`ConfigLoadOptions`], [`DeploymentProfile`] and
 //! [`StorageMode`] load the operator configuration. The `embed` example of the
 //! `durable-streams-server` crate (`cargo run --example embed`) mounts it under `/streams` in an
@@ -40,9 +41,11 @@ pub mod config;
 mod cors;
 pub mod error;
 mod handlers;
+pub mod limits;
 mod live;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 mod shared_read;
 pub mod startup;
@@ -59,6 +62,7 @@ pub use ds_storage_file::{Durability, FileOptions, FileStorage};
 /// The seed's name for [`MemoryStorage`].
 pub use ds_storage_memory::MemoryStorage as InMemoryStorage;
 pub use ds_storage_memory::{MemoryOptions, MemoryStorage};
+pub use ds_storage_postgres::{PostgresOptions, PostgresStorage};
 pub use router::{
     AppState, DEFAULT_STREAM_BASE_PATH, RouterSettings, ShutdownToken, build_router,
     build_router_with_ready,

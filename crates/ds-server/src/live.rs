@@ -8,8 +8,13 @@
 //! On shutdown ([`ShutdownToken::end_live_reads`](crate::router::ShutdownToken)) a waiting
 //! long-poll answers as if its timeout had passed, and an SSE response ends after its current
 //! event, so connections drain promptly and clients reconnect elsewhere.
+//!
+//! Each live read holds a slot of `limits.max_live_readers` and
+//! `limits.max_live_readers_per_stream` for as long as it is open (an SSE response until its
+//! body is dropped); past either limit it is refused with `503` and `Retry-After`.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,12 +26,14 @@ use ds_protocol::sse::{self, Control, SseEncoding};
 use ds_protocol::{Offset, OffsetParam, StreamName, content_type, cursor};
 use ds_storage::{ReadChunk, Storage, Tail};
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
-use crate::handlers::{read_from, set_closed, set_no_store, set_offset};
+use crate::handlers::{names, read_from, set_closed, set_no_store, set_offset};
+use crate::limits::LiveReaderPermit;
 use crate::metrics::OwnedGaugeGuard;
-use crate::router::{App, ShutdownToken};
+use crate::router::{App, LiveReadsEnd, ShutdownToken};
+use crate::shared_read::SharedChunk;
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -72,6 +79,9 @@ pub(crate) async fn long_poll<S: Storage>(
 ) -> Result<Response, ApiError> {
     let _active = app.metrics.long_poll();
     let mut rx = app.storage.subscribe(name).await?;
+    // Taken only before the first wait: a long-poll answered at once (catch-up data, a closed
+    // stream, a 404) never counts against the live-reader limits.
+    let mut slot = None;
     let deadline = Instant::now() + app.settings.long_poll_timeout;
     let chunk_bytes = app.settings.read_chunk_bytes;
     // The first read resets a sliding TTL (section 5.1) and returns data already there at once.
@@ -88,13 +98,16 @@ pub(crate) async fn long_poll<S: Storage>(
             let out = res.headers_mut();
             out.insert(header::CACHE_CONTROL, app.settings.cacheable.clone());
             out.insert(
-                h::STREAM_CURSOR,
+                names::STREAM_CURSOR.clone(),
                 HeaderValue::from(next_cursor(client_cursor)),
             );
             return Ok(res);
         }
         if chunk.closed {
             return Ok(no_content(pos, true, None));
+        }
+        if slot.is_none() {
+            slot = Some(app.live_readers.try_acquire(name)?);
         }
         match wait_change(&mut rx, pos, deadline, &app.shutdown).await {
             None => return Ok(no_content(pos, false, Some(next_cursor(client_cursor)))),
@@ -128,12 +141,15 @@ fn no_content(pos: Offset, closed: bool, cursor: Option<u64>) -> Response {
     *res.status_mut() = StatusCode::NO_CONTENT;
     let out = res.headers_mut();
     set_offset(out, pos);
-    out.insert(h::STREAM_UP_TO_DATE, HeaderValue::from_static("true"));
+    out.insert(
+        names::STREAM_UP_TO_DATE.clone(),
+        HeaderValue::from_static("true"),
+    );
     if closed {
         set_closed(out);
     }
     if let Some(c) = cursor {
-        out.insert(h::STREAM_CURSOR, HeaderValue::from(c));
+        out.insert(names::STREAM_CURSOR.clone(), HeaderValue::from(c));
     }
     set_no_store(out);
     res
@@ -147,16 +163,39 @@ struct SseConn<S> {
     pos: Offset,
     /// The stream incarnation this response follows.
     stream_id: u64,
-    pending: Option<Arc<ReadChunk>>,
+    pending: Option<Arc<SharedChunk>>,
     encoding: SseEncoding,
     json: bool,
     cursor: u64,
     /// The position of the last control event sent, so an idle tail is announced once.
     announced: Option<Offset>,
+    /// `pos` was the stream's tail when the records just sent were read: wait for the tail to
+    /// move before reading again (a read now would find nothing, one per subscriber).
+    at_tail: bool,
     close_at: Instant,
+    /// Fires at the next keep-alive or at `close_at`, whichever comes first. One timer for the
+    /// response's life, moved only when it fires, so delivering an event neither registers
+    /// nor cancels a timer.
+    tick: Pin<Box<Sleep>>,
+    /// When the last frame went out (a keep-alive is due `sse_keep_alive` after it).
+    last_sent: Instant,
+    /// Resolves once live reads are told to end; created once, polled by every wait.
+    live_end: LiveReadsEnd,
     done: bool,
     /// Counts this response in the SSE gauge until the body is dropped.
     _active: OwnedGaugeGuard,
+    /// Holds this response's live-reader slot until the body is dropped.
+    _slot: LiveReaderPermit,
+}
+
+/// Why an SSE response stopped waiting.
+enum Wake {
+    /// The tail moved, or the stream closed.
+    Changed,
+    /// Nothing was sent for a keep-alive interval.
+    KeepAlive,
+    /// The stream went away, the response reached its lifetime, or the server is draining.
+    End,
 }
 
 /// `GET ?live=sse`.
@@ -166,28 +205,38 @@ pub(crate) async fn sse<S: Storage>(
     offset: OffsetParam,
     client_cursor: Option<String>,
 ) -> Result<Response, ApiError> {
+    let slot = app.live_readers.try_acquire(&name)?;
     let rx = app.storage.subscribe(&name).await?;
     // Read once before answering, so a bad offset or a missing stream is a plain 4xx.
     let first = app
         .storage
         .read(&name, read_from(offset), app.settings.read_chunk_bytes)
         .await?;
-    let ct = first.content_type.clone();
-    let encoding = content_type::sse_encoding(&ct);
+    let encoding = content_type::sse_encoding(&first.content_type);
+    let json = content_type::is_json(&first.content_type);
+    let now = Instant::now();
+    let close_at = now + app.settings.sse_reconnect_interval;
     let conn = SseConn {
         app: App::clone(app),
         name,
         rx,
         pos: first.next,
         stream_id: first.stream_id,
-        pending: Some(Arc::new(first)),
+        pending: Some(Arc::new(SharedChunk::new(first))),
         encoding,
-        json: content_type::is_json(&ct),
+        json,
         cursor: next_cursor(client_cursor.as_deref()),
         announced: None,
-        close_at: Instant::now() + app.settings.sse_reconnect_interval,
+        at_tail: false,
+        close_at,
+        tick: Box::pin(tokio::time::sleep_until(
+            (now + app.settings.sse_keep_alive).min(close_at),
+        )),
+        last_sent: now,
+        live_end: app.shutdown.on_live_reads_end(),
         done: false,
         _active: app.metrics.sse(),
+        _slot: slot,
     };
     let stream = futures_util::stream::unfold(conn, |mut conn| async move {
         let frame = conn.next_frame().await?;
@@ -210,80 +259,145 @@ pub(crate) async fn sse<S: Storage>(
 }
 
 impl<S: Storage> SseConn<S> {
-    fn cursor(&mut self) -> String {
+    /// The cursor of the next control event: never behind the current interval.
+    fn cursor(&mut self) -> u64 {
         self.cursor = self.cursor.max(cursor::current_interval(now_secs()));
-        self.cursor.to_string()
+        self.cursor
     }
 
     /// The next bytes to send, or `None` to end the response.
     async fn next_frame(&mut self) -> Option<Bytes> {
+        let frame = self.next_frame_inner().await?;
+        self.last_sent = Instant::now();
+        Some(frame)
+    }
+
+    async fn next_frame_inner(&mut self) -> Option<Bytes> {
         loop {
             if self.done {
                 return None;
             }
-            let chunk = match self.pending.take() {
-                Some(c) => c,
-                // Every subscriber at this position woke for the same append: one read serves
-                // them all.
-                None => match self
-                    .app
-                    .shared_reads
-                    .read(
-                        &*self.app.storage,
-                        &self.name,
-                        self.stream_id,
-                        self.pos,
-                        self.app.settings.read_chunk_bytes,
-                    )
-                    .await
-                {
+            if !self.at_tail {
+                let chunk = match self.pending.take() {
                     Some(c) => c,
-                    // Deleted or expired under us: end the stream; a reconnect gets the 404.
-                    None => return None,
-                },
-            };
-            if !chunk.is_empty() {
-                self.app.metrics.record_read(chunk.len());
-                let mut frame = BytesMut::new();
-                frame.extend_from_slice(&if self.json {
-                    sse::json_data_event(&chunk.pieces)
-                } else {
-                    sse::data_event(&chunk.pieces, self.encoding)
-                });
-                frame.extend_from_slice(&self.control(&chunk));
+                    // Every subscriber at this position woke for the same append: one read
+                    // serves them all.
+                    None => {
+                        self.app
+                            .shared_reads
+                            .read(
+                                &*self.app.storage,
+                                &self.name,
+                                self.stream_id,
+                                self.pos,
+                                self.app.settings.read_chunk_bytes,
+                            )
+                            .await?
+                    } // `None`: deleted or expired under us: end the stream; a reconnect gets
+                      // the 404.
+                };
                 self.pos = chunk.next;
-                return Some(frame.freeze());
+                if !chunk.is_empty() {
+                    self.app.metrics.record_read(chunk.len());
+                    self.at_tail = chunk.up_to_date && !chunk.closed;
+                    return Some(self.data_frame(&chunk));
+                }
+                if chunk.closed || self.announced != Some(self.pos) {
+                    return Some(self.control_frame(&chunk));
+                }
             }
-            self.pos = chunk.next;
-            if chunk.closed || self.announced != Some(self.pos) {
-                return Some(self.control(&chunk));
-            }
+            self.at_tail = false;
             if self.app.shutdown.live_reads_ended() {
                 return None;
             }
-            let keep_alive = Instant::now() + self.app.settings.sse_keep_alive;
-            let until = keep_alive.min(self.close_at);
-            match wait_change(&mut self.rx, self.pos, until, &self.app.shutdown).await {
-                Some(tail) if tail.gone => return None,
-                Some(_) => {}
-                None if Instant::now() >= self.close_at => return None,
-                None if self.app.shutdown.live_reads_ended() => return None,
-                None => return Some(sse::keep_alive()),
+            match self.wait().await {
+                Wake::Changed => {}
+                Wake::KeepAlive => return Some(sse::keep_alive()),
+                Wake::End => return None,
             }
         }
     }
 
-    fn control(&mut self, chunk: &ReadChunk) -> Bytes {
+    /// Waits until the tail moves away from `pos` (or the stream closes or goes away), a
+    /// keep-alive is due, the response's lifetime ends, or live reads are told to end.
+    async fn wait(&mut self) -> Wake {
+        let keep_alive = self.app.settings.sse_keep_alive;
+        loop {
+            let pos = self.pos;
+            // Polled in order: a moved tail wins, and then the timer and the shutdown future
+            // (registered once, still armed) are not polled at all.
+            let woke = tokio::select! {
+                biased;
+                tail = self.rx.wait_for(|t| t.next != pos || t.closed || t.gone) => match tail {
+                    Ok(t) if !t.gone => Wake::Changed,
+                    // Removed, or the sender is gone with the stream.
+                    _ => Wake::End,
+                },
+                () = &mut self.live_end => Wake::End,
+                () = &mut self.tick => Wake::KeepAlive,
+            };
+            if !matches!(woke, Wake::KeepAlive) {
+                return woke;
+            }
+            let now = Instant::now();
+            if now >= self.close_at {
+                return Wake::End;
+            }
+            let due = self.last_sent + keep_alive;
+            if due <= now {
+                self.tick
+                    .as_mut()
+                    .reset((now + keep_alive).min(self.close_at));
+                return Wake::KeepAlive;
+            }
+            // Frames went out since the timer was set: nothing is due yet.
+            self.tick.as_mut().reset(due.min(self.close_at));
+        }
+    }
+
+    /// A data event and its control event, encoded once per chunk for every subscriber that
+    /// sends the same cursor.
+    fn data_frame(&mut self, chunk: &SharedChunk) -> Bytes {
+        let cursor = self.note_control(chunk);
+        let (json, encoding) = (self.json, self.encoding);
+        chunk.frame(cursor, || {
+            let data = if json {
+                sse::json_data_event(&chunk.pieces)
+            } else {
+                sse::data_event(&chunk.pieces, encoding)
+            };
+            let control = control_event(chunk, cursor);
+            let mut frame = BytesMut::with_capacity(data.len() + control.len());
+            frame.extend_from_slice(&data);
+            frame.extend_from_slice(&control);
+            frame.freeze()
+        })
+    }
+
+    /// A control event alone.
+    fn control_frame(&mut self, chunk: &ReadChunk) -> Bytes {
+        let cursor = self.note_control(chunk);
+        control_event(chunk, cursor)
+    }
+
+    /// Records that a control event for `chunk` is being sent; its cursor (`None` once closed).
+    fn note_control(&mut self, chunk: &ReadChunk) -> Option<u64> {
         self.announced = Some(chunk.next);
         if chunk.closed {
             self.done = true;
+            None
+        } else {
+            Some(self.cursor())
         }
-        let control = Control {
-            stream_next_offset: chunk.next.to_string(),
-            stream_cursor: (!chunk.closed).then(|| self.cursor()),
-            up_to_date: chunk.up_to_date,
-            stream_closed: chunk.closed,
-        };
-        sse::control_event(&control)
     }
+}
+
+/// The control event after `chunk`.
+fn control_event(chunk: &ReadChunk, cursor: Option<u64>) -> Bytes {
+    sse::control_event(&Control {
+        stream_next_offset: chunk.next.to_string(),
+        stream_cursor: cursor.map(|c| c.to_string()),
+        up_to_date: chunk.up_to_date,
+        stream_closed: chunk.closed,
+    })
 }

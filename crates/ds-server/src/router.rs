@@ -1,7 +1,10 @@
 //! The axum router: health endpoints, `/metrics`, the reserved `__ds` namespace, and the
 //! stream routes mounted at `http.stream_base_path`, wrapped in proxy trust and request spans.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::Router;
@@ -17,8 +20,10 @@ use crate::config::{CacheVisibility, Config, StreamNameLogging};
 use crate::cors::Cors;
 use crate::error::ApiError;
 use crate::handlers;
+use crate::limits::{HeaderLimits, LiveReaders};
 use crate::metrics::{Metrics, StorageGauges};
-use crate::proxy::{self, ProxyTrust};
+use crate::proxy::{self, ClientOrigin, ProxyTrust};
+use crate::ratelimit::{RateLimitSettings, RateLimiter};
 use crate::telemetry::{self, SpanSettings};
 
 /// The default mount path of the protocol.
@@ -51,6 +56,14 @@ pub struct RouterSettings {
     pub stream_names: StreamNameLogging,
     /// Serve `/metrics`.
     pub metrics_enabled: bool,
+    /// Header count and size limits of every request.
+    pub header_limits: HeaderLimits,
+    /// Most live reads (long-poll and SSE) open at once, in all.
+    pub max_live_readers: usize,
+    /// Most live reads open at once on one stream.
+    pub max_live_readers_per_stream: usize,
+    /// Per-client rate limiting, when on.
+    pub rate_limit: Option<RateLimitSettings>,
 }
 
 impl RouterSettings {
@@ -75,7 +88,10 @@ impl RouterSettings {
             sse_reconnect_interval: Duration::from_secs(
                 cfg.transport.connection.sse_reconnect_interval_secs,
             ),
-            sse_keep_alive: Duration::from_secs(15),
+            // Keep-alive comments also keep an idle SSE connection under the idle timeout.
+            sse_keep_alive: Duration::from_secs(
+                (cfg.transport.connection.effective_idle_timeout_secs() / 2).clamp(1, 15),
+            ),
             cacheable: HeaderValue::from_static(match visibility {
                 "private" => "private, max-age=60, stale-while-revalidate=300",
                 _ => "public, max-age=60, stale-while-revalidate=300",
@@ -84,6 +100,17 @@ impl RouterSettings {
             proxy: ProxyTrust::from_config(cfg),
             stream_names: cfg.observability.stream_names,
             metrics_enabled: cfg.observability.metrics_enabled,
+            header_limits: HeaderLimits {
+                max_count: cfg.limits.max_header_count,
+                max_bytes: cfg.limits.max_header_bytes,
+            },
+            max_live_readers: cfg.limits.max_live_readers,
+            max_live_readers_per_stream: cfg.limits.max_live_readers_per_stream,
+            rate_limit: (cfg.limits.rate_limit_requests_per_sec > 0).then_some(RateLimitSettings {
+                requests_per_sec: cfg.limits.rate_limit_requests_per_sec,
+                burst: cfg.limits.rate_limit_burst,
+                max_clients: cfg.limits.rate_limit_max_clients,
+            }),
         }
     }
 }
@@ -102,7 +129,10 @@ impl Default for RouterSettings {
 /// response end after its current event, so connections can drain.
 #[derive(Debug, Clone)]
 pub struct ShutdownToken {
-    draining: Arc<std::sync::atomic::AtomicBool>,
+    draining: Arc<AtomicBool>,
+    /// Set (before `live` is) once live reads are told to end: what a poll checks.
+    ended: Arc<AtomicBool>,
+    /// Wakes whoever waits for live reads to end.
     live: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
@@ -110,6 +140,7 @@ impl Default for ShutdownToken {
     fn default() -> Self {
         ShutdownToken {
             draining: Arc::default(),
+            ended: Arc::default(),
             live: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
@@ -124,26 +155,26 @@ impl ShutdownToken {
 
     /// Step one: `/readyz` answers `503` from now on.
     pub fn begin_drain(&self) {
-        self.draining
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.draining.store(true, Ordering::SeqCst);
     }
 
     /// Whether [`begin_drain`](Self::begin_drain) was called.
     #[must_use]
     pub fn is_draining(&self) -> bool {
-        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Step two: live reads return now (implies [`begin_drain`](Self::begin_drain)).
     pub fn end_live_reads(&self) {
         self.begin_drain();
+        self.ended.store(true, Ordering::SeqCst);
         self.live.send_replace(true);
     }
 
     /// Whether live reads were told to end.
     #[must_use]
     pub fn live_reads_ended(&self) -> bool {
-        *self.live.borrow()
+        self.ended.load(Ordering::SeqCst)
     }
 
     /// Resolves once live reads are told to end.
@@ -151,6 +182,50 @@ impl ShutdownToken {
         let mut rx = self.live.subscribe();
         // The sender lives in `self`, so `wait_for` cannot fail while we hold it.
         let _ = rx.wait_for(|ended| *ended).await;
+    }
+
+    /// [`live_reads_end`](Self::live_reads_end) for a future that sits in a long-lived task
+    /// and is polled on each of its wake-ups (every event of an SSE response): see
+    /// [`LiveReadsEnd`].
+    pub(crate) fn on_live_reads_end(&self) -> LiveReadsEnd {
+        let token = self.clone();
+        LiveReadsEnd {
+            ended: Arc::clone(&self.ended),
+            wait: Box::pin(async move { token.live_reads_end().await }),
+            waker: None,
+        }
+    }
+}
+
+/// Resolves once live reads are told to end, cheaply when polled again and again.
+///
+/// Waiting on the shutdown `watch` means a waiter in its list, behind one lock shared by every
+/// connection; polling that waiter again takes the lock again. Here the waiter is registered on
+/// the first poll (and again only if the task's waker changes) and every later poll is one
+/// atomic load, so thousands of SSE responses woken for each event do not queue on that lock.
+pub(crate) struct LiveReadsEnd {
+    ended: Arc<AtomicBool>,
+    /// The registered wait; it wakes the task when live reads end.
+    wait: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The waker `wait` was last polled with.
+    waker: Option<Waker>,
+}
+
+impl Future for LiveReadsEnd {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        // `end_live_reads` sets the flag before it wakes the waiters, so a wake-up from `wait`
+        // always finds it set.
+        if this.ended.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        if this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        this.waker = Some(cx.waker().clone());
+        this.wait.as_mut().poll(cx)
     }
 }
 
@@ -167,6 +242,8 @@ pub struct AppState<S> {
     pub metrics: Arc<Metrics>,
     /// Reads shared by live readers waiting at the same position.
     pub(crate) shared_reads: crate::shared_read::SharedReads,
+    /// Open live reads, against `max_live_readers` and `max_live_readers_per_stream`.
+    pub(crate) live_readers: Arc<LiveReaders>,
 }
 
 /// Handle to [`AppState`] given to every handler.
@@ -212,7 +289,13 @@ pub(crate) fn build_router_with_metrics<S: Storage>(
         },
         cors: Cors::new(&settings.cors_origins),
         reserved_prefix: format!("{base}/__ds"),
+        header_limits: settings.header_limits,
+        rate_limiter: settings.rate_limit.map(RateLimiter::new),
     });
+    let live_readers = Arc::new(LiveReaders::new(
+        settings.max_live_readers,
+        settings.max_live_readers_per_stream,
+    ));
     let metrics_enabled = settings.metrics_enabled;
     let state: App<S> = Arc::new(AppState {
         storage,
@@ -220,6 +303,7 @@ pub(crate) fn build_router_with_metrics<S: Storage>(
         shutdown,
         metrics,
         shared_reads: crate::shared_read::SharedReads::default(),
+        live_readers,
     });
     let mut router = Router::new()
         .route("/healthz", get(healthz))
@@ -248,11 +332,34 @@ struct Edge {
     cors: Cors,
     /// `{base}/__ds`: requests under it need the public origin.
     reserved_prefix: String,
+    header_limits: HeaderLimits,
+    rate_limiter: Option<RateLimiter>,
+}
+
+impl Edge {
+    /// The checks every request passes before routing: header limits, then the client's rate
+    /// (health and metrics endpoints are never rate limited, so probes keep working).
+    fn admit(&self, req: &Request) -> Result<(), ApiError> {
+        self.header_limits.check(req.headers())?;
+        if let Some(limiter) = &self.rate_limiter
+            && !matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics")
+            && let Some(client) = req
+                .extensions()
+                .get::<ClientOrigin>()
+                .and_then(|o| o.address)
+        {
+            limiter.check(client).map_err(|l| ApiError::RateLimited {
+                retry_after_secs: l.retry_after_secs(),
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// The one middleware of the router, in this order: proxy trust resolves the client, the
-/// request span and metrics wrap the rest, a CORS preflight is answered at once (anything else
-/// is routed), and the response gets the CORS and browser security headers.
+/// request span and metrics wrap the rest, header limits and the client's rate are checked
+/// (see [`Edge::admit`]), a CORS preflight is answered at once (anything else is routed), and
+/// the response gets the CORS and browser security headers.
 ///
 /// One layer instead of four: each `from_fn` layer boxes a future and clones the inner service
 /// per request, which showed in the append profile.
@@ -263,6 +370,11 @@ async fn edge_layer(State(edge): State<Arc<Edge>>, mut req: Request, next: Next)
     let preflight = req.method() == Method::OPTIONS;
     let span = telemetry::RequestSpan::open(&edge.spans, &req);
     let inner = async {
+        if let Err(refused) = edge.admit(&req) {
+            let mut res = refused.into_response();
+            edge.cors.apply(decision, res.headers_mut());
+            return res;
+        }
         if preflight {
             let mut res = StatusCode::NO_CONTENT.into_response();
             edge.cors.apply_preflight(decision, res.headers_mut());
@@ -334,6 +446,10 @@ async fn reserved_namespace() -> ApiError {
     ApiError::NoRoute
 }
 
+/// `Cross-Origin-Resource-Policy`, parsed once (not on every response).
+static CROSS_ORIGIN_RESOURCE_POLICY: HeaderName =
+    HeaderName::from_static("cross-origin-resource-policy");
+
 /// Browser security headers of PROTOCOL.md section 12.7, on every response.
 fn security_headers(headers: &mut axum::http::HeaderMap) {
     headers.insert(
@@ -341,7 +457,39 @@ fn security_headers(headers: &mut axum::http::HeaderMap) {
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(
-        HeaderName::from_static("cross-origin-resource-policy"),
+        CROSS_ORIGIN_RESOURCE_POLICY.clone(),
         HeaderValue::from_static("cross-origin"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+
+    #[tokio::test]
+    async fn a_live_reads_end_polled_again_is_still_woken_at_shutdown() {
+        let token = ShutdownToken::new();
+        let mut end = token.on_live_reads_end();
+        // The first poll registers the wait; the second takes the path without the lock.
+        for _ in 0..2 {
+            let pending =
+                std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut end).poll(cx).is_pending()))
+                    .await;
+            assert!(pending, "live reads have not ended yet");
+        }
+        let trigger = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            trigger.end_live_reads();
+        });
+        tokio::time::timeout(Duration::from_secs(5), end)
+            .await
+            .expect("the registered wait wakes the task when live reads end");
+        assert!(token.live_reads_ended());
+        // Created after the fact, it resolves at once.
+        tokio::time::timeout(Duration::from_secs(5), token.on_live_reads_end())
+            .await
+            .expect("already ended");
+    }
 }

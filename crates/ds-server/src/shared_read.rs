@@ -12,11 +12,17 @@
 //! key carries the stream's incarnation, so a stream deleted and created again under the same
 //! name is never mixed up with its predecessor. Entries older than [`FRESH_FOR`] are dropped at
 //! most once per [`FRESH_FOR`], so the map holds only the positions read in the last moments.
+//!
+//! A shared read also carries the one encoded SSE frame of its records (see
+//! [`SharedChunk::frame`]): the subscribers woken by one append send the same `Bytes`, encoded
+//! once, instead of each encoding its own copy.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ds_protocol::{Offset, StreamName};
 use ds_storage::{ReadChunk, ReadFrom, Storage};
 use tokio::sync::OnceCell;
@@ -26,7 +32,55 @@ const FRESH_FOR: Duration = Duration::from_millis(250);
 
 /// A read shared by the readers at one position: `None` when the read failed or found another
 /// incarnation of the stream (each reader then ends, as after its own failed read).
-type Cell = Arc<OnceCell<Option<Arc<ReadChunk>>>>;
+type Cell = Arc<OnceCell<Option<Arc<SharedChunk>>>>;
+
+/// A read result shared by live readers, with the frame encoded for them once.
+#[derive(Debug)]
+pub(crate) struct SharedChunk {
+    chunk: ReadChunk,
+    /// The encoded frame and the key (an SSE cursor) it was encoded for.
+    frame: OnceLock<(Option<u64>, Bytes)>,
+}
+
+impl SharedChunk {
+    /// Wraps a read result.
+    pub(crate) fn new(chunk: ReadChunk) -> Self {
+        SharedChunk {
+            chunk,
+            frame: OnceLock::new(),
+        }
+    }
+
+    /// The frame of this chunk for `key`: the one encoded by the first caller when it used the
+    /// same key (a shared `Bytes`, no copy), otherwise `encode()`'s own.
+    ///
+    /// The frame must be a function of the chunk and `key` alone. The first key asked for is
+    /// the one kept: every subscriber without a cursor of its own sends the current cursor
+    /// interval, so they all share it; a client whose cursor is ahead gets its own frame.
+    pub(crate) fn frame(&self, key: Option<u64>, encode: impl FnOnce() -> Bytes) -> Bytes {
+        if let Some((k, frame)) = self.frame.get() {
+            return if *k == key { frame.clone() } else { encode() };
+        }
+        let mut encode = Some(encode);
+        let (k, frame) = self.frame.get_or_init(|| {
+            let encode = encode.take().expect("get_or_init runs its closure once");
+            (key, encode())
+        });
+        match encode {
+            // Another caller's frame went in first, for another key.
+            Some(encode) if *k != key => encode(),
+            _ => frame.clone(),
+        }
+    }
+}
+
+impl Deref for SharedChunk {
+    type Target = ReadChunk;
+
+    fn deref(&self) -> &ReadChunk {
+        &self.chunk
+    }
+}
 
 /// Where a live reader reads next: the stream incarnation (its `stream_id`) and the position.
 type Key = (StreamName, u64, Offset);
@@ -67,7 +121,7 @@ impl SharedReads {
         stream_id: u64,
         pos: Offset,
         max_bytes: usize,
-    ) -> Option<Arc<ReadChunk>> {
+    ) -> Option<Arc<SharedChunk>> {
         let cell = {
             let now = Instant::now();
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
@@ -86,12 +140,19 @@ impl SharedReads {
             }
             Arc::clone(&entry.0)
         };
+        // The store read is boxed, and only by the one caller that runs it: every caller's
+        // future stays small (an SSE response holds this one in its body for its whole life),
+        // and the callers that share the result allocate nothing.
         let chunk = cell
-            .get_or_init(|| async {
-                match storage.read(name, ReadFrom::At(pos), max_bytes).await {
-                    Ok(chunk) if chunk.stream_id == stream_id => Some(Arc::new(chunk)),
-                    _ => None,
-                }
+            .get_or_init(|| {
+                Box::pin(async move {
+                    match storage.read(name, ReadFrom::At(pos), max_bytes).await {
+                        Ok(chunk) if chunk.stream_id == stream_id => {
+                            Some(Arc::new(SharedChunk::new(chunk)))
+                        }
+                        _ => None,
+                    }
+                })
             })
             .await
             .clone();
@@ -202,6 +263,36 @@ mod tests {
             1,
             "the stale entry was replaced, not kept beside"
         );
+    }
+
+    #[test]
+    fn a_frame_is_encoded_once_per_key_and_shared() {
+        let chunk = SharedChunk::new(ReadChunk {
+            stream_id: 1,
+            content_type: "text/plain".to_owned(),
+            start: Offset::ZERO,
+            next: Offset::new(1, 5),
+            pieces: vec![Bytes::from_static(b"hello")],
+            up_to_date: true,
+            closed: false,
+        });
+        let mut encoded = 0;
+        let mut encode = |text: &'static str| {
+            encoded += 1;
+            Bytes::copy_from_slice(text.as_bytes())
+        };
+        let first = chunk.frame(Some(7), || encode("cursor 7"));
+        let again = chunk.frame(Some(7), || encode("not used"));
+        assert_eq!(again, first);
+        assert_eq!(
+            again.as_ptr(),
+            first.as_ptr(),
+            "the same key gets the same bytes, not a copy"
+        );
+        let other = chunk.frame(Some(8), || encode("cursor 8"));
+        assert_eq!(other, "cursor 8", "another key gets its own frame");
+        assert_eq!(chunk.frame(Some(7), || encode("not used")), "cursor 7");
+        assert_eq!(encoded, 2, "one encoding per distinct key asked for");
     }
 
     #[tokio::test]

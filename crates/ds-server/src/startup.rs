@@ -213,6 +213,17 @@ pub async fn run_with<S: Storage>(
     let opts = ServeOptions {
         drain_timeout: Duration::from_secs(cfg.server.drain_timeout_secs),
         shutdown_delay: Duration::from_secs(cfg.server.shutdown_delay_secs),
+        max_connections: cfg.server.max_connections,
+        conn: transport::ConnLimits {
+            header_read_timeout: Duration::from_secs(
+                cfg.transport.connection.header_read_timeout_secs,
+            ),
+            idle_timeout: Duration::from_secs(
+                cfg.transport.connection.effective_idle_timeout_secs(),
+            ),
+            max_header_bytes: cfg.limits.max_header_bytes,
+            max_header_count: cfg.limits.max_header_count,
+        },
     };
     transport::serve(listener, tls, router, metrics, token, opts, trigger).await;
     if let Some(on_drained) = extras.on_drained {
@@ -291,6 +302,21 @@ pub fn summary(cfg: &Config, local: std::net::SocketAddr) -> String {
             )
         } else {
             "no forwarded headers trusted".to_owned()
+        }
+    ));
+    let limits = &cfg.limits;
+    lines.push(format!(
+        "  limits:     {} connections, {} live readers ({} per stream), rate limit {}",
+        cfg.server.max_connections,
+        limits.max_live_readers,
+        limits.max_live_readers_per_stream,
+        if limits.rate_limit_requests_per_sec == 0 {
+            "off".to_owned()
+        } else {
+            format!(
+                "{}/s per client (burst {})",
+                limits.rate_limit_requests_per_sec, limits.rate_limit_burst
+            )
         }
     ));
     lines.push(format!(

@@ -9,19 +9,41 @@
 //!    connection is told to finish its in-flight requests and close (HTTP/2 sends GOAWAY).
 //! 4. The loop waits for connections to close, at most `server.drain_timeout_secs`; a second
 //!    signal stops waiting at once.
+//!
+//! Connection limits, so slow or hostile clients cannot pin the server:
+//!
+//! - At most `server.max_connections` connections are open at once, plain and TLS alike (a
+//!   slot is taken before `accept`, so a TLS handshake holds one too). When all are taken the
+//!   listener is not polled: new connections wait in the kernel's listen backlog and are
+//!   accepted, in order, as slots free up.
+//! - An HTTP/1.1 request head must arrive within `transport.connection.header_read_timeout_secs`
+//!   of the connection starting to wait for it (hyper's header read timeout), so a client
+//!   trickling header bytes, or idling between keep-alive requests, is cut off.
+//! - A connection on which no byte moves either way for
+//!   `transport.connection.idle_timeout_secs` is closed (a stalled upload, a client that stops
+//!   reading, an idle HTTP/2 connection). Live reads stay above it: long-polls answer sooner
+//!   and SSE sends keep-alive comments.
+//! - A request head past hyper's hard bounds (more bytes than twice `limits.max_header_bytes`
+//!   plus 16 KiB, or more fields than the larger of `limits.max_header_count` and 100) gets
+//!   hyper's bare `431` and the connection closes; a head within them reaches the router, which
+//!   answers `431` with a problem body past the configured limits.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tower::ServiceExt;
 
 use crate::metrics::Metrics;
@@ -39,6 +61,37 @@ pub(crate) struct ServeOptions {
     pub(crate) drain_timeout: Duration,
     /// Time between `/readyz` turning `503` and the listener closing.
     pub(crate) shutdown_delay: Duration,
+    /// Most connections open at once.
+    pub(crate) max_connections: usize,
+    /// Per-connection limits.
+    pub(crate) conn: ConnLimits,
+}
+
+/// Limits applied to every connection (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnLimits {
+    /// `transport.connection.header_read_timeout_secs`.
+    pub(crate) header_read_timeout: Duration,
+    /// `transport.connection.idle_timeout_secs`.
+    pub(crate) idle_timeout: Duration,
+    /// `limits.max_header_bytes`.
+    pub(crate) max_header_bytes: usize,
+    /// `limits.max_header_count`.
+    pub(crate) max_header_count: usize,
+}
+
+/// hyper's own limit on header fields when none is set (parsed on the stack; a larger limit
+/// moves the parse to the heap for every request).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
+impl ConnLimits {
+    /// hyper's hard bound on a request head in bytes (request line included): well above the
+    /// router's check, so heads near the limit get a problem body.
+    fn hard_head_bytes(self) -> usize {
+        self.max_header_bytes
+            .saturating_mul(2)
+            .saturating_add(16 * 1024)
+    }
 }
 
 /// What starts (and, a second time, forces) shutdown.
@@ -96,6 +149,9 @@ struct ConnCtx<'a> {
     metrics: Arc<Metrics>,
     graceful: &'a GracefulShutdown,
     token: ShutdownToken,
+    /// One permit per open connection (`server.max_connections`).
+    slots: Arc<Semaphore>,
+    limits: ConnLimits,
 }
 
 impl ConnCtx<'_> {
@@ -104,12 +160,18 @@ impl ConnCtx<'_> {
     /// Plain and TLS connections are spawned as different futures: a task's allocation is the
     /// size of its largest state, and a plain connection should not carry the room of a TLS
     /// handshake for its whole life (it showed as 4 KiB per idle SSE subscriber).
-    fn spawn(&self, tcp: TcpStream, peer: SocketAddr) {
-        let guard = self.metrics.connection();
+    fn spawn(&self, tcp: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
+        let guard = (self.metrics.connection(), slot);
         let router = self.router.clone();
         let watcher = self.graceful.watcher();
         let token = self.token.clone();
+        let limits = self.limits;
         let _ = tcp.set_nodelay(true);
+        let active = Arc::new(AtomicBool::new(true));
+        let tcp = Tracked {
+            inner: tcp,
+            active: Arc::clone(&active),
+        };
         let Some(tls) = self.tls.clone() else {
             let info = ConnectionInfo {
                 peer,
@@ -118,7 +180,13 @@ impl ConnCtx<'_> {
             };
             tokio::spawn(async move {
                 let _guard = guard;
-                serve_io(TokioIo::new(tcp), info, false, router, watcher, token).await;
+                let conn = Conn {
+                    info,
+                    h2: false,
+                    active,
+                    limits,
+                };
+                serve_io(TokioIo::new(tcp), conn, router, watcher, token).await;
             });
             return;
         };
@@ -146,49 +214,68 @@ impl ConnCtx<'_> {
                 tls: true,
                 client_verified: session.peer_certificates().is_some_and(|c| !c.is_empty()),
             };
-            // Boxed: the serving state is allocated once the handshake state is gone.
-            Box::pin(serve_io(
-                TokioIo::new(stream),
+            let conn = Conn {
                 info,
                 h2,
-                router,
-                watcher,
-                token,
-            ))
-            .await;
+                active,
+                limits,
+            };
+            // Boxed: the serving state is allocated once the handshake state is gone.
+            Box::pin(serve_io(TokioIo::new(stream), conn, router, watcher, token)).await;
         });
     }
 }
+
+/// The future of one request through the router, boxed (see [`serve_io`]).
+type RouterFuture = Pin<
+    Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
+>;
 
 /// Grace, after the drain starts, for a connection that has not sent a single request (an
 /// HTTP/2 client that never sent its preface cannot be told to go away).
 const SILENT_CONNECTION_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves one connection until it closes (or drains after shutdown).
+/// What [`serve_io`] knows about its connection.
+struct Conn {
+    info: ConnectionInfo,
+    /// HTTP/2 was chosen by ALPN.
+    h2: bool,
+    /// Set by [`Tracked`] whenever bytes move; cleared by [`idle_watch`].
+    active: Arc<AtomicBool>,
+    limits: ConnLimits,
+}
+
+/// Serves one connection until it closes, goes idle (see [`idle_watch`]), or drains after
+/// shutdown.
 ///
 /// HTTP/1.1 is served by hyper's `http1` connection directly, HTTP/2 (chosen by ALPN) by its
 /// `http2` connection: each future holds only its own protocol's state.
-async fn serve_io<I>(
-    io: I,
-    info: ConnectionInfo,
-    h2: bool,
-    router: Router,
-    watcher: Watcher,
-    token: ShutdownToken,
-) where
+async fn serve_io<I>(io: I, conn: Conn, router: Router, watcher: Watcher, token: ShutdownToken)
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let Conn {
+        info,
+        h2,
+        active,
+        limits,
+    } = conn;
     let served = Arc::new(AtomicBool::new(false));
     let svc = {
         let served = Arc::clone(&served);
         hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             served.store(true, Ordering::Relaxed);
             req.extensions_mut().insert(info);
-            router.clone().oneshot(req)
+            // Boxed: hyper keeps one allocation the size of this future for the connection's
+            // whole life (its in-flight slot). A pointer there, and the request's state freed
+            // once the response is ready, keeps that out of every idle live-read connection.
+            let fut: RouterFuture = Box::pin(router.clone().oneshot(req));
+            fut
         })
     };
     let silent_cut = async {
-        token.live_reads_end().await;
+        // Polled on every wake-up of the connection: one atomic load after the first poll.
+        token.on_live_reads_end().await;
         tokio::time::sleep(SILENT_CONNECTION_GRACE).await;
         if served.load(Ordering::Relaxed) {
             std::future::pending::<()>().await;
@@ -198,17 +285,24 @@ async fn serve_io<I>(
         if h2 {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(limits.hard_head_bytes()).unwrap_or(u32::MAX))
                 .serve_connection(io, svc);
             watcher.watch(conn).await
         } else {
-            let conn = hyper::server::conn::http1::Builder::new()
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
                 .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_header_size(limits.hard_head_bytes())
                 // No read to detect a client's EOF while a response streams: that read needs an
                 // 8 KiB buffer per connection, which idle SSE subscribers would all hold. A
                 // client that went away is noticed on the next write instead (SSE keep-alives
                 // every 15 s, long-polls end within their timeout).
-                .half_close(true)
-                .serve_connection(io, svc);
+                .half_close(true);
+            if limits.max_header_count > HYPER_DEFAULT_MAX_HEADERS {
+                builder.max_headers(limits.max_header_count);
+            }
+            let conn = builder.serve_connection(io, svc);
             watcher.watch(conn).await
         }
     };
@@ -221,6 +315,93 @@ async fn serve_io<I>(
         () = silent_cut => {
             tracing::debug!(client.address = %info.peer, "closed a connection that sent no request");
         }
+        () = idle_watch(&active, limits.idle_timeout) => {
+            tracing::debug!(client.address = %info.peer, "closed an idle connection");
+        }
+    }
+}
+
+/// Checks of `active` per idle timeout: a connection is closed after between one and
+/// `1 + 1/IDLE_CHECKS` idle timeouts without a byte moving.
+const IDLE_CHECKS: u32 = 4;
+
+/// Resolves once no byte has moved on the connection for `idle` (give or take a quarter).
+///
+/// [`Tracked`] sets `active` on every read or write that moves bytes; this clears it every
+/// quarter of `idle` and gives up after four quarters in a row found it clear. One relaxed
+/// store per I/O call and one timer per connection, instead of a clock read per call.
+async fn idle_watch(active: &AtomicBool, idle: Duration) {
+    let tick = idle / IDLE_CHECKS;
+    let mut quiet = 0;
+    loop {
+        tokio::time::sleep(tick).await;
+        if active.swap(false, Ordering::Relaxed) {
+            quiet = 0;
+        } else {
+            quiet += 1;
+            if quiet >= IDLE_CHECKS {
+                return;
+            }
+        }
+    }
+}
+
+/// A socket that records, in `active`, that bytes moved (for [`idle_watch`]).
+struct Tracked<T> {
+    inner: T,
+    active: Arc<AtomicBool>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.active.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.active.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.active.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -228,10 +409,20 @@ async fn serve_io<I>(
 async fn accept_until(listener: &TcpListener, ctx: &ConnCtx<'_>, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     loop {
+        // A slot first: while every slot is taken the listener is not polled, and new
+        // connections wait in the kernel's backlog.
+        let slot = tokio::select! {
+            () = &mut stop => return,
+            slot = Arc::clone(&ctx.slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                // The semaphore is never closed; stop accepting if it ever is.
+                Err(_) => return,
+            },
+        };
         tokio::select! {
             () = &mut stop => return,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => ctx.spawn(tcp, peer),
+                Ok((tcp, peer)) => ctx.spawn(tcp, peer, slot),
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -262,6 +453,10 @@ pub(crate) async fn serve(
             metrics,
             graceful: &graceful,
             token: token.clone(),
+            slots: Arc::new(Semaphore::new(
+                opts.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            )),
+            limits: opts.conn,
         };
         accept_until(&listener, &ctx, trigger.next()).await;
         token.begin_drain();

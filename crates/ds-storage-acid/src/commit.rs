@@ -1,5 +1,8 @@
 //! Group commit: one committer thread per shard applies every queued operation of its shard
-//! in one write transaction and commits it once, with `Durability::Immediate` (fsync).
+//! in one write transaction and commits it once, with `Durability::Immediate` (fsync). In
+//! bulk-load mode ([`AcidOptions::bulk_load`](crate::AcidOptions::bulk_load)) batches commit
+//! with `Durability::None` instead, and the committer's last act is one durable commit that
+//! syncs them all (`sync_bulk_load`).
 //!
 //! The loop: block for the first operation, take every other one already queued (that is the
 //! batch: while one commit runs the next batch accumulates, so batches grow with load and no
@@ -51,12 +54,15 @@ use crate::schema::{
     KEY_NEXT_ID, META, PRODUCERS, RECORDS, STREAMS, StoredFork, StreamMeta, encode_record,
     stream_id,
 };
-use crate::shard::Shared;
+use crate::shard::{Shard, Shared};
 
 /// Upper bound on operations in one transaction.
 const MAX_BATCH_OPS: usize = 4096;
 /// Upper bound on payload bytes in one transaction (a batch may exceed it by one operation).
 const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+/// How often a committer whose shard a full disk broke tries to reopen its database while no
+/// batch comes.
+const REOPEN_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Where a waiter's answer goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
@@ -79,6 +85,13 @@ pub(crate) enum Op {
     },
     /// Delete (or soft-delete) a stream of this shard.
     Delete { name: StreamName, reply: Reply<()> },
+    /// Replace a stream's writer state (`Storage::restore_writer`): its row's writer fields
+    /// and all its producer rows.
+    RestoreWriter {
+        entry: Arc<Entry>,
+        writer: Box<WriterState>,
+        reply: Reply<()>,
+    },
     /// Soft-delete or remove a stream that expired or lost its last fork.
     Reclaim {
         entry: Arc<Entry>,
@@ -116,7 +129,29 @@ pub(crate) fn spawn(
 fn run(shared: Arc<Shared>, index: usize, mut rx: mpsc::UnboundedReceiver<Op>, next: u64) {
     let mut next_counter = next;
     let mut done = None;
-    while let Some(first) = rx.blocking_recv() {
+    loop {
+        let own = &shared.shards[index];
+        let first = if own.needs_reopen() {
+            // A full disk broke the shard and its database could not be reopened yet: try
+            // again on a timer, not only when a batch comes, so reads work again (and
+            // `is_ready` turns true) once space is freed even if nobody writes.
+            match rx.try_recv() {
+                Ok(op) => op,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    std::thread::sleep(REOPEN_RETRY);
+                    if own.needs_reopen() && rx.is_empty() {
+                        let _ = own.reopen(next_counter);
+                    }
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+        } else {
+            match rx.blocking_recv() {
+                Some(op) => op,
+                None => break,
+            }
+        };
         let mut bytes = first.payload_len();
         let mut ops = vec![first];
         while ops.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
@@ -135,6 +170,9 @@ fn run(shared: Arc<Shared>, index: usize, mut rx: mpsc::UnboundedReceiver<Op>, n
                 done = Some(d);
             }
             run_batch(&shared, index, &mut next_counter, ops);
+            if shared.bulk_load {
+                sync_bulk_load(&shared.shards[index]);
+            }
             break;
         }
         run_batch(&shared, index, &mut next_counter, ops);
@@ -175,11 +213,23 @@ struct Pending {
     /// Rewrite the `streams` row at the end of the batch.
     meta_dirty: bool,
     producers_dirty: Vec<String>,
-    /// Wake the stream's live readers after commit.
-    publish: bool,
+    /// Whether and when to wake the stream's live readers after commit.
+    publish: Publish,
     removed: bool,
     /// The `last_access_ms` written with the row.
     access_written: Option<u64>,
+}
+
+/// When a committed batch wakes a stream's live readers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Publish {
+    /// Not at all: nothing they see changed.
+    No,
+    /// After the writers are answered (appends: answering first keeps their latency low).
+    AfterAnswers,
+    /// Before the writers are answered: `restore_writer` promises that a closure it applies
+    /// is seen by live readers when it returns. (Publishing again after is a no-op.)
+    BeforeAnswers,
 }
 
 /// A change to shared entry flags made before commit, undone if the commit fails.
@@ -200,6 +250,7 @@ enum Answer {
     Create(Reply<CreateOutcome>, Result<CreateOutcome>),
     Append(Reply<AppendOutcome>, Result<AppendOutcome>),
     Delete(Reply<()>, Result<()>),
+    Restore(Reply<()>, Result<()>),
     Reclaim(Reply<Status>, Result<Status>),
 }
 
@@ -209,7 +260,7 @@ impl Answer {
         match self {
             Answer::Create(tx, r) => drop(tx.send(r)),
             Answer::Append(tx, r) => drop(tx.send(r)),
-            Answer::Delete(tx, r) => drop(tx.send(r)),
+            Answer::Delete(tx, r) | Answer::Restore(tx, r) => drop(tx.send(r)),
             Answer::Reclaim(tx, r) => drop(tx.send(r)),
         }
     }
@@ -219,6 +270,7 @@ impl Answer {
             Answer::Create(tx, _) => Answer::Create(tx, Err(failure.to_error())),
             Answer::Append(tx, _) => Answer::Append(tx, Err(failure.to_error())),
             Answer::Delete(tx, _) => Answer::Delete(tx, Err(failure.to_error())),
+            Answer::Restore(tx, _) => Answer::Restore(tx, Err(failure.to_error())),
             Answer::Reclaim(tx, _) => Answer::Reclaim(tx, Err(failure.to_error())),
         }
     }
@@ -261,15 +313,9 @@ fn run_batch(shared: &Shared, index: usize, next_counter: &mut u64, ops: Vec<Op>
         after: Vec::new(),
         answers: Vec::new(),
     };
-    let broken = own.failure();
-    let failure = match broken.map_or_else(
-        || {
-            own.db
-                .begin_write()
-                .map_err(|e| Failure::new("begin write transaction", e))
-        },
-        Err,
-    ) {
+    // Whether the failure came from `commit` itself, which may have reached the disk.
+    let mut in_commit = false;
+    let failure = match begin_write(own, *next_counter) {
         Err(failure) => {
             for op in ops {
                 batch.skip(op);
@@ -278,7 +324,7 @@ fn run_batch(shared: &Shared, index: usize, next_counter: &mut u64, ops: Vec<Op>
         }
         Ok(mut txn) => {
             let mut failure = txn
-                .set_durability(Durability::Immediate)
+                .set_durability(batch_durability(shared))
                 .err()
                 .map(|e| Failure::new("set durability", e));
             if failure.is_none() {
@@ -306,17 +352,18 @@ fn run_batch(shared: &Shared, index: usize, next_counter: &mut u64, ops: Vec<Op>
                 None => {
                     let started = Instant::now();
                     let result = txn.commit();
-                    if result.is_ok() {
-                        let micros =
-                            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        own.commit_micros.fetch_add(micros, Ordering::Relaxed);
+                    if result.is_ok() && !shared.bulk_load {
+                        own.count_sync(started);
                     }
+                    in_commit = result.is_err();
                     result.err().map(|e| Failure::new("commit", e))
                 }
                 Some(f) => {
-                    // Nothing of the batch may land; an abort failure changes nothing for
-                    // the waiters, who get `f`.
-                    let _ = txn.abort();
+                    // Nothing of the batch may land. Dropping the transaction aborts it, and
+                    // unlike `abort()` it also copes with a storage failure inside the
+                    // transaction (redb asserts in `abort()` after a failed file growth, a
+                    // full disk).
+                    drop(txn);
                     Some(f)
                 }
             }
@@ -338,9 +385,72 @@ fn run_batch(shared: &Shared, index: usize, next_counter: &mut u64, ops: Vec<Op>
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 failed.get_or_insert_with(|| failure.clone());
             }
-            batch.failed(&failure);
+            let counter = *next_counter;
+            batch.failed(&failure, || {
+                if !failure.is_full() {
+                    return None;
+                }
+                // redb now refuses every read of this database too: reopen it before
+                // answering, so a client told "storage full" can read the stream at once.
+                // If the disk is too full even for that, the committer retries.
+                let reopened = own.reopen(counter);
+                match reopened {
+                    // A commit that failed may still have reached the disk (its header
+                    // written, the fsync failed): only the reopened database, checked
+                    // against the committed state, says that nothing was written.
+                    Err(why) if in_commit => Some(failure.outcome_unknown(&why)),
+                    _ => None,
+                }
+            });
         }
     }
+}
+
+/// How a batch commits: synced, or not at all in bulk-load mode.
+fn batch_durability(shared: &Shared) -> Durability {
+    if shared.bulk_load {
+        Durability::None
+    } else {
+        Durability::Immediate
+    }
+}
+
+/// Ends a committer in bulk-load mode: one empty transaction committed with
+/// `Durability::Immediate` makes every earlier unsynced commit of the shard durable (redb
+/// persists them with the next durable commit). Skipped when a failure broke the shard: its
+/// database then holds its last durable state. Nobody is left to tell of a failure; redb
+/// tries the same once more when the database closes.
+fn sync_bulk_load(own: &Shard) {
+    if own.failure().is_some() {
+        return;
+    }
+    let Ok(db) = own.db() else {
+        return;
+    };
+    let Ok(mut txn) = db.begin_write() else {
+        return;
+    };
+    if txn.set_durability(Durability::Immediate).is_err() {
+        return;
+    }
+    let started = Instant::now();
+    if txn.commit().is_ok() {
+        own.count_sync(started);
+    }
+}
+
+/// Begins the batch's write transaction, unless an I/O failure broke the shard. A shard a full
+/// disk broke reopens first, before each batch until that succeeds: once space is freed,
+/// writes carry on without a restart.
+fn begin_write(own: &Shard, next_counter: u64) -> Result<WriteTransaction, Failure> {
+    if let Some(broken) = own.failure()
+        && !(own.needs_reopen() && own.reopen(next_counter).is_ok())
+    {
+        return Err(broken);
+    }
+    own.db()?
+        .begin_write()
+        .map_err(|e| Failure::new("begin write transaction", e))
 }
 
 struct Batch<'s> {
@@ -379,6 +489,14 @@ impl Batch<'_> {
             Op::Delete { name, reply } => {
                 let r = self.delete(t, &name);
                 self.answer(r, |r| Answer::Delete(reply, r))
+            }
+            Op::RestoreWriter {
+                entry,
+                writer,
+                reply,
+            } => {
+                let r = self.restore_writer(t, &entry, *writer);
+                self.answer(r, |r| Answer::Restore(reply, r))
             }
             Op::Reclaim { entry, reply } => {
                 let r = self.reclaim(t, &entry);
@@ -434,6 +552,9 @@ impl Batch<'_> {
             Op::Delete { reply, .. } => self
                 .answers
                 .push(Answer::Delete(reply, Err(Error::NotFound))),
+            Op::RestoreWriter { reply, .. } => self
+                .answers
+                .push(Answer::Restore(reply, Err(Error::NotFound))),
             Op::Reclaim {
                 reply: Some(reply), ..
             } => self
@@ -454,7 +575,7 @@ impl Batch<'_> {
                 writer: st.writer.clone(),
                 meta_dirty: false,
                 producers_dirty: Vec::new(),
-                publish: false,
+                publish: Publish::No,
                 removed: false,
                 access_written: None,
             }
@@ -701,7 +822,7 @@ impl Batch<'_> {
         // sliding TTL (the last write must survive a restart).
         p.meta_dirty |=
             req.stream_seq.is_some() || req.close || matches!(entry.expiry, Expiry::Ttl(_));
-        p.publish = true;
+        p.publish = p.publish.max(Publish::AfterAnswers);
         let (next, closed) = (p.tail, p.writer.closed);
         entry.lock().last_access_ms = now;
         Ok(AppendOutcome::Appended {
@@ -712,6 +833,38 @@ impl Batch<'_> {
                 seq: s.last_seq,
             }),
         })
+    }
+
+    /// Replaces a stream's writer state: the row's closure, closing producer and `Stream-Seq`
+    /// are rewritten at flush, and its producer rows are replaced here (all deleted, the new
+    /// ones written at flush), in this batch's transaction.
+    fn restore_writer(
+        &mut self,
+        t: &mut Tables<'_>,
+        entry: &Arc<Entry>,
+        writer: WriterState,
+    ) -> Result<(), Fail> {
+        {
+            // A delete may have won the race since the caller looked the stream up.
+            let st = entry.lock();
+            if st.removed {
+                return Err(Error::NotFound.into());
+            }
+            if st.soft_deleted {
+                return Err(Error::Gone.into());
+            }
+        }
+        let id = entry.id;
+        let p = self.pending(entry);
+        rules::check_restore(&p.writer, &writer, p.tail)?;
+        t.producers
+            .retain_in((id, "")..(id.saturating_add(1), ""), |_, _| false)
+            .map_err(|e| Failure::new("replace producer rows", e))?;
+        p.producers_dirty = writer.producers.keys().cloned().collect();
+        p.writer = writer;
+        p.meta_dirty = true;
+        p.publish = Publish::BeforeAnswers;
+        Ok(())
     }
 
     fn delete(&mut self, t: &mut Tables<'_>, name: &StreamName) -> Result<(), Fail> {
@@ -740,7 +893,7 @@ impl Batch<'_> {
             self.undo.push(Undo::SoftDeleted(Arc::clone(&entry)));
             let p = self.pending(&entry);
             p.meta_dirty = true;
-            p.publish = true;
+            p.publish = p.publish.max(Publish::AfterAnswers);
         } else {
             self.remove_rows(t, &entry)?;
         }
@@ -780,7 +933,7 @@ impl Batch<'_> {
                 self.undo.push(Undo::SoftDeleted(Arc::clone(entry)));
                 let p = self.pending(entry);
                 p.meta_dirty = true;
-                p.publish = true;
+                p.publish = p.publish.max(Publish::AfterAnswers);
                 Ok(Status::Gone)
             }
             Decision::Remove => {
@@ -816,7 +969,7 @@ impl Batch<'_> {
         }
         let p = self.pending(entry);
         p.removed = true;
-        p.publish = true;
+        p.publish = p.publish.max(Publish::AfterAnswers);
         self.after.push(After::Remove(Arc::clone(entry)));
         Ok(())
     }
@@ -929,11 +1082,16 @@ impl Batch<'_> {
             .answers
             .into_iter()
             .partition(|a| matches!(a, Answer::Reclaim(..)));
+        for p in self.pending.values() {
+            if p.publish == Publish::BeforeAnswers {
+                p.entry.publish(&p.entry.lock());
+            }
+        }
         for answer in clients {
             answer.send();
         }
         for p in self.pending.values() {
-            if p.publish {
+            if p.publish != Publish::No {
                 p.entry.publish(&p.entry.lock());
             }
         }
@@ -944,8 +1102,9 @@ impl Batch<'_> {
         }
     }
 
-    /// After a failed batch: undo the shared flags and fail every waiter.
-    fn failed(self, failure: &Failure) {
+    /// After a failed batch: undo the shared flags, run `recover` (the cache is back to the
+    /// committed state), and fail every waiter, with the failure `recover` returns if any.
+    fn failed(self, failure: &Failure, recover: impl FnOnce() -> Option<Failure>) {
         for undo in self.undo.into_iter().rev() {
             match undo {
                 Undo::SoftDeleted(entry) => entry.lock().soft_deleted = false,
@@ -957,6 +1116,8 @@ impl Batch<'_> {
                 }
             }
         }
+        let replaced = recover();
+        let failure = replaced.as_ref().unwrap_or(failure);
         for answer in self.answers {
             answer.fail(failure).send();
         }

@@ -44,6 +44,37 @@ impl Failure {
         }
     }
 
+    /// The failure of a commit whose outcome is not known: it failed (on a full disk, say)
+    /// after redb may have written its new header, and the database could not be reopened
+    /// and checked against the last committed state (`why`). Reported as a `Backend` error,
+    /// never as "nothing was written".
+    pub(crate) fn outcome_unknown(&self, why: &str) -> Failure {
+        Failure::new(
+            self.op,
+            redb::StorageError::Io(io::Error::other(format!(
+                "{} failed ({}) and whether it reached the disk is not known: {why}",
+                self.op, self.source
+            ))),
+        )
+    }
+
+    /// A failure that needs a restart: the reopened database does not hold what the cache
+    /// says is committed (`why`), say because a failed commit did reach the disk.
+    pub(crate) fn needs_restart(why: &str) -> Failure {
+        Failure::new(
+            "reopen shard database",
+            redb::StorageError::Io(io::Error::other(format!(
+                "{why}; restart the store to load what the database holds"
+            ))),
+        )
+    }
+
+    /// Whether the failure is a full disk (or quota), after which the shard reopens its
+    /// database to carry on.
+    pub(crate) fn is_full(&self) -> bool {
+        matches!(&*self.source, redb::Error::Io(e) if is_full(e.kind()))
+    }
+
     /// Whether redb refuses further writes until the database is reopened.
     pub(crate) fn is_io(&self) -> bool {
         matches!(&*self.source, redb::Error::Io(_) | redb::Error::PreviousIo)

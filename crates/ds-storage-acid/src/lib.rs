@@ -6,7 +6,9 @@
 //!   after the redb transaction holding it has committed with `Durability::Immediate` (fsync).
 //!   A crash or power loss can lose only operations that were not yet answered, and each of
 //!   those is either wholly applied or not at all (redb commits atomically; see
-//!   `schema` for what a transaction holds).
+//!   `schema` for what a transaction holds). The exception is the opt-in
+//!   [bulk-load mode](AcidOptions::bulk_load) of offline tools, whose commits are synced
+//!   only by [`AcidStorage::close`].
 //! - **One transaction per batch.** An append's records, its producer state, `Stream-Seq`,
 //!   closure and the stream's metadata commit together. Each shard has one committer thread
 //!   that takes every operation queued for its streams and applies them in one write
@@ -37,10 +39,22 @@
 //!   records its PID, and redb locks the shard files; a second opener gets an error saying the
 //!   directory is in use and naming the holder's PID.
 //!
-//! A full disk is reported as [`Error::StorageFull`]. redb refuses further writes to a
-//! database after any I/O error until it is reopened, so from then on that shard fails its
-//! writes with the same error and [`Storage::is_ready`] turns false: a restart recovers the
-//! last committed state. The backend does not reshard or compact files.
+//! A full disk or quota is reported as [`Error::StorageFull`] (`limit: 0`: the disk's limit),
+//! and the failed batch changes nothing. redb refuses all further I/O on a database after an
+//! I/O error, reads included, until it is reopened; so after a full disk the shard's committer
+//! reopens its database at once (redb repairs it from its last committed transaction) and
+//! checks that it holds exactly what the cache says is committed before serving again. If the
+//! disk is too full even to reopen, the shard's reads and writes fail with
+//! [`Error::StorageFull`] (`507`) and [`Storage::is_ready`] is false; the committer tries
+//! again before each batch and every 100 ms while none comes, so reads and writes resume once
+//! space is freed, without a restart or a write. A commit (`txn.commit()`) that fails, even
+//! with ENOSPC, may have reached the disk (its header written, the fsync failed): it is
+//! reported as `StorageFull` only when the reopened database shows the last committed state,
+//! and as [`Error::Backend`] (`503`, outcome unknown) otherwise; if the reopened database
+//! holds the failed batch after all, the shard stops until a restart loads it. After any
+//! other I/O error the shard fails its writes with that error and [`Storage::is_ready`] turns
+//! false: a restart recovers the last committed state. The backend does not reshard or
+//! compact files.
 //!
 //! Entry points: [`AcidStorage::open`] with [`AcidOptions`], then the [`Storage`] trait;
 //! [`AcidStorage::close`] before opening the same data dir again in one process.
@@ -95,6 +109,13 @@ pub struct AcidOptions {
     pub max_stream_bytes: Option<u64>,
     /// Clock used for TTL and expiry.
     pub clock: Arc<dyn Clock>,
+    /// Bulk-load mode (default `false`): commits are not synced (redb's
+    /// `Durability::None`); everything is made durable by [`AcidStorage::close`], which
+    /// commits every shard once with an fsync. A crash (or a failed commit) before `close`
+    /// loses everything written in this mode, and [`Storage::stats`] counts only the syncs
+    /// actually done. For offline tools such as `import`, never for serving: an answered
+    /// operation is not durable until `close` returns.
+    pub bulk_load: bool,
 }
 
 /// The shard count [`AcidOptions::new`] uses.
@@ -127,6 +148,7 @@ impl AcidOptions {
             backend: AcidBackend::File,
             max_stream_bytes: None,
             clock: Arc::new(SystemClock),
+            bulk_load: false,
         }
     }
 }
@@ -138,6 +160,7 @@ impl std::fmt::Debug for AcidOptions {
             .field("shard_count", &self.shard_count)
             .field("backend", &self.backend)
             .field("max_stream_bytes", &self.max_stream_bytes)
+            .field("bulk_load", &self.bulk_load)
             .finish_non_exhaustive()
     }
 }
@@ -189,10 +212,29 @@ impl AcidStorage {
     /// Fails with [`Error::Backend`] when the options are invalid, the data dir is in use by
     /// another process, was created with another shard count, or cannot be read.
     pub async fn open(opts: AcidOptions) -> Result<AcidStorage> {
+        AcidStorage::open_inner(opts, None).await
+    }
+
+    /// Like [`AcidStorage::open`], with each shard's database on the redb storage backend that
+    /// `backends(shard_index)` makes, instead of a file or memory (set [`AcidOptions::backend`]
+    /// to [`AcidBackend::InMemory`] so no data dir is created or locked). The factory is
+    /// called again for a shard that is reopened after its disk filled up, so a test can wrap
+    /// one persistent backend per shard and inject I/O failures (a full disk) into it.
+    pub async fn open_with_backends(
+        opts: AcidOptions,
+        backends: Arc<dyn Fn(usize) -> Box<dyn redb::StorageBackend> + Send + Sync>,
+    ) -> Result<AcidStorage> {
+        AcidStorage::open_inner(opts, Some(backends)).await
+    }
+
+    async fn open_inner(
+        opts: AcidOptions,
+        custom: Option<shard::BackendFactory>,
+    ) -> Result<AcidStorage> {
         shard::check_dir(&opts)?;
-        let lock = match opts.backend {
-            AcidBackend::File => Some(shard::lock_dir(&opts.data_dir)?),
-            AcidBackend::InMemory => None,
+        let lock = match (opts.backend, &custom) {
+            (AcidBackend::File, None) => Some(shard::lock_dir(&opts.data_dir)?),
+            _ => None,
         };
         let load_opts = opts.clone();
         let mut loaded = tokio::task::spawn_blocking(move || {
@@ -200,7 +242,8 @@ impl AcidStorage {
                 let handles: Vec<_> = (0..load_opts.shard_count as usize)
                     .map(|i| {
                         let opts = &load_opts;
-                        s.spawn(move || shard::load_shard(opts, i))
+                        let place = shard::Place::of(opts, custom.as_ref(), i);
+                        s.spawn(move || shard::load_shard(opts, place, i))
                     })
                     .collect();
                 handles
@@ -223,11 +266,14 @@ impl AcidStorage {
             counters.push(l.next_counter);
             let shard = Shard {
                 index,
-                db: l.db,
+                db: std::sync::RwLock::new(Some(Arc::new(l.db))),
+                place: l.place,
+                cache_bytes: shard::shard_cache_bytes(opts.shard_count),
                 streams: std::sync::RwLock::new(map),
                 tx,
                 commits: AtomicU64::default(),
                 ops: AtomicU64::default(),
+                syncs: AtomicU64::default(),
                 commit_micros: AtomicU64::default(),
                 live_streams: AtomicU64::default(),
                 live_bytes: AtomicU64::default(),
@@ -245,6 +291,7 @@ impl AcidStorage {
             shard_count: opts.shard_count,
             max_stream_bytes: opts.max_stream_bytes,
             clock: opts.clock,
+            bulk_load: opts.bulk_load,
             _lock: lock,
         });
         let store = AcidStorage {
@@ -267,7 +314,11 @@ impl AcidStorage {
     /// Stops the committers (after their current batch) and, when this is the last clone,
     /// waits until the databases are closed, so the data dir can be opened again at once.
     /// Other clones stop working. Acknowledged operations are already durable: this flushes
-    /// nothing new.
+    /// nothing new, except in [bulk-load mode](AcidOptions::bulk_load), where each committer
+    /// first commits its shard once with an fsync, which makes every earlier (unsynced)
+    /// commit durable. That final commit cannot report a failure here; redb tries once more
+    /// when it closes the database, and a shard whose final commit failed reopens in its
+    /// last durable state.
     pub async fn close(self) {
         let last = Arc::strong_count(&self.handle) == 1;
         let shared = Arc::clone(&self.handle.shared);
@@ -490,6 +541,17 @@ impl Storage for AcidStorage {
         self.call(shard, |reply| Op::Delete { name, reply }).await
     }
 
+    async fn restore_writer(&self, name: &StreamName, writer: rules::WriterState) -> Result<()> {
+        let entry = self.live(name).await?;
+        let shard = entry.shard;
+        self.call(shard, |reply| Op::RestoreWriter {
+            entry,
+            writer: Box::new(writer),
+            reply,
+        })
+        .await
+    }
+
     async fn subscribe(&self, name: &StreamName) -> Result<watch::Receiver<Tail>> {
         let entry = self.live(name).await?;
         // The committer answers writers before it publishes; a subscriber must start at the
@@ -568,7 +630,9 @@ impl Storage for AcidStorage {
     /// from its create's commit until its delete or soft delete commits; expired streams count
     /// until they are reclaimed). Every commit is one durable redb transaction, so
     /// `commit_batches` and `syncs` are the same figure, and `sync_micros` is the time spent
-    /// in `commit` (writing the dirty pages and syncing them).
+    /// in `commit` (writing the dirty pages and syncing them). In
+    /// [bulk-load mode](AcidOptions::bulk_load) batches commit unsynced: `syncs` and
+    /// `sync_micros` stay at zero until the final synced commits of [`AcidStorage::close`].
     fn stats(&self) -> StorageStats {
         let mut stats = StorageStats {
             streams: Some(0),
@@ -586,7 +650,7 @@ impl Storage for AcidStorage {
             add(&mut stats.bytes, &shard.live_bytes);
             add(&mut stats.commit_batches, &shard.commits);
             add(&mut stats.commit_ops, &shard.ops);
-            add(&mut stats.syncs, &shard.commits);
+            add(&mut stats.syncs, &shard.syncs);
             add(&mut stats.sync_micros, &shard.commit_micros);
         }
         stats

@@ -78,7 +78,8 @@ impl<'a> Reader<'a> {
     fn table(&mut self, shard: usize) -> Result<&RecordTable> {
         if !self.tables.contains_key(&shard) {
             let txn = self.shared.shards[shard]
-                .db
+                .db()
+                .map_err(|f| f.to_error())?
                 .begin_read()
                 .map_err(|e| backend("begin read transaction", e))?;
             let table = txn

@@ -50,22 +50,68 @@ pub(crate) struct Shared {
     pub(crate) shard_count: u32,
     pub(crate) max_stream_bytes: Option<u64>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// [`AcidOptions::bulk_load`]: batches commit without a sync, and each committer makes
+    /// its shard durable with one synced commit when it shuts down.
+    pub(crate) bulk_load: bool,
     /// The data dir's `LOCK` file (file backend), held while the store is open. Declared last
     /// so the shard databases are closed before another process can take the lock.
     pub(crate) _lock: Option<std::fs::File>,
 }
 
+/// Makes the storage backend of shard `index`'s database (see
+/// [`AcidStorage::open_with_backends`](crate::AcidStorage::open_with_backends)).
+pub(crate) type BackendFactory = Arc<dyn Fn(usize) -> Box<dyn redb::StorageBackend> + Send + Sync>;
+
+/// Where a shard's database lives, which says how to open it again.
+#[derive(Clone)]
+pub(crate) enum Place {
+    /// The file at this path.
+    File(PathBuf),
+    /// redb's in-memory backend: nothing to reopen.
+    Memory,
+    /// A backend made by a factory for this shard index (tests that inject I/O failures).
+    Custom(BackendFactory, usize),
+}
+
+impl Place {
+    /// The place of shard `index` of a store with these options.
+    pub(crate) fn of(opts: &AcidOptions, custom: Option<&BackendFactory>, index: usize) -> Place {
+        match (custom, opts.backend) {
+            (Some(factory), _) => Place::Custom(Arc::clone(factory), index),
+            (None, AcidBackend::File) => Place::File(shard_path(&opts.data_dir, index)),
+            (None, AcidBackend::InMemory) => Place::Memory,
+        }
+    }
+
+    /// The name errors give the database.
+    fn label(&self) -> PathBuf {
+        match self {
+            Place::File(path) => path.clone(),
+            Place::Memory => PathBuf::from("(in memory)"),
+            Place::Custom(_, index) => PathBuf::from(format!("(custom backend of shard {index})")),
+        }
+    }
+}
+
 /// One shard: its database, its streams, and its committer's queue.
 pub(crate) struct Shard {
     pub(crate) index: usize,
-    pub(crate) db: Database,
+    /// The database; `None` only while a reopen after a full disk has not succeeded yet.
+    pub(crate) db: RwLock<Option<Arc<Database>>>,
+    /// Where the database lives, to reopen it.
+    pub(crate) place: Place,
+    /// redb's cache size for this shard.
+    pub(crate) cache_bytes: usize,
     pub(crate) streams: RwLock<StreamMap>,
     pub(crate) tx: mpsc::UnboundedSender<Op>,
     /// Transactions committed (for tests and metrics).
     pub(crate) commits: AtomicU64,
     /// Operations answered after a commit.
     pub(crate) ops: AtomicU64,
-    /// Time spent in those commits (writing the pages and syncing them), in microseconds.
+    /// Durable (synced) commits: every commit, or in bulk-load mode only the final one.
+    pub(crate) syncs: AtomicU64,
+    /// Time spent in the durable commits (writing the pages and syncing them), in
+    /// microseconds.
     pub(crate) commit_micros: AtomicU64,
     /// Live streams of this shard (counted entries, see [`Shard::recount`]).
     pub(crate) live_streams: AtomicU64,
@@ -92,10 +138,142 @@ impl Shared {
 }
 
 impl Shard {
+    /// Counts a durable commit that began at `started`.
+    pub(crate) fn count_sync(&self, started: std::time::Instant) {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.commit_micros.fetch_add(micros, Ordering::Relaxed);
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn map(&self) -> RwLockReadGuard<'_, StreamMap> {
         self.streams
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The database, unless it is closed for a reopen that has not succeeded yet.
+    pub(crate) fn db(&self) -> Result<Arc<Database>, Failure> {
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| {
+                self.failure().unwrap_or_else(|| {
+                    Failure::new("open shard database", redb::StorageError::DatabaseClosed)
+                })
+            })
+    }
+
+    /// After a full disk broke the database (redb refuses all I/O on a database after an I/O
+    /// error, reads included), closes it and opens it again, which makes redb repair it from
+    /// its last committed transaction; then checks that the database holds exactly what the
+    /// cache says is committed (the stream rows, tails, writer state and producers, and the id
+    /// counter `next_counter`). Only then is the failure cleared and the shard back in
+    /// service. Called by the shard's committer, the only writer, between batches.
+    ///
+    /// A read transaction begun on the old database keeps its file (and, for a file, redb's
+    /// lock on it) until it ends, so opening the file again is retried for up to
+    /// [`REOPEN_WAIT`] while it reports the database in use.
+    ///
+    /// Returns why the shard stays broken: the disk is still too full to open it, a reader
+    /// still holds the old database, or the database and the cache disagree (a failed commit
+    /// did reach the disk), in which case only a restart, which rebuilds the cache from the
+    /// database, helps: the shard's failure then stops being a full disk, so nothing retries
+    /// the reopen and the shard's operations fail with `Error::Backend`.
+    pub(crate) fn reopen(&self, next_counter: u64) -> Result<(), String> {
+        if matches!(self.place, Place::Memory) {
+            return Err("an in-memory database cannot be reopened".to_owned());
+        }
+        let old = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(mut old) = old {
+            // Readers hold the database only to begin a transaction, so they let go at once;
+            // redb releases the file's lock when the last holder drops it.
+            for _ in 0..2_000 {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(shared) => old = shared,
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        let deadline = std::time::Instant::now() + REOPEN_WAIT;
+        let db = loop {
+            match open_db(&self.place, self.cache_bytes) {
+                Ok(db) => break db,
+                Err(e) if in_use(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        let rows = read_rows(&db, &self.place.label()).map_err(|e| e.to_string())?;
+        if let Err(why) = self.matches_cache(&rows, next_counter) {
+            *self
+                .failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(Failure::needs_restart(&why));
+            return Err(why);
+        }
+        *self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(db));
+        *self
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        Ok(())
+    }
+
+    /// Whether a full disk broke the shard and its database is to be reopened (by its
+    /// committer, before its next batch and on a timer while no batch comes).
+    pub(crate) fn needs_reopen(&self) -> bool {
+        !matches!(self.place, Place::Memory) && self.failure().is_some_and(|f| f.is_full())
+    }
+
+    /// Checks the rows read from the database against the committed state in the cache.
+    fn matches_cache(&self, rows: &Rows, next_counter: u64) -> Result<(), String> {
+        if rows.next_counter != next_counter {
+            return Err(format!(
+                "the stored id counter is {}, the committer's {next_counter}",
+                rows.next_counter
+            ));
+        }
+        let map = self.map();
+        if rows.streams.len() != map.len() {
+            return Err(format!(
+                "the database holds {} streams, the cache {}",
+                rows.streams.len(),
+                map.len()
+            ));
+        }
+        let no_producers = HashMap::new();
+        for (raw, meta) in &rows.streams {
+            let entry = stored_name(raw)
+                .and_then(|name| map.get(&name))
+                .ok_or_else(|| format!("stream {raw:?} is not in the cache"))?;
+            let st = entry.lock();
+            let producers = rows.producers.get(&meta.id).unwrap_or(&no_producers);
+            let same = entry.id == meta.id
+                && st.tail == meta.tail
+                && st.soft_deleted == meta.soft_deleted
+                && st.writer.closed == meta.closed
+                && st.writer.closed_by == meta.closed_by
+                && st.writer.last_stream_seq == meta.last_stream_seq
+                && st.writer.producers == *producers;
+            if !same {
+                return Err(format!("stream {raw:?} differs from the cache"));
+            }
+        }
+        Ok(())
     }
 
     /// The failure that broke this shard, if one did.
@@ -143,11 +321,21 @@ impl Shard {
 /// A shard's database and rows as read at open.
 pub(crate) struct LoadedShard {
     pub(crate) path: Option<PathBuf>,
+    pub(crate) place: Place,
     pub(crate) db: Database,
     /// The next value of the shard's stream-id counter.
     pub(crate) next_counter: u64,
     rows: Vec<(String, StreamMeta)>,
     producers: HashMap<u64, HashMap<String, ProducerState>>,
+}
+
+/// A shard's metadata rows as its database holds them.
+struct Rows {
+    /// Each stream's row, its tail and bytes taken from its last record.
+    streams: Vec<(String, StreamMeta)>,
+    producers: HashMap<u64, HashMap<String, ProducerState>>,
+    /// The stored id counter.
+    next_counter: u64,
 }
 
 /// The path of shard `index`'s database.
@@ -271,37 +459,102 @@ pub(crate) fn stored_shard_count(dir: &Path) -> Result<Option<u32>> {
     }
 }
 
-/// Opens (creating if needed) shard `index` and reads its metadata rows.
-pub(crate) fn load_shard(opts: &AcidOptions, index: usize) -> Result<LoadedShard> {
-    let mut builder = Database::builder();
-    builder.set_cache_size(shard_cache_bytes(opts.shard_count));
-    let (db, path) = match opts.backend {
-        AcidBackend::File => {
-            let path = shard_path(&opts.data_dir, index);
-            let db = builder.create(&path).map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => OpenError::InUse {
-                    dir: opts.data_dir.clone(),
-                    file: path.clone(),
-                    source: e,
-                }
-                .into(),
-                e => backend("open shard database", e),
-            })?;
-            (db, Some(path))
-        }
-        AcidBackend::InMemory => (
-            builder
-                .create_with_backend(redb::backends::InMemoryBackend::new())
-                .map_err(|e| backend("open in-memory shard database", e))?,
-            None,
-        ),
-    };
-    let file = path.clone().unwrap_or_else(|| PathBuf::from("(in memory)"));
-    let next_counter = init_meta(&db, &file, opts.shard_count, index)?;
+/// How long [`Shard::reopen`] waits for read transactions on the old database to end.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Whether opening a database failed because it is still open (redb's lock on the file).
+fn in_use(e: &ds_storage::Error) -> bool {
+    match e {
+        ds_storage::Error::Backend { source, .. } => matches!(
+            source.downcast_ref::<OpenError>(),
+            Some(OpenError::InUse { .. })
+        ),
+        _ => false,
+    }
+}
+
+/// Opens (creating if needed) the database at `place`.
+fn open_db(place: &Place, cache_bytes: usize) -> Result<Database> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(cache_bytes);
+    match place {
+        Place::File(path) => builder.create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => OpenError::InUse {
+                dir: path.parent().map(Path::to_owned).unwrap_or_default(),
+                file: path.clone(),
+                source: e,
+            }
+            .into(),
+            e => backend("open shard database", e),
+        }),
+        Place::Memory => builder
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| backend("open in-memory shard database", e)),
+        Place::Custom(factory, index) => builder
+            .create_with_backend(Boxed(factory(*index)))
+            .map_err(|e| backend("open shard database", e)),
+    }
+}
+
+/// A boxed storage backend, as redb takes one by value.
+#[derive(Debug)]
+struct Boxed(Box<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for Boxed {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(offset, data)
+    }
+
+    fn close(&self) -> std::io::Result<()> {
+        self.0.close()
+    }
+}
+
+/// Opens (creating if needed) shard `index` and reads its metadata rows.
+pub(crate) fn load_shard(opts: &AcidOptions, place: Place, index: usize) -> Result<LoadedShard> {
+    let db = open_db(&place, shard_cache_bytes(opts.shard_count))?;
+    let file = place.label();
+    init_meta(&db, &file, opts.shard_count, index)?;
+    let rows = read_rows(&db, &file)?;
+    Ok(LoadedShard {
+        path: matches!(place, Place::File(_)).then_some(file),
+        place,
+        db,
+        next_counter: rows.next_counter,
+        rows: rows.streams,
+        producers: rows.producers,
+    })
+}
+
+/// Reads a shard's stream rows (with tails from their last records), producers and id
+/// counter.
+fn read_rows(db: &Database, file: &Path) -> Result<Rows> {
     let txn = db
         .begin_read()
         .map_err(|e| backend("begin read transaction", e))?;
+    let meta_table = txn
+        .open_table(META)
+        .map_err(|e| backend("open meta table", e))?;
+    let next_counter = meta_table
+        .get(KEY_NEXT_ID)
+        .map_err(|e| backend("read meta", e))?
+        .map_or(1, |v| v.value());
     let streams = txn
         .open_table(STREAMS)
         .map_err(|e| backend("open streams table", e))?;
@@ -312,7 +565,7 @@ pub(crate) fn load_shard(opts: &AcidOptions, index: usize) -> Result<LoadedShard
     for row in streams.iter().map_err(|e| backend("read streams", e))? {
         let (name, value) = row.map_err(|e| backend("read streams", e))?;
         let corrupt = |what: &str| OpenError::Corrupt {
-            file: file.clone(),
+            file: file.to_owned(),
             what: format!("{what} of stream {:?}", name.value()),
         };
         let mut meta =
@@ -347,13 +600,10 @@ pub(crate) fn load_shard(opts: &AcidOptions, index: usize) -> Result<LoadedShard
             .or_default()
             .insert(producer.to_owned(), ProducerState { epoch, last_seq });
     }
-    drop((streams, records, table, txn));
-    Ok(LoadedShard {
-        path,
-        db,
-        next_counter,
-        rows,
+    Ok(Rows {
+        streams: rows,
         producers,
+        next_counter,
     })
 }
 
@@ -618,6 +868,7 @@ mod tests {
             .expect("in-memory database");
         let mut loaded = vec![LoadedShard {
             path: None,
+            place: Place::Memory,
             db,
             next_counter: 1,
             rows: rows
@@ -712,5 +963,55 @@ mod tests {
         assert_eq!(map.len(), names.len());
         assert_eq!(refs(&map, "s0"), 1);
         assert_eq!(refs(&map, "s49999"), 0);
+    }
+
+    /// Readers in flight while a file-backed shard is reopened: one in a read transaction
+    /// (redb 4 releases the file's lock when the `Database` is dropped, so that one alone does
+    /// not block the reopen), and one still holding the `Database` itself past the time the
+    /// reopen waits for it to be released, so the file is still open and locked by redb when
+    /// the reopen opens it again. The reopen retries until it is released instead of leaving
+    /// the shard without a database.
+    #[tokio::test]
+    async fn a_reopen_of_a_file_database_waits_for_readers_in_flight() {
+        use ds_storage::{CreateRequest, ReadFrom, Storage};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let opts = crate::AcidOptions {
+            shard_count: 1,
+            ..crate::AcidOptions::new(dir.path())
+        };
+        let store = crate::AcidStorage::open(opts).await.expect("open");
+        let name = StreamName::parse("s", ds_protocol::NameLimits::default()).expect("name");
+        let req = CreateRequest {
+            content_type: Some("text/plain".to_owned()),
+            body: bytes::Bytes::from_static(b"hello"),
+            ..CreateRequest::default()
+        };
+        store.create(&name, req).await.expect("create");
+        let shard = &store.shared().shards[0];
+        assert!(matches!(shard.place, Place::File(_)));
+        let db = shard.db().expect("db");
+        let counter = read_rows(&db, Path::new("shard"))
+            .expect("rows")
+            .next_counter;
+        let txn = db.begin_read().expect("begin read");
+        let reader = std::thread::spawn(move || {
+            // Longer than the reopen waits for the `Database` to be released (2 s).
+            std::thread::sleep(std::time::Duration::from_millis(2_500));
+            drop(txn);
+            drop(db);
+        });
+        shard
+            .reopen(counter)
+            .expect("the reopen waits for the read to end");
+        reader.join().expect("reader");
+        assert!(shard.db().is_ok());
+        assert!(store.is_ready());
+        let chunk = store
+            .read(&name, ReadFrom::Start, 1024)
+            .await
+            .expect("read after the reopen");
+        assert_eq!(chunk.pieces.concat(), b"hello");
+        store.close().await;
     }
 }

@@ -1,8 +1,9 @@
 //! Group commit: one thread decides, writes and publishes every change.
 //!
-//! Every state-changing request (create, append, close, delete, expiry, TTL touch) is sent to
-//! the committer thread. The committer takes whatever is queued (at least one request, at most
-//! [`MAX_BATCH_OPS`] or about [`MAX_BATCH_BYTES`]), and for each request in order:
+//! Every state-changing request (create, append, close, delete, expiry, TTL touch, writer-state
+//! restore) is sent to the committer thread. The committer takes whatever is queued (at least
+//! one request, at most [`MAX_BATCH_OPS`] or about [`MAX_BATCH_BYTES`]), and for each request in
+//! order:
 //!
 //! 1. validates it against the stream's state *including the earlier requests of the same
 //!    batch* (a private draft per touched stream; the shared state is not changed yet), calling
@@ -22,11 +23,22 @@
 //! can leave an unacknowledged record in a stream file; recovery keeps it, which is one of the
 //! two outcomes an unanswered request may have.)
 //!
-//! If a write fails with ENOSPC, the batch's writes are taken back (truncated, and the
-//! truncation synced, so none of its records can resurface), every request of the batch gets
-//! `StorageFull`, and the store carries on. Any other write or fsync failure (after a failed
-//! fsync the page cache cannot be trusted) stops the store from accepting writes; a restart
-//! recovers from the WAL.
+//! A stream created without data gets no file in its batch: its Create record goes to the WAL
+//! only, and the installed entry keeps a copy (`State::unwritten`). Reads of it never open a
+//! file (there is nothing to read). Its next record writes the file, Create record first; if
+//! none comes, the next checkpoint writes it (under the stream's lock, skipping removed
+//! streams) before it lets the WAL segment holding the Create go, and syncs it either way.
+//! Creating an inode is the most expensive part of a create on ext4 (after many deletions,
+//! finding a free inode dominates), and this keeps it off the acknowledgement path.
+//!
+//! If a write fails with ENOSPC or EDQUOT, the batch's writes are taken back (truncated, and
+//! the truncation synced, so none of its records can resurface and no later record lands
+//! behind a torn one), every request of the batch gets `StorageFull`, and the store carries
+//! on; its state was never changed, so readers saw nothing of the batch. A WAL rotation or a
+//! checkpoint that runs out of space is retried later (a checkpoint's files carry over to the
+//! next one, and the old floor holds until then). Any other write failure, and any fsync
+//! failure (after a failed fsync the page cache cannot be trusted), stops the store from
+//! accepting writes; a restart recovers from the WAL.
 //!
 //! When the current WAL segment grows past `wal_segment_bytes`, the committer starts a new
 //! segment and hands the list of stream files and directories written since the previous
@@ -46,14 +58,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ds_protocol::{Expiry, Offset, StreamName, content_type};
-use ds_storage::rules::{self, AppendPlan, ExistingConfig};
+use ds_storage::rules::{self, AppendPlan, ExistingConfig, WriterState};
 use ds_storage::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Error, ProducerAck, Result,
 };
 use tokio::sync::oneshot;
 
 use crate::io::{FsFile, OpenMode};
-use crate::record::{self, Checkpoint, Encoder, FLAG_CLOSE, ForkMeta, Header, Kind};
+use crate::record::{self, Checkpoint, Encoder, FIXED_LEN, FLAG_CLOSE, ForkMeta, Header, Kind};
 use crate::stream::{ByName, Entry, ForkLink, IdxEntry, State, Status, StreamState};
 use crate::{Durability, Shared, layout};
 
@@ -93,6 +105,11 @@ pub(crate) enum Op {
     },
     Delete {
         entry: Arc<Entry>,
+    },
+    /// Replace the stream's writer state (`Storage::restore_writer`).
+    RestoreWriter {
+        entry: Arc<Entry>,
+        writer: Box<WriterState>,
     },
     /// Apply expiry to a stream an operation found expired.
     Expire {
@@ -134,20 +151,41 @@ impl Request {
 struct BatchFailure {
     op: &'static str,
     kind: io::ErrorKind,
+    /// ENOSPC or EDQUOT: the batch is taken back and the store carries on.
+    disk_full: bool,
     message: String,
 }
 
 impl BatchFailure {
+    /// A failed write: ENOSPC or EDQUOT means the disk is full.
     fn new(op: &'static str, e: &io::Error) -> Self {
         BatchFailure {
             op,
             kind: e.kind(),
+            disk_full: crate::is_disk_full(e),
             message: e.to_string(),
         }
     }
 
+    /// A failed `fsync` (or a failure to take a write back), whatever its error: ENOSPC from
+    /// an fsync (NFS, thin provisioning) says nothing about what reached the disk, so it is
+    /// never "nothing was written", and it stops the store like any failed fsync.
+    fn sync(op: &'static str, e: &io::Error) -> Self {
+        BatchFailure {
+            disk_full: false,
+            ..BatchFailure::new(op, e)
+        }
+    }
+
     fn to_error(&self) -> Error {
-        crate::backend(self.op, io::Error::new(self.kind, self.message.clone()))
+        if self.disk_full {
+            return crate::disk_full_error();
+        }
+        // Not `crate::backend`, which would turn an fsync's ENOSPC back into `StorageFull`.
+        Error::Backend {
+            op: self.op,
+            source: Box::new(io::Error::new(self.kind, self.message.clone())),
+        }
     }
 }
 
@@ -157,11 +195,50 @@ pub(crate) struct Dirty {
     pub streams: HashSet<u64>,
     pub dirs: HashSet<PathBuf>,
     pub unlinks: Vec<PathBuf>,
+    /// Streams created without a file (their Create record only in the WAL): the checkpoint
+    /// writes the files of those still without one before it lets the WAL go.
+    pub unwritten: Vec<Arc<Entry>>,
 }
 
 impl Dirty {
     fn is_empty(&self) -> bool {
-        self.streams.is_empty() && self.dirs.is_empty() && self.unlinks.is_empty()
+        self.streams.is_empty()
+            && self.dirs.is_empty()
+            && self.unlinks.is_empty()
+            && self.unwritten.is_empty()
+    }
+
+    /// Adds what `other` still has to sync.
+    fn merge(&mut self, other: Dirty) {
+        self.streams.extend(other.streams);
+        self.dirs.extend(other.dirs);
+        self.unlinks.extend(other.unlinks);
+        self.unwritten.extend(other.unwritten);
+    }
+}
+
+/// Why a checkpoint failed.
+#[derive(Debug)]
+pub(crate) struct CheckpointFailure {
+    pub error: io::Error,
+    /// An `fsync` failed: what it covered may never reach the disk, and the page cache no
+    /// longer says so, so a retry could not be trusted.
+    pub sync: bool,
+}
+
+impl CheckpointFailure {
+    fn io(error: io::Error) -> Self {
+        CheckpointFailure { error, sync: false }
+    }
+
+    fn sync(error: io::Error) -> Self {
+        CheckpointFailure { error, sync: true }
+    }
+
+    /// Whether the checkpoint can simply run again later: the disk was full, and no fsync
+    /// failed.
+    fn retryable(&self) -> bool {
+        !self.sync && crate::is_disk_full(&self.error)
     }
 }
 
@@ -186,6 +263,9 @@ pub(crate) struct CommitterInit {
     /// Fan-out directories that exist.
     pub fanouts: HashSet<u8>,
     pub lock: Box<dyn std::any::Any + Send + Sync>,
+    /// Recovery's checkpoint, left to the background thread so the store is ready before the
+    /// files the replayed WAL touched are synced (the WAL covers them until then).
+    pub pending: Option<CheckpointJob>,
 }
 
 pub(crate) struct Committer {
@@ -208,6 +288,9 @@ struct Written {
     id: u64,
     from: u64,
     new_file: bool,
+    /// The file of a stream created earlier without one was created (its Create record
+    /// written first): an undo cuts it back to that record instead of removing it.
+    materialized: bool,
 }
 
 /// One stream's pending state within a batch.
@@ -219,8 +302,20 @@ struct Draft {
     writes: Vec<Range<usize>>,
     write_from: u64,
     new_file: bool,
+    /// The Create record of a stream whose file does not exist yet.
+    unwritten: Option<Box<[u8]>>,
     changed: bool,
     clear_touch: bool,
+}
+
+impl Draft {
+    /// Whether this batch leaves the stream's file unwritten: a create without data (reads
+    /// of it never open the file) and nothing else. A stream file costs an inode, which on
+    /// ext4 after many deletions can take longer than the rest of the create; the checkpoint
+    /// creates it in the background.
+    fn defers_file(&self) -> bool {
+        self.new_file && self.writes.len() == 1 && self.s.bytes == 0 && !self.s.removed
+    }
 }
 
 /// The requests of one group commit being planned.
@@ -263,6 +358,7 @@ impl Batch {
                 writes: Vec::new(),
                 write_from: st.s.file_len,
                 new_file: false,
+                unwritten: st.unwritten.clone(),
                 changed: false,
                 clear_touch: false,
             }
@@ -333,6 +429,13 @@ impl Committer {
         let bg = std::thread::Builder::new()
             .name("ds-file-sync".to_owned())
             .spawn(move || background(&bg_shared, &bg_rx))?;
+        if let Some(job) = init.pending {
+            // No rotation starts another checkpoint until this one is done.
+            shared.checkpointing.store(true, Ordering::Release);
+            if bg_tx.send(BgMsg::Checkpoint(job)).is_err() {
+                shared.checkpointing.store(false, Ordering::Release);
+            }
+        }
         Ok(Committer {
             shared,
             rx,
@@ -432,9 +535,14 @@ impl Committer {
                 let _ = reply.send(outcome);
             }
         }
-        if let Err(e) = self.maybe_rotate() {
-            self.shared
-                .fail(&BatchFailure::new("rotate WAL", &e).message);
+        if let Err(f) = self.maybe_rotate() {
+            // A full disk only delays the rotation (the current segment keeps growing, and the
+            // next batch tries again); any other failure, and a failed fsync whatever its
+            // error, stops the store.
+            if !f.retryable() {
+                self.shared
+                    .fail(&BatchFailure::new("rotate WAL", &f.error).message);
+            }
         }
     }
 
@@ -455,6 +563,7 @@ impl Committer {
                 }
                 Ok(Reply::Done)
             }
+            Op::RestoreWriter { entry, writer } => self.restore_writer(b, &entry, &writer),
             Op::Expire { entry } => self.live_check(b, &entry).map(|()| Reply::Done),
             Op::Sweep => Ok(Reply::Swept(self.sweep(b))),
             Op::Touch { entry } => {
@@ -565,6 +674,7 @@ impl Committer {
                 fork_refs: 0,
                 touch_pending: false,
                 watch: None,
+                unwritten: None,
             }),
         });
         b.draft(&entry).new_file = true;
@@ -663,6 +773,40 @@ impl Committer {
         }))
     }
 
+    /// Replaces a stream's writer state with one Writer record, which recovery applies the
+    /// same way; the install that follows the commit tells live readers about a closure.
+    fn restore_writer(
+        &mut self,
+        b: &mut Batch,
+        entry: &Arc<Entry>,
+        writer: &WriterState,
+    ) -> Result<Reply> {
+        self.live_check(b, entry)?;
+        let d = b.draft(entry);
+        rules::check_restore(&d.s.writer, writer, d.s.tail)?;
+        if FIXED_LEN as u64 + record::writer_meta_len(writer) > record::MAX_RECORD_LEN {
+            return Err(Error::Backend {
+                op: "restore writer state",
+                source: Box::new(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the writer state is too large for one record",
+                )),
+            });
+        }
+        let now = b.now;
+        b.emit(
+            entry,
+            Kind::Writer,
+            closed_flag(writer.closed),
+            now,
+            &[],
+            |e| {
+                e.writer(writer);
+            },
+        );
+        Ok(Reply::Done)
+    }
+
     fn sweep(&self, b: &mut Batch) -> usize {
         let mut candidates: Vec<Arc<Entry>> = self.expiring.values().cloned().collect();
         candidates.sort_by_key(|e| e.id);
@@ -688,24 +832,32 @@ impl Committer {
         let mut written = Vec::new();
         for id in &b.order {
             let d = &b.drafts[id];
-            if d.writes.is_empty() || d.s.removed {
+            if d.writes.is_empty() || d.s.removed || d.defers_file() {
                 continue;
             }
             let this = Written {
                 id: *id,
                 from: d.write_from,
                 new_file: d.new_file,
+                materialized: d.unwritten.is_some(),
             };
             let result = (|| -> io::Result<()> {
-                if d.new_file {
+                if d.new_file || d.unwritten.is_some() {
                     ensure_fanout(&self.shared, &mut self.fanouts, &mut self.dirty, *id)?;
                 }
                 let mode = if d.new_file {
                     OpenMode::Truncate
+                } else if d.unwritten.is_some() {
+                    // A checkpoint may be writing the same Create record at the same place;
+                    // never truncate what it wrote.
+                    OpenMode::Create
                 } else {
                     OpenMode::Existing
                 };
                 let file = self.shared.pool.get(*id, mode)?;
+                if let Some(create) = &d.unwritten {
+                    file.write_all_at(create, 0)?;
+                }
                 let mut pos = d.write_from;
                 for r in &d.writes {
                     file.write_all_at(&b.buf[r.clone()], pos)?;
@@ -725,7 +877,7 @@ impl Committer {
     /// of it can resurface after a crash; returns the failure to report. Any other failure, or
     /// a failed undo, stops the store.
     fn undo(&mut self, written: &[Written], failure: BatchFailure) -> BatchFailure {
-        if failure.kind != io::ErrorKind::StorageFull {
+        if !failure.disk_full {
             self.shared.fail(&failure.message);
             return failure;
         }
@@ -735,16 +887,25 @@ impl Committer {
                 let root = &self.shared.root;
                 match self.shared.fs.remove_file(&layout::stream_file(root, w.id)) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                    _ => self.shared.pool.sync_dir(&layout::stream_dir(root, w.id)),
+                    _ => match self.shared.pool.sync_dir(&layout::stream_dir(root, w.id)) {
+                        // The fan-out directory could not be created either.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                        other => other,
+                    },
                 }
             } else {
-                self.shared
-                    .pool
-                    .get(w.id, OpenMode::Existing)
-                    .and_then(|f| f.set_len(w.from).and_then(|()| f.sync_data()))
+                match self.shared.pool.get(w.id, OpenMode::Existing) {
+                    Ok(f) => f.set_len(w.from).and_then(|()| f.sync_data()),
+                    // The file of a stream created without one could not be created: nothing
+                    // was written.
+                    Err(e) if w.materialized && e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e),
+                }
             };
             if let Err(e) = undone {
-                let failure = BatchFailure::new("undo stream file write", &e);
+                // The batch's records may stay in the stream file and resurface: not "nothing
+                // was written".
+                let failure = BatchFailure::sync("undo stream file write", &e);
                 self.shared.fail(&failure.message);
                 return failure;
             }
@@ -757,12 +918,19 @@ impl Committer {
         let start = self.wal_len;
         if let Err(e) = self.wal.write_all_at(&b.buf, start) {
             let failure = BatchFailure::new("write WAL", &e);
-            if e.kind() == io::ErrorKind::StorageFull {
+            if failure.disk_full {
                 // Take the partial write back so a later batch cannot be torn by it, and make
                 // the truncation durable before anything else is written.
                 let undone = self.wal.set_len(start).and_then(|()| self.wal.sync_data());
-                if undone.is_ok() {
-                    return Err(self.undo(written, failure));
+                match undone {
+                    Ok(()) => return Err(self.undo(written, failure)),
+                    Err(e) => {
+                        // The torn write (and the batch's stream-file records) may stay: not
+                        // "nothing was written".
+                        let failure = BatchFailure::sync("take back WAL write", &e);
+                        self.shared.fail(&failure.message);
+                        return Err(failure);
+                    }
                 }
             }
             self.shared.fail(&failure.message);
@@ -780,7 +948,8 @@ impl Committer {
             Durability::Durable => {
                 let started = Instant::now();
                 if let Err(e) = self.wal.sync_data() {
-                    let failure = BatchFailure::new("sync WAL", &e);
+                    // The batch may be replayed from the WAL at the next open.
+                    let failure = BatchFailure::sync("sync WAL", &e);
                     self.shared.fail(&failure.message);
                     return Err(failure);
                 }
@@ -797,7 +966,7 @@ impl Committer {
         let root = self.shared.root.clone();
         for w in written {
             self.dirty.streams.insert(w.id);
-            if w.new_file {
+            if w.new_file || w.materialized {
                 self.dirty.dirs.insert(layout::stream_dir(&root, w.id));
             }
         }
@@ -809,8 +978,16 @@ impl Committer {
         let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         for id in &b.order {
             let d = b.drafts.remove(id).expect("every ordered id has a draft");
+            let deferred = d.defers_file();
             let entry = d.entry;
             let mut st = entry.lock();
+            if deferred {
+                st.unwritten = Some(b.buf[d.writes[0].clone()].into());
+                self.dirty.unwritten.push(Arc::clone(&entry));
+            } else if !d.writes.is_empty() && !d.s.removed {
+                // Written above (with its Create record, if the file did not exist).
+                st.unwritten = None;
+            }
             if !d.new_file && live(&st.s) {
                 streams_delta -= 1;
                 bytes_delta -= signed(st.s.bytes);
@@ -870,7 +1047,7 @@ impl Committer {
         }
     }
 
-    fn maybe_rotate(&mut self) -> io::Result<()> {
+    fn maybe_rotate(&mut self) -> std::result::Result<(), CheckpointFailure> {
         if self.wal_len < self.shared.wal_segment_bytes
             || self.shared.checkpointing.load(Ordering::Acquire)
             || self.shared.failure().is_some()
@@ -881,30 +1058,40 @@ impl Committer {
         self.shared.checkpointing.store(true, Ordering::Release);
         if self.bg_tx.send(BgMsg::Checkpoint(job)).is_err() {
             self.shared.checkpointing.store(false, Ordering::Release);
+            self.shared.checkpoint_done.notify_waiters();
         }
         Ok(())
     }
 
     /// Starts a new WAL segment and returns the checkpoint that makes the old ones obsolete.
-    fn rotate(&mut self) -> io::Result<CheckpointJob> {
+    /// Only a failed create of the new segment can be retried later (on a full disk); a
+    /// failed fsync cannot.
+    fn rotate(&mut self) -> std::result::Result<CheckpointJob, CheckpointFailure> {
         // Every byte of the old segment must be durable before a newer segment can hold
         // records, or recovery could find a hole followed by newer data.
-        self.wal.sync_data()?;
+        self.wal.sync_data().map_err(CheckpointFailure::sync)?;
         let segment = self.segment + 1;
         let root = &self.shared.root;
         let wal = self
             .shared
             .pool
-            .open(&layout::wal_segment(root, segment), OpenMode::Truncate)?;
-        self.shared.pool.sync_dir(&layout::wal_dir(root))?;
+            .open(&layout::wal_segment(root, segment), OpenMode::Truncate)
+            .map_err(CheckpointFailure::io)?;
+        self.shared
+            .pool
+            .sync_dir(&layout::wal_dir(root))
+            .map_err(CheckpointFailure::sync)?;
         self.wal = Arc::clone(&wal);
         *self.shared.wal_current() = Some(wal);
         self.segment = segment;
         self.wal_len = 0;
+        let mut dirty = std::mem::take(&mut self.dirty);
+        // What a checkpoint that failed on a full disk did not get to sync.
+        dirty.merge(std::mem::take(&mut *self.shared.carry()));
         Ok(CheckpointJob {
             floor: segment,
             next_id: self.next_id,
-            dirty: std::mem::take(&mut self.dirty),
+            dirty,
         })
     }
 
@@ -937,10 +1124,11 @@ impl Committer {
         if self.shared.failure().is_some() || (self.wal_len == 0 && self.dirty.is_empty()) {
             return;
         }
-        let done = self.rotate().and_then(|job| checkpoint(&self.shared, job));
-        if let Err(e) = done {
+        let done = self.rotate().and_then(|job| checkpoint(&self.shared, &job));
+        if let Err(f) = done {
+            // The WAL still holds everything; the next open replays it.
             self.shared
-                .fail(&BatchFailure::new("checkpoint", &e).message);
+                .fail(&BatchFailure::new("checkpoint", &f.error).message);
         }
     }
 }
@@ -1047,10 +1235,18 @@ fn background(shared: &Arc<Shared>, rx: &mpsc::Receiver<BgMsg>) {
         };
         match msg {
             Ok(BgMsg::Checkpoint(job)) => {
-                if let Err(e) = checkpoint(shared, job) {
-                    shared.fail(&BatchFailure::new("checkpoint", &e).message);
+                if let Err(f) = checkpoint(shared, &job) {
+                    if f.retryable() {
+                        // Nothing was lost: the floor did not move, so the WAL still covers
+                        // the job. Its files go into the next checkpoint, which the committer
+                        // starts at its next rotation.
+                        shared.carry().merge(job.dirty);
+                    } else {
+                        shared.fail(&BatchFailure::new("checkpoint", &f.error).message);
+                    }
                 }
                 shared.checkpointing.store(false, Ordering::Release);
+                shared.checkpoint_done.notify_waiters();
             }
             Ok(BgMsg::Stop) | Err(RecvTimeoutError::Disconnected) => {
                 if fast {
@@ -1079,26 +1275,34 @@ fn sync_wal(shared: &Shared) {
 }
 
 /// Makes everything written before the job's WAL floor durable in the stream files, records
-/// the floor, and deletes the WAL segments below it.
-pub(crate) fn checkpoint(shared: &Shared, job: CheckpointJob) -> io::Result<()> {
+/// the floor, and deletes the WAL segments below it. Until the new `CHECKPOINT` is in place
+/// nothing is lost by failing: the old floor still holds, and the WAL still covers the job.
+pub(crate) fn checkpoint(
+    shared: &Shared,
+    job: &CheckpointJob,
+) -> std::result::Result<(), CheckpointFailure> {
     let fs = &shared.fs;
+    let (made, made_dirs) =
+        write_unwritten(shared, &job.dirty.unwritten).map_err(CheckpointFailure::io)?;
     for path in &job.dirty.unlinks {
         match fs.remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(CheckpointFailure::io(e)),
         }
     }
-    let mut ids: Vec<u64> = job.dirty.streams.into_iter().collect();
+    let mut ids: Vec<u64> = job.dirty.streams.iter().copied().chain(made).collect();
     ids.sort_unstable();
-    sync_streams(shared, &ids)?;
-    let mut dirs: Vec<PathBuf> = job.dirty.dirs.into_iter().collect();
+    ids.dedup();
+    sync_streams(shared, &ids).map_err(CheckpointFailure::sync)?;
+    let mut dirs: Vec<&PathBuf> = job.dirty.dirs.iter().chain(&made_dirs).collect();
     dirs.sort();
+    dirs.dedup();
     for dir in dirs {
-        match shared.pool.sync_dir(&dir) {
+        match shared.pool.sync_dir(dir) {
             // A fan-out directory that did not survive a crash holds nothing to persist.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            other => other?,
+            other => other.map_err(CheckpointFailure::sync)?,
         }
     }
     write_checkpoint(
@@ -1108,7 +1312,45 @@ pub(crate) fn checkpoint(shared: &Shared, job: CheckpointJob) -> io::Result<()> 
             next_stream_id: job.next_id,
         },
     )?;
-    remove_segments_below(shared, job.floor)
+    remove_segments_below(shared, job.floor).map_err(CheckpointFailure::io)
+}
+
+/// Creates the files of streams created without one (see [`Draft::defers_file`]) that are
+/// still without one and not removed, each holding its Create record; returns the ids of all
+/// those not removed and the directories to sync. A file the committer created meanwhile
+/// (because the stream got another record) is synced too: its Create record is in a WAL
+/// segment this checkpoint deletes. Runs under each stream's lock, so the committer, which
+/// marks a stream removed before it unlinks the file, never races it into a file for a
+/// removed stream.
+fn write_unwritten(
+    shared: &Shared,
+    entries: &[Arc<Entry>],
+) -> io::Result<(Vec<u64>, HashSet<PathBuf>)> {
+    let mut ids = Vec::new();
+    let mut dirs = HashSet::new();
+    for entry in entries {
+        let mut st = entry.lock();
+        if st.s.removed {
+            continue;
+        }
+        let dir = layout::stream_dir(&shared.root, entry.id);
+        if let Some(create) = &st.unwritten {
+            if !dirs.contains(&dir) {
+                shared.fs.create_dir_all(&dir)?;
+            }
+            let file = shared.pool.get(entry.id, OpenMode::Create)?;
+            file.write_all_at(create, 0)?;
+            st.unwritten = None;
+        }
+        // Reported even when written earlier: a checkpoint that wrote it and then failed (on a
+        // full disk) is retried with the same entries and must still sync the file and entry.
+        dirs.insert(dir);
+        ids.push(entry.id);
+    }
+    if !ids.is_empty() {
+        dirs.insert(layout::streams_dir(&shared.root));
+    }
+    Ok((ids, dirs))
 }
 
 /// Most threads a checkpoint uses to fsync stream files.
@@ -1116,7 +1358,7 @@ const SYNC_THREADS: usize = 16;
 
 /// `fdatasync`s stream files, several at a time: devices and file systems overlap concurrent
 /// flushes (and journal commits), so many dirty files sync far faster than one by one.
-fn sync_streams(shared: &Shared, ids: &[u64]) -> io::Result<()> {
+pub(crate) fn sync_streams(shared: &Shared, ids: &[u64]) -> io::Result<()> {
     let sync_one = |id: u64| match shared.pool.get(id, OpenMode::Existing) {
         Ok(file) => file.sync_data(),
         // Deleted since; its Delete record is in a newer segment.
@@ -1141,15 +1383,25 @@ fn sync_streams(shared: &Shared, ids: &[u64]) -> io::Result<()> {
 }
 
 /// Replaces the CHECKPOINT file atomically.
-pub(crate) fn write_checkpoint(shared: &Shared, ckpt: Checkpoint) -> io::Result<()> {
+pub(crate) fn write_checkpoint(
+    shared: &Shared,
+    ckpt: Checkpoint,
+) -> std::result::Result<(), CheckpointFailure> {
     let root = &shared.root;
     let tmp = layout::checkpoint_tmp(root);
-    let file = shared.pool.open(&tmp, OpenMode::Truncate)?;
-    file.write_all_at(&ckpt.encode(), 0)?;
-    file.sync_data()?;
+    let file = shared
+        .pool
+        .open(&tmp, OpenMode::Truncate)
+        .map_err(CheckpointFailure::io)?;
+    file.write_all_at(&ckpt.encode(), 0)
+        .map_err(CheckpointFailure::io)?;
+    file.sync_data().map_err(CheckpointFailure::sync)?;
     drop(file);
-    shared.fs.rename(&tmp, &layout::checkpoint_file(root))?;
-    shared.pool.sync_dir(root)
+    shared
+        .fs
+        .rename(&tmp, &layout::checkpoint_file(root))
+        .map_err(CheckpointFailure::io)?;
+    shared.pool.sync_dir(root).map_err(CheckpointFailure::sync)
 }
 
 /// Deletes WAL segments numbered below `floor` (already obsolete by the CHECKPOINT file).

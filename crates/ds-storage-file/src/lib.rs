@@ -7,8 +7,10 @@
 //! `fdatasync`. Each record carries a stream's data *and* its new producer, `Stream-Seq` and
 //! closure state, so the two can never disagree after a crash. After the commit the same bytes
 //! are written to the streams' own files (read by catch-up reads), the new tails are published
-//! to live readers, and the requests are answered. Background checkpoints fsync the stream
-//! files and drop old WAL segments; recovery on [`FileStorage::open`] replays the WAL tail.
+//! to live readers, and the requests are answered. (A stream created without data gets its file
+//! with its next record, or from the next checkpoint: a create then costs no inode.)
+//! Background checkpoints fsync the stream files and drop old WAL segments; recovery on
+//! [`FileStorage::open`] replays the WAL tail and leaves its own checkpoint to the background.
 //! See the `commit`, `recovery` and `record` modules for the details and the byte layout.
 //!
 //! # What is guaranteed, and what a crash can lose
@@ -38,10 +40,14 @@
 //! segment, the `LOCK` file and whatever operations are in flight hold for a moment. Running
 //! out of descriptors (`EMFILE`) closes pooled files and retries; clients never see it.
 //!
-//! After an I/O error other than a full disk (a failed `fsync` in particular: the page cache
-//! can no longer be trusted) the store stops accepting writes and reports not ready; a restart
-//! recovers from the WAL. A full disk fails the affected requests with
-//! [`Error::StorageFull`] and the store carries on.
+//! A full disk or quota (`ENOSPC`, `EDQUOT`) fails the affected requests with
+//! [`Error::StorageFull`] (`limit: 0`: the disk's limit, not a configured one) and the store
+//! carries on: the batch's partial writes are truncated away (durably) before anything else is
+//! written, readers never saw any of it, and appends succeed again once space is freed. A WAL
+//! rotation or checkpoint that runs out of space is retried later. After any other I/O error
+//! (a failed `fsync` in particular: the page cache can no longer be trusted) the store stops
+//! accepting writes (`Error::Backend`, which the server answers with `503`) and reports not
+//! ready; reads keep working, and a restart recovers from the WAL.
 //!
 //! [`close`]: FileStorage::close
 //!
@@ -58,6 +64,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod fuzzing;
 pub mod io;
 
 mod commit;
@@ -218,6 +225,10 @@ pub(crate) struct Shared {
     wal_current: Mutex<Option<Arc<dyn FsFile>>>,
     wal_dirty: AtomicBool,
     checkpointing: AtomicBool,
+    /// Woken whenever a background checkpoint ends (`checkpointing` went back to false).
+    checkpoint_done: tokio::sync::Notify,
+    /// Files a checkpoint that failed on a full disk did not sync; the next one does.
+    carry: Mutex<commit::Dirty>,
     stats: Stats,
 }
 
@@ -273,6 +284,12 @@ impl Shared {
         ct
     }
 
+    fn carry(&self) -> MutexGuard<'_, commit::Dirty> {
+        self.carry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn wal_current(&self) -> MutexGuard<'_, Option<Arc<dyn FsFile>>> {
         self.wal_current
             .lock()
@@ -280,12 +297,25 @@ impl Shared {
     }
 }
 
+/// Whether an I/O error means the disk or the user's quota is full (ENOSPC, EDQUOT).
+pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || (cfg!(target_os = "linux") && matches!(e.raw_os_error(), Some(28 | 122)))
+}
+
+/// The error of a write the disk had no room for. The limit is the disk's, not a configured
+/// one, and its size is not known here: 0 says so.
+pub(crate) fn disk_full_error() -> Error {
+    Error::StorageFull { limit: 0 }
+}
+
 /// Maps an I/O error to the storage error: a full disk is `StorageFull`, anything else a
 /// `Backend` error naming the failed operation and keeping the source.
 pub(crate) fn backend(op: &'static str, e: std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::StorageFull {
-        // The disk's size is not known here; 0 says "no configured limit".
-        Error::StorageFull { limit: 0 }
+    if is_disk_full(&e) {
+        disk_full_error()
     } else {
         Error::Backend {
             op,
@@ -404,6 +434,8 @@ impl FileStorage {
             wal_current: Mutex::new(None),
             wal_dirty: AtomicBool::new(false),
             checkpointing: AtomicBool::new(false),
+            checkpoint_done: tokio::sync::Notify::new(),
+            carry: Mutex::new(commit::Dirty::default()),
             stats: Stats::default(),
         });
         let recovering = Arc::clone(&shared);
@@ -456,6 +488,22 @@ impl FileStorage {
         }
         if let Some(thread) = self.handle.take_thread() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    /// Waits until no background checkpoint is running. Right after [`FileStorage::open`]
+    /// that is recovery's checkpoint: the store serves requests while it syncs what the
+    /// replayed WAL touched, and the replayed segments stay until it is done. Tests use this
+    /// to know when recovery's file operations are over; tools, to know the WAL was trimmed.
+    pub async fn wait_for_checkpoint(&self) {
+        let shared = self.shared();
+        loop {
+            let mut done = std::pin::pin!(shared.checkpoint_done.notified());
+            done.as_mut().enable();
+            if !shared.checkpointing.load(Ordering::Acquire) {
+                return;
+            }
+            done.await;
         }
     }
 
@@ -795,6 +843,19 @@ impl Storage for FileStorage {
         Ok(())
     }
 
+    async fn restore_writer(&self, name: &StreamName, writer: WriterState) -> Result<()> {
+        let entry = self.live(name, "restore writer state").await?;
+        self.submit(
+            "restore writer state",
+            Op::RestoreWriter {
+                entry,
+                writer: Box::new(writer),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn subscribe(&self, name: &StreamName) -> Result<watch::Receiver<Tail>> {
         let entry = self.live(name, "subscribe").await?;
         let mut st = entry.lock();
@@ -847,6 +908,39 @@ impl Storage for FileStorage {
             commit_ops: load(&s.ops),
             syncs: load(&s.fsyncs),
             sync_micros: load(&s.fsync_micros),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_or_quota_is_storage_full_and_other_errors_are_backend_errors() {
+        for e in [
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+            std::io::Error::from(std::io::ErrorKind::QuotaExceeded),
+            std::io::Error::from_raw_os_error(28),
+            std::io::Error::from_raw_os_error(122),
+        ] {
+            assert!(is_disk_full(&e), "{e}");
+            assert!(matches!(
+                backend("write WAL", e),
+                Error::StorageFull { limit: 0 }
+            ));
+        }
+        let eio = std::io::Error::from_raw_os_error(5);
+        assert!(!is_disk_full(&eio));
+        match backend("sync WAL", eio) {
+            Error::Backend { op, source } => {
+                assert_eq!(op, "sync WAL");
+                assert!(
+                    source.to_string().contains("Input/output error"),
+                    "{source}"
+                );
+            }
+            e => panic!("unexpected {e:?}"),
         }
     }
 }

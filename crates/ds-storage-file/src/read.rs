@@ -3,8 +3,13 @@
 //!
 //! Everything here does blocking I/O and runs on tokio's blocking pool. A read looks up the
 //! sparse-index entry at or before its start, walks record heads from there, and reads at most
-//! about `max_bytes` of payload, in blocks of [`BLOCK`] bytes (larger pieces are read exactly),
-//! so serving a huge stream never holds more than one chunk of it in memory. Record heads are
+//! about `max_bytes` of payload, so serving a huge stream never holds more than one chunk of it
+//! in memory. The file is read in blocks sized to what the read still wants (at least
+//! [`BLOCK`], at most [`BIG_BLOCK`]; a larger piece is read exactly): a 1 MiB catch-up read of
+//! 256 KiB appends is one `pread`, and its pieces are slices of that block, not copies. Blocks
+//! above [`BLOCK`] come from a small set of recycled buffers: a fresh allocation that large is
+//! a fresh `mmap`, and zeroing and faulting in its pages cost more than the `pread` itself.
+//! Record heads are
 //! trusted (they were checksummed when written or recovered); data past the length captured
 //! under the stream's lock is never looked at, so a read never sees a record the committer is
 //! still writing.
@@ -21,8 +26,72 @@ use crate::pool::FilePool;
 use crate::record::{self, DataHead};
 use crate::stream::{Entry, IdxEntry};
 
-/// Size of one disk read while walking a stream file.
+/// Smallest disk read while walking a stream file (and the size used where the read does not
+/// say how much it wants).
 pub(crate) const BLOCK: usize = 64 * 1024;
+
+/// Largest block read at once: a default 1 MiB response plus the record heads between its
+/// pieces. Also the size of every recycled buffer.
+pub(crate) const BIG_BLOCK: usize = 1024 * 1024 + 64 * 1024;
+
+/// Room for record heads when a block is sized to a read's remaining payload budget.
+const HEAD_SLACK: usize = 64 * 1024;
+
+/// Most recycled buffers kept between reads (about 18 MiB).
+const RECYCLED_MAX: usize = 16;
+
+/// Idle [`BIG_BLOCK`] buffers, shared by every store of the process. Their bytes are never
+/// shown before a read overwrites them: a block exposes only what its `pread` filled.
+static RECYCLED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+fn recycled() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
+    RECYCLED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A recycled buffer holding one block; goes back to [`RECYCLED`] when the last `Bytes` slice
+/// of the block is dropped (after the response carrying it is written).
+struct Recycled {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Recycled {
+    fn take(len: usize) -> Recycled {
+        debug_assert!(len <= BIG_BLOCK);
+        let buf = recycled().pop().unwrap_or_else(|| vec![0; BIG_BLOCK]);
+        Recycled { buf, len }
+    }
+}
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        let mut free = recycled();
+        if free.len() < RECYCLED_MAX {
+            free.push(buf);
+        }
+    }
+}
+
+/// Reads `len` bytes at `pos` into a new block.
+fn read_block(file: &dyn FsFile, pos: u64, len: usize) -> io::Result<Bytes> {
+    if len <= BLOCK || len > BIG_BLOCK {
+        let mut buf = BytesMut::zeroed(len);
+        read_exact_at(file, &mut buf, pos)?;
+        return Ok(buf.freeze());
+    }
+    let mut block = Recycled::take(len);
+    read_exact_at(file, &mut block.buf[..len], pos)?;
+    Ok(Bytes::from_owner(block))
+}
 
 /// One message (JSON) or one append (binary) of a stream's own data.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +117,8 @@ struct UnitCursor {
     current: Option<(u64, Vec<u32>, usize)>,
     block_start: u64,
     block: Bytes,
+    /// File bytes the read still expects to need from here (sizes the next block).
+    want: usize,
 }
 
 impl UnitCursor {
@@ -60,6 +131,7 @@ impl UnitCursor {
             current: None,
             block_start: 0,
             block: Bytes::new(),
+            want: BLOCK,
         }
     }
 
@@ -71,15 +143,12 @@ impl UnitCursor {
             let at = (pos - self.block_start) as usize;
             return Ok(self.block.slice(at..at + len));
         }
-        if len > BLOCK {
-            let mut buf = BytesMut::zeroed(len);
-            read_exact_at(&*self.file, &mut buf, pos)?;
-            return Ok(buf.freeze());
+        if len > BIG_BLOCK {
+            return read_block(&*self.file, pos, len);
         }
-        let size = (self.end.saturating_sub(pos) as usize).clamp(len, BLOCK);
-        let mut buf = BytesMut::zeroed(size);
-        read_exact_at(&*self.file, &mut buf, pos)?;
-        self.block = buf.freeze();
+        let avail = usize::try_from(self.end.saturating_sub(pos)).unwrap_or(usize::MAX);
+        let size = avail.min(self.want.clamp(BLOCK, BIG_BLOCK)).max(len);
+        self.block = read_block(&*self.file, pos, size)?;
         self.block_start = pos;
         Ok(self.block.slice(0..len))
     }
@@ -326,7 +395,16 @@ fn read_own(
         }
         return Ok(if from.byte == tail.byte { tail } else { from });
     }
+    // A read capped by message count (fork resolution) keeps to small blocks.
+    let want = |budget: &Budget<'_>| {
+        if *budget.units == usize::MAX {
+            budget.bytes.saturating_add(HEAD_SLACK)
+        } else {
+            BLOCK
+        }
+    };
     let mut cursor = cursor_at(pool, entry, snap)?;
+    cursor.want = want(budget);
     let mut unit = cursor
         .seek(from.byte)
         .map_err(read_error)?
@@ -336,6 +414,7 @@ fn read_own(
     }
     let mut pos = from;
     while pos.byte < end && *budget.units > 0 {
+        cursor.want = want(budget);
         let unit_end = unit.start + unit.len;
         let piece_end = unit_end.min(end);
         let skip = pos.byte - unit.start;

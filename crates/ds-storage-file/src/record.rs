@@ -14,9 +14,13 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use ds_protocol::{Expiry, Offset};
+use ds_storage::rules::{ProducerState, WriterState};
 
-/// The record format version this build writes and reads.
-pub(crate) const VERSION: u8 = 1;
+/// The newest record format version this build reads and writes. Each record carries the
+/// oldest version that can describe it ([`Kind::version`]), so data written without newer
+/// record kinds stays readable by older builds, and an older build refuses a newer record by
+/// its version instead of misreading it.
+pub(crate) const VERSION: u8 = 2;
 
 /// Bytes before the message-length table.
 pub(crate) const FIXED_LEN: usize = 52;
@@ -27,13 +31,13 @@ pub(crate) const MAX_RECORD_LEN: u64 = u32::MAX as u64;
 /// Flag bit: the record closes the stream (`Append` with `Stream-Closed`, or `Create` closed).
 pub(crate) const FLAG_CLOSE: u16 = 1;
 
-// Record byte layout, format version 1. All integers are little-endian.
+// Record byte layout, format version 2. All integers are little-endian.
 //
 //   offset  size   field
 //   0       4      len          total record length in bytes, header included
 //   4       4      crc          CRC-32 (IEEE, crc32fast) of bytes [0, 4) followed by [8, len)
-//   8       1      version      = 1
-//   9       1      kind         1 Create, 2 Append, 3 Touch, 4 SoftDelete, 5 Delete
+//   8       1      version      1 for kinds 1-5, 2 for kind 6 (the version that introduced it)
+//   9       1      kind         1 Create, 2 Append, 3 Touch, 4 SoftDelete, 5 Delete, 6 Writer
 //   10      2      flags        bit 0: the record closes the stream
 //   12      4      payload_off  offset of the first payload byte from the record start
 //   16      8      stream_id    the stream incarnation (also names its file)
@@ -52,7 +56,17 @@ pub(crate) const FLAG_CLOSE: u16 = 1;
 //   u64 sub_offset, u64 base.seq, u64 base.byte).
 // Metadata of an Append record:
 //   u8 has_stream_seq [u32 len, bytes], u8 has_producer [u32 id_len, id, u64 epoch, u64 seq].
+// Metadata of a Writer record (format version 2; replaces the whole writer state, as
+// `Storage::restore_writer` does):
+//   u8 closed_by tag (0 none, 1: u32 id_len, id, u64 epoch, u64 seq),
+//   u8 has_stream_seq [u32 len, bytes], u32 producer count, then per producer
+//   (in id order) u32 id_len, id, u64 epoch, u64 last_seq.
+//   Closure is the record's close flag; it has no messages.
 // Touch, SoftDelete and Delete records have no metadata and no messages.
+//
+// Versions: format 1 had kinds 1-5. Format 2 adds kind 6; a build that reads only format 1
+// refuses a version-2 record (and so the data directory) with "unsupported record format
+// version 2" rather than skipping it. Records of kinds 1-5 are still written as version 1.
 //
 // A binary append is one message; a JSON append is one message per JSON value. Delete records
 // only ever go to the WAL (the stream's file is unlinked); all others go to both.
@@ -70,6 +84,8 @@ pub(crate) enum Kind {
     SoftDelete = 4,
     /// Removes the stream (WAL only).
     Delete = 5,
+    /// Replaces the writer state: producers, last `Stream-Seq`, closure (format version 2).
+    Writer = 6,
 }
 
 impl Kind {
@@ -80,8 +96,17 @@ impl Kind {
             3 => Kind::Touch,
             4 => Kind::SoftDelete,
             5 => Kind::Delete,
+            6 => Kind::Writer,
             _ => return None,
         })
+    }
+
+    /// The format version that introduced this kind, which its records carry.
+    pub(crate) fn version(self) -> u8 {
+        match self {
+            Kind::Create | Kind::Append | Kind::Touch | Kind::SoftDelete | Kind::Delete => 1,
+            Kind::Writer => 2,
+        }
     }
 }
 
@@ -118,6 +143,15 @@ pub(crate) enum Meta<'a> {
         stream_seq: Option<&'a str>,
         /// `(Producer-Id, epoch, seq)`, when sent.
         producer: Option<(&'a str, u64, u64)>,
+    },
+    /// Writer metadata (closure is the record's close flag).
+    Writer {
+        /// The producer tuple of the closing request, when closed by a producer.
+        closed_by: Option<(&'a str, u64, u64)>,
+        /// The last `Stream-Seq`.
+        stream_seq: Option<&'a str>,
+        /// Every producer, `(id, epoch, last_seq)`.
+        producers: Vec<(&'a str, u64, u64)>,
     },
     /// No metadata.
     None,
@@ -177,14 +211,20 @@ pub(crate) fn decode(rec: &[u8]) -> Result<Record<'_>, DecodeError> {
     if stored != crc_of(rec) {
         return Err(DecodeError::Torn);
     }
-    if rec[8] != VERSION {
+    if rec[8] == 0 || rec[8] > VERSION {
         return Err(DecodeError::Unsupported(format!(
-            "record format version {} (this build reads version {VERSION})",
+            "record format version {} (this build reads versions 1 to {VERSION})",
             rec[8]
         )));
     }
     let kind = Kind::from_u8(rec[9])
-        .ok_or_else(|| DecodeError::Unsupported(format!("record kind {}", rec[9])))?;
+        .filter(|k| k.version() <= rec[8])
+        .ok_or_else(|| {
+            DecodeError::Unsupported(format!(
+                "record kind {} in format version {}",
+                rec[9], rec[8]
+            ))
+        })?;
     // From here on the checksum vouches for the bytes; a malformed body is a bug or a
     // deliberately forged file, reported as unsupported rather than silently skipped.
     let bad = || DecodeError::Unsupported("malformed record body".to_owned());
@@ -268,6 +308,30 @@ fn decode_meta<'a>(kind: Kind, r: &mut Reader<'a>) -> Option<Meta<'a>> {
             Meta::Append {
                 stream_seq,
                 producer,
+            }
+        }
+        Kind::Writer => {
+            let closed_by = match r.u8()? {
+                0 => None,
+                _ => Some((r.str()?, r.u64()?, r.u64()?)),
+            };
+            let stream_seq = match r.u8()? {
+                0 => None,
+                _ => Some(r.str()?),
+            };
+            let count = r.u32()? as usize;
+            // Each producer takes at least 20 bytes, which bounds the allocation.
+            if count > r.buf.len() / 20 {
+                return None;
+            }
+            let mut producers = Vec::with_capacity(count);
+            for _ in 0..count {
+                producers.push((r.str()?, r.u64()?, r.u64()?));
+            }
+            Meta::Writer {
+                closed_by,
+                stream_seq,
+                producers,
             }
         }
         Kind::Touch | Kind::SoftDelete | Kind::Delete => Meta::None,
@@ -363,7 +427,7 @@ impl<'b> Encoder<'b> {
     pub(crate) fn begin(buf: &'b mut Vec<u8>, h: Header, messages: &[Bytes]) -> Self {
         let start = buf.len();
         buf.extend_from_slice(&[0; 8]);
-        buf.push(VERSION);
+        buf.push(h.kind.version());
         buf.push(h.kind as u8);
         buf.extend_from_slice(&h.flags.to_le_bytes());
         buf.extend_from_slice(&[0; 4]);
@@ -380,6 +444,10 @@ impl<'b> Encoder<'b> {
 
     pub(crate) fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
+        self
+    }
+    pub(crate) fn u32(&mut self, v: u32) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
     pub(crate) fn u64(&mut self, v: u64) -> &mut Self {
@@ -403,6 +471,26 @@ impl<'b> Encoder<'b> {
         }
     }
 
+    /// The metadata of a Writer record for `w` (producers in id order, so equal states encode
+    /// to equal bytes).
+    pub(crate) fn writer(&mut self, w: &WriterState) -> &mut Self {
+        match &w.closed_by {
+            None => self.u8(0),
+            Some((id, epoch, seq)) => self.u8(1).str(id).u64(*epoch).u64(*seq),
+        };
+        match &w.last_stream_seq {
+            None => self.u8(0),
+            Some(s) => self.u8(1).str(s),
+        };
+        let mut producers: Vec<(&String, &ProducerState)> = w.producers.iter().collect();
+        producers.sort_unstable_by_key(|(id, _)| *id);
+        self.u32(u32::try_from(producers.len()).unwrap_or(u32::MAX));
+        for (id, p) in producers {
+            self.str(id).u64(p.epoch).u64(p.last_seq);
+        }
+        self
+    }
+
     /// Appends the payload, fills in length, payload offset and checksum; returns the
     /// record's byte range in the buffer.
     pub(crate) fn finish(self, messages: &[Bytes]) -> Range<usize> {
@@ -424,6 +512,47 @@ impl<'b> Encoder<'b> {
 /// refuse records the `u32` length cannot frame.
 pub(crate) fn head_estimate(messages: usize, meta: usize) -> u64 {
     (FIXED_LEN + 4 * messages + meta + 128) as u64
+}
+
+/// The encoded size of a Writer record's metadata for `w` (see [`Encoder::writer`]).
+pub(crate) fn writer_meta_len(w: &WriterState) -> u64 {
+    let str_len = |s: &str| 4 + s.len() as u64;
+    let closed_by = w
+        .closed_by
+        .as_ref()
+        .map_or(1, |(id, _, _)| 1 + str_len(id) + 16);
+    let stream_seq = w.last_stream_seq.as_deref().map_or(1, |s| 1 + str_len(s));
+    let producers: u64 = w.producers.keys().map(|id| str_len(id) + 16).sum();
+    closed_by + stream_seq + 4 + producers
+}
+
+/// The writer state a Writer record's metadata describes (`closed` is the record's close flag).
+pub(crate) fn writer_state(meta: &Meta<'_>, closed: bool) -> Option<WriterState> {
+    let Meta::Writer {
+        closed_by,
+        stream_seq,
+        producers,
+    } = meta
+    else {
+        return None;
+    };
+    Some(WriterState {
+        closed,
+        closed_by: closed_by.map(|(id, epoch, seq)| (id.to_owned(), epoch, seq)),
+        last_stream_seq: stream_seq.map(str::to_owned),
+        producers: producers
+            .iter()
+            .map(|(id, epoch, last_seq)| {
+                (
+                    (*id).to_owned(),
+                    ProducerState {
+                        epoch: *epoch,
+                        last_seq: *last_seq,
+                    },
+                )
+            })
+            .collect(),
+    })
 }
 
 // CHECKPOINT file byte layout, format version 1 (little-endian), 36 bytes:
@@ -573,6 +702,76 @@ mod tests {
                 fork: Some(fork)
             }
         );
+    }
+
+    fn sample_writer() -> WriterState {
+        WriterState {
+            closed: true,
+            closed_by: Some(("p".to_owned(), 3, 8)),
+            last_stream_seq: Some("0009".to_owned()),
+            producers: [("q", 0, 0), ("p", 3, 8)]
+                .into_iter()
+                .map(|(id, epoch, last_seq)| (id.to_owned(), ProducerState { epoch, last_seq }))
+                .collect(),
+        }
+    }
+
+    fn writer_record(buf: &mut Vec<u8>, w: &WriterState) -> Range<usize> {
+        let header = Header {
+            kind: Kind::Writer,
+            flags: if w.closed { FLAG_CLOSE } else { 0 },
+            stream_id: 4,
+            rec_no: 2,
+            at_ms: 5,
+            segment: 6,
+        };
+        let mut e = Encoder::begin(buf, header, &[]);
+        e.writer(w);
+        e.finish(&[])
+    }
+
+    #[test]
+    fn writer_record_round_trips_as_version_2() {
+        for w in [sample_writer(), WriterState::default()] {
+            let mut buf = Vec::new();
+            let range = writer_record(&mut buf, &w);
+            let bytes = &buf[range];
+            assert_eq!(bytes[8], 2, "a Writer record carries format version 2");
+            assert_eq!(
+                bytes.len() as u64,
+                FIXED_LEN as u64 + writer_meta_len(&w),
+                "writer_meta_len is exact"
+            );
+            let rec = decode(bytes).expect("valid");
+            assert_eq!(rec.kind, Kind::Writer);
+            assert!(rec.msg_lens.is_empty());
+            assert_eq!(writer_state(&rec.meta, rec.closes()), Some(w));
+        }
+    }
+
+    #[test]
+    fn old_kinds_stay_version_1_and_newer_versions_are_refused() {
+        let mut buf = Vec::new();
+        let range = append_record(&mut buf);
+        assert_eq!(
+            buf[range.start + 8],
+            1,
+            "an Append record stays readable by format 1"
+        );
+        // A Writer record claiming format 1 (which had no such kind), and a record from a
+        // future format, are refused rather than misread.
+        let mut wbuf = Vec::new();
+        let range = writer_record(&mut wbuf, &sample_writer());
+        for (version, what) in [(1u8, "record kind 6 in format version 1"), (3, "version 3")] {
+            let mut rec = wbuf[range.clone()].to_vec();
+            rec[8] = version;
+            let crc = crc_of(&rec);
+            rec[4..8].copy_from_slice(&crc.to_le_bytes());
+            match decode(&rec) {
+                Err(DecodeError::Unsupported(msg)) => assert!(msg.contains(what), "{msg}"),
+                other => panic!("version {version}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -17,10 +17,14 @@
 //! 5. Truncate torn tails, drop forks whose source did not survive (possible only after power
 //!    loss in file-fast mode), resolve name collisions (the newest incarnation wins), remove
 //!    soft-deleted streams no fork references any more, and count fork references.
-//! 6. Start a new WAL segment and checkpoint: fsync every stream file and directory the
-//!    replayed WAL touched (even where the file already held the records: after a process
-//!    crash they may only be in the page cache) or recovery wrote, record the new floor,
-//!    delete the replayed segments.
+//! 6. Start a new WAL segment, fsync the files whose torn tails were cut (so no uncommitted
+//!    record can reappear behind a newer committed one), and checkpoint: fsync every stream
+//!    file and directory the replayed WAL touched (even where the file already held the
+//!    records: after a process crash they may only be in the page cache) or recovery wrote,
+//!    record the new floor, delete the replayed segments. That checkpoint runs on the
+//!    background thread after the store opens (until it is done, the old floor and the
+//!    replayed segments still cover everything), unless recovery wrote marker records of its
+//!    own, which no WAL holds: then it runs before the store opens.
 //!
 //! Everything below the checkpointed floor was fsynced in the stream files before the floor
 //! moved, so the first record of a stream in the replayed WAL never lies beyond the stream
@@ -34,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use ds_protocol::{Expiry, NameLimits, StreamName, content_type};
 use ds_storage::{Error, Result};
 
-use crate::commit::{CheckpointJob, CommitterInit, Dirty, checkpoint, ensure_fanout};
+use crate::commit::{CheckpointJob, CommitterInit, Dirty, checkpoint, ensure_fanout, sync_streams};
 use crate::io::{FsFile, OpenMode, read_exact_at};
 use crate::record::{
     self, Checkpoint, DecodeError, Encoder, FIXED_LEN, ForkMeta, Header, Kind, Meta, Record,
@@ -229,7 +233,10 @@ fn scan_file(
         };
         let follows = rec.stream_id == id
             && rec.rec_no == found.s.rec_count
-            && matches!(rec.kind, Kind::Append | Kind::Touch | Kind::SoftDelete)
+            && matches!(
+                rec.kind,
+                Kind::Append | Kind::Touch | Kind::SoftDelete | Kind::Writer
+            )
             && trust.trusts(&rec);
         if !follows {
             break;
@@ -368,6 +375,10 @@ struct Rebuild<'s> {
     dirty: Dirty,
     /// Streams the replayed WAL deletes.
     deleted: HashSet<u64>,
+    /// Stream files whose torn tails `trim` cut off.
+    trimmed: Vec<u64>,
+    /// Whether `settle_names` wrote marker records (which no WAL holds).
+    markers: bool,
 }
 
 impl Rebuild<'_> {
@@ -482,7 +493,7 @@ impl Rebuild<'_> {
                     .dirs
                     .insert(layout::stream_dir(&self.shared.root, id));
             }
-            Kind::Append | Kind::Touch | Kind::SoftDelete => {
+            Kind::Append | Kind::Touch | Kind::SoftDelete | Kind::Writer => {
                 // A stream that is gone (deleted earlier in the WAL, or dropped by an earlier
                 // recovery) has nothing to apply its records to.
                 let Some(found) = self.scan.found.get_mut(id) else {
@@ -625,6 +636,7 @@ impl Rebuild<'_> {
                     .map_err(op)?;
                 file.set_len(found.s.file_len).map_err(op)?;
                 self.dirty.streams.insert(found.id);
+                self.trimmed.push(found.id);
             }
         }
         let empty: Vec<u64> = self.scan.empty.drain().collect();
@@ -674,6 +686,7 @@ impl Rebuild<'_> {
                     fork_refs: 0,
                     touch_pending: false,
                     watch: None,
+                    unwritten: None,
                 }),
             });
             order.push(f.id);
@@ -730,6 +743,7 @@ impl Rebuild<'_> {
             if !named(&names, e) && !st.s.soft_deleted {
                 append_marker(self.shared, e, &mut st, Kind::SoftDelete, marker_segment)?;
                 self.dirty.streams.insert(e.id);
+                self.markers = true;
             }
         }
         Ok(names)
@@ -751,6 +765,8 @@ pub(crate) fn recover(shared: &Shared) -> Result<Recovered> {
         scan: Scan::default(),
         dirty: Dirty::default(),
         deleted: HashSet::new(),
+        trimmed: Vec::new(),
+        markers: false,
     };
     let (deleted, window) = rebuild.survey(&segments)?;
     rebuild.scan = scan_streams(
@@ -780,15 +796,27 @@ pub(crate) fn recover(shared: &Shared) -> Result<Recovered> {
         .sync_dir(&layout::wal_dir(root))
         .map_err(|e| backend("create WAL segment", e))?;
     let fanouts = std::mem::take(&mut rebuild.scan.fanouts);
-    checkpoint(
-        shared,
-        CheckpointJob {
-            floor: segment,
-            next_id,
-            dirty: rebuild.dirty,
-        },
-    )
-    .map_err(|e| backend("checkpoint after recovery", e))?;
+    let job = CheckpointJob {
+        floor: segment,
+        next_id,
+        dirty: rebuild.dirty,
+    };
+    // A cut-off tail must not come back: after a power loss an uncommitted record behind it
+    // could carry the record number of a record committed later, and the replayed WAL would
+    // vouch for it. These few files are synced now, before anything new is written to them.
+    rebuild.trimmed.sort_unstable();
+    sync_streams(shared, &rebuild.trimmed)
+        .map_err(|e| backend("sync truncated stream files", e))?;
+    // Everything else recovery wrote comes from the WAL segments the old floor keeps, and
+    // replaying them again is idempotent: the checkpoint that syncs it all (100,000 files
+    // after a burst of creates) runs in the background once the store is open. Marker records
+    // are recovery's own, in no WAL, so they are checkpointed before the store opens.
+    let pending = if rebuild.markers {
+        checkpoint(shared, &job).map_err(|f| backend("checkpoint after recovery", f.error))?;
+        None
+    } else {
+        Some(job)
+    };
     let expiring = by_id
         .iter()
         .filter(|(_, e)| e.expiry != Expiry::None)
@@ -803,6 +831,7 @@ pub(crate) fn recover(shared: &Shared) -> Result<Recovered> {
             expiring,
             fanouts,
             lock,
+            pending,
         },
     })
 }

@@ -118,6 +118,11 @@ impl StreamState {
                 };
                 rules::apply_append(self.writer.make_mut(), &req, &plan);
             }
+            (Kind::Writer, meta) => {
+                if let Some(w) = crate::record::writer_state(meta, rec.closes()) {
+                    self.writer.replace(w);
+                }
+            }
             (Kind::SoftDelete, _) => self.soft_deleted = true,
             _ => {}
         }
@@ -152,6 +157,11 @@ impl Writer {
     /// The state, for changing it.
     pub(crate) fn make_mut(&mut self) -> &mut WriterState {
         self.0.get_or_insert_with(Box::default)
+    }
+
+    /// Replaces the state (keeping nothing allocated for the default one).
+    pub(crate) fn replace(&mut self, w: WriterState) {
+        self.0 = (w != WriterState::default()).then(|| Box::new(w));
     }
 }
 
@@ -232,6 +242,10 @@ pub(crate) struct State {
     pub touch_pending: bool,
     /// Live readers' channel, created on the first subscribe.
     pub watch: Option<watch::Sender<Tail>>,
+    /// The stream's Create record while its file does not exist yet: a create without data
+    /// writes only the WAL; the file is created by the stream's next record or by the next
+    /// checkpoint, whichever comes first (see `commit`).
+    pub unwritten: Option<Box<[u8]>>,
 }
 
 /// Whether a stream can be used, judged from its state.

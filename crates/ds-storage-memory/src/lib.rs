@@ -880,6 +880,27 @@ impl Storage for MemoryStorage {
         self.inner.delete(name)
     }
 
+    async fn restore_writer(&self, name: &StreamName, writer: rules::WriterState) -> Result<()> {
+        let entry = self.inner.live(name)?;
+        let mut st = lock(&entry);
+        if st.removed {
+            return Err(Error::NotFound);
+        }
+        if st.soft_deleted {
+            return Err(Error::Gone);
+        }
+        rules::check_restore(&st.writer, &writer, st.tail)?;
+        st.writer = writer;
+        let tail = Tail {
+            next: st.tail,
+            closed: st.writer.closed,
+            gone: false,
+        };
+        drop(st);
+        entry.tail_tx.send_replace(tail);
+        Ok(())
+    }
+
     async fn subscribe(&self, name: &StreamName) -> Result<watch::Receiver<Tail>> {
         let entry = self.inner.live(name)?;
         Ok(entry.tail_tx.subscribe())

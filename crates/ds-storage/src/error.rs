@@ -118,10 +118,12 @@ pub enum Error {
         /// The limit in bytes.
         limit: u64,
     },
-    /// The store is full (`limits.max_memory_bytes`, or the disk).
+    /// The store is full (`limits.max_memory_bytes`, or the disk). Nothing of the operation was
+    /// written; it can be retried once space is freed.
     #[error("storage is full (limit {limit} bytes)")]
     StorageFull {
-        /// The limit in bytes.
+        /// The configured limit in bytes, or 0 when the disk (or a quota) is full rather than
+        /// a configured limit reached.
         limit: u64,
     },
     /// An infrastructure failure (I/O, database); the operation named failed.

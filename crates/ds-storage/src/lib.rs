@@ -91,6 +91,21 @@ pub trait Storage: Send + Sync + 'static {
     /// Like [`head`](Storage::head), it does not reset a sliding TTL.
     fn export_meta(&self, name: &StreamName) -> impl Future<Output = Result<ExportMeta>> + Send;
 
+    /// Replaces a stream's writer state (idempotent producers, last `Stream-Seq`, closure and
+    /// the producer tuple that closed it) with `writer`, as an export recorded it
+    /// ([`ExportMeta::writer`]). `import` calls it after re-creating a stream and appending its
+    /// data, so producer retries and `Stream-Seq` checks behave on the target exactly as on the
+    /// source.
+    ///
+    /// Like an append, it is durable when it returns, and a closure it applies is seen by live
+    /// readers ([`subscribe`](Storage::subscribe)). A closed stream cannot be reopened: restoring
+    /// an open state onto a closed stream fails with [`Error::Closed`] and changes nothing.
+    fn restore_writer(
+        &self,
+        name: &StreamName,
+        writer: rules::WriterState,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Whether the store can serve requests (for `/readyz`).
     fn is_ready(&self) -> bool {
         true

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use ds_protocol::{Expiry, ProducerHeaders, content_type};
+use ds_protocol::{Expiry, Offset, ProducerHeaders, content_type};
 
 use crate::{AppendRequest, CreateRequest, Error, ProducerAck, Result};
 
@@ -301,6 +301,16 @@ pub fn apply_append(state: &mut WriterState, req: &AppendRequest, plan: &AppendP
                 .map(|p| (p.id.clone(), p.epoch, p.seq));
         }
     }
+}
+
+/// Checks that `restored` may replace `current` (see
+/// [`Storage::restore_writer`](crate::Storage::restore_writer)): a closed stream cannot be
+/// reopened, so restoring an open state onto it fails with [`Error::Closed`] at `tail`.
+pub fn check_restore(current: &WriterState, restored: &WriterState, tail: Offset) -> Result<()> {
+    if current.closed && !restored.closed {
+        return Err(Error::Closed { next: tail });
+    }
+    Ok(())
 }
 
 /// Outcome of [`check_producer`].

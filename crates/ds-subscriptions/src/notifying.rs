@@ -99,6 +99,15 @@ impl<S: Storage> Storage for Notifying<S> {
         Ok(())
     }
 
+    async fn restore_writer(
+        &self,
+        name: &StreamName,
+        writer: ds_storage::rules::WriterState,
+    ) -> Result<()> {
+        hidden(name)?;
+        self.inner.restore_writer(name, writer).await
+    }
+
     async fn subscribe(&self, name: &StreamName) -> Result<watch::Receiver<Tail>> {
         hidden(name)?;
         self.inner.subscribe(name).await

@@ -549,3 +549,62 @@ fn public_url_rules_have_precise_messages() {
         "{m}"
     );
 }
+
+#[test]
+fn postgres_storage_is_configured_from_file_and_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("default.toml"),
+        "[storage]\nmode = \"postgres\"\n[storage.postgres]\nschema = \"streams_a\"\npool_size = 4\n",
+    )
+    .expect("write");
+    let cfg = load_in(
+        dir.path(),
+        DeploymentProfile::Default,
+        &[(
+            "DS_STORAGE__POSTGRES__URL",
+            "postgres://app@db:5432/streams",
+        )],
+    )
+    .expect("valid");
+    assert_eq!(cfg.storage.mode, StorageMode::Postgres);
+    assert_eq!(cfg.storage.postgres.url, "postgres://app@db:5432/streams");
+    assert_eq!(cfg.storage.postgres.schema, "streams_a");
+    assert_eq!(cfg.storage.postgres.pool_size, 4);
+    assert_eq!(cfg.storage.postgres.statement_timeout_ms, 30_000);
+
+    let msg = invalid("[storage]\nmode = \"postgres\"\n[storage.postgres]\npool_size = 1\n");
+    assert!(msg.contains("storage.postgres.pool_size"), "{msg}");
+    let msg =
+        invalid("[storage]\nmode = \"postgres\"\n[storage.postgres]\nschema = \"Bad-Name\"\n");
+    assert!(msg.contains("storage.postgres.schema"), "{msg}");
+    let msg = invalid("[storage]\nmode = \"postgres\"\n[storage.postgres]\nurl = \" \"\n");
+    assert!(msg.contains("storage.postgres.url"), "{msg}");
+}
+
+#[test]
+fn idle_timeout_follows_a_raised_long_poll_timeout_unless_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("default.toml"),
+        "[transport.connection]\nlong_poll_timeout_secs = 300\n",
+    )
+    .expect("write");
+    let cfg = load_in(dir.path(), DeploymentProfile::Default, &[]).expect("valid");
+    assert_eq!(cfg.transport.connection.idle_timeout_secs, None);
+    assert_eq!(cfg.transport.connection.effective_idle_timeout_secs(), 330);
+    assert_eq!(
+        Config::default()
+            .transport
+            .connection
+            .effective_idle_timeout_secs(),
+        120
+    );
+
+    let msg =
+        invalid("[transport.connection]\nlong_poll_timeout_secs = 300\nidle_timeout_secs = 200\n");
+    assert!(
+        msg.contains("idle_timeout_secs (200) must exceed") && msg.contains("(300)"),
+        "{msg}"
+    );
+}

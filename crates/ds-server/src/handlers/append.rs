@@ -1,12 +1,12 @@
 //! `POST`: append, append-and-close, or close (sections 5.2, 5.2.1 and 5.3).
 
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use ds_protocol::headers::{self as h, is_closed_flag, parse_producer};
+use ds_protocol::headers::{is_closed_flag, parse_producer};
 use ds_storage::{AppendOutcome, AppendRequest, ProducerAck, Storage};
 
-use super::{header_str, set_closed, set_no_store, set_offset, stream_name};
+use super::{header_str, names, set_closed, set_no_store, set_offset, stream_name};
 use crate::body::read_limited;
 use crate::error::ApiError;
 use crate::router::App;
@@ -15,19 +15,19 @@ pub(super) async fn append<S: Storage>(app: &App<S>, req: Request) -> Result<Res
     let (parts, body) = req.into_parts();
     let name = stream_name(app, parts.uri.path())?;
     let headers = &parts.headers;
-    let close = is_closed_flag(header_str(headers, h::STREAM_CLOSED)?);
+    let close = is_closed_flag(header_str(headers, &names::STREAM_CLOSED)?);
     let producer = parse_producer(
-        header_str(headers, h::PRODUCER_ID)?,
-        header_str(headers, h::PRODUCER_EPOCH)?,
-        header_str(headers, h::PRODUCER_SEQ)?,
+        header_str(headers, &names::PRODUCER_ID)?,
+        header_str(headers, &names::PRODUCER_EPOCH)?,
+        header_str(headers, &names::PRODUCER_SEQ)?,
     )?;
-    let stream_seq = header_str(headers, h::STREAM_SEQ)?.map(str::to_owned);
+    let stream_seq = header_str(headers, &names::STREAM_SEQ)?.map(str::to_owned);
     let body = read_limited(headers, body, app.settings.max_body_bytes).await?;
     let content_type = if body.is_empty() {
         // A close-only request is never rejected for its Content-Type (section 5.2).
         None
     } else {
-        let raw = header_str(headers, "content-type")?
+        let raw = header_str(headers, &header::CONTENT_TYPE)?
             .filter(|v| !v.trim().is_empty())
             .ok_or_else(|| {
                 ApiError::bad_request(
@@ -109,6 +109,6 @@ pub(super) async fn append<S: Storage>(app: &App<S>, req: Request) -> Result<Res
 }
 
 fn set_producer(out: &mut HeaderMap, ack: ProducerAck) {
-    out.insert(h::PRODUCER_EPOCH, HeaderValue::from(ack.epoch));
-    out.insert(h::PRODUCER_SEQ, HeaderValue::from(ack.seq));
+    out.insert(names::PRODUCER_EPOCH.clone(), HeaderValue::from(ack.epoch));
+    out.insert(names::PRODUCER_SEQ.clone(), HeaderValue::from(ack.seq));
 }

@@ -10,7 +10,7 @@ pub(crate) mod read;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
-use ds_protocol::{Offset, StreamName, headers as h};
+use ds_protocol::{Offset, StreamName};
 use ds_storage::Storage;
 
 use crate::error::ApiError;
@@ -45,11 +45,39 @@ pub(crate) fn stream_name<S>(app: &App<S>, path: &str) -> Result<StreamName, Api
     Ok(name)
 }
 
+/// Protocol header names, parsed once: a `&str` name is parsed and validated again on every
+/// lookup or insert, which showed in the append profile.
+pub(crate) mod names {
+    use axum::http::HeaderName;
+    use ds_protocol::headers as h;
+
+    /// `Stream-Closed`.
+    pub(crate) static STREAM_CLOSED: HeaderName = HeaderName::from_static(h::STREAM_CLOSED);
+    /// `Stream-Next-Offset`.
+    pub(crate) static STREAM_NEXT_OFFSET: HeaderName =
+        HeaderName::from_static(h::STREAM_NEXT_OFFSET);
+    /// `Stream-Up-To-Date`.
+    pub(crate) static STREAM_UP_TO_DATE: HeaderName = HeaderName::from_static(h::STREAM_UP_TO_DATE);
+    /// `Stream-Cursor`.
+    pub(crate) static STREAM_CURSOR: HeaderName = HeaderName::from_static(h::STREAM_CURSOR);
+    /// `Stream-Seq`.
+    pub(crate) static STREAM_SEQ: HeaderName = HeaderName::from_static(h::STREAM_SEQ);
+    /// `Producer-Id`.
+    pub(crate) static PRODUCER_ID: HeaderName = HeaderName::from_static(h::PRODUCER_ID);
+    /// `Producer-Epoch`.
+    pub(crate) static PRODUCER_EPOCH: HeaderName = HeaderName::from_static(h::PRODUCER_EPOCH);
+    /// `Producer-Seq`.
+    pub(crate) static PRODUCER_SEQ: HeaderName = HeaderName::from_static(h::PRODUCER_SEQ);
+}
+
 /// A header as text; a value that is not visible ASCII/UTF-8 is a `400`.
-pub(crate) fn header_str<'a>(
-    headers: &'a HeaderMap,
-    name: &'static str,
-) -> Result<Option<&'a str>, ApiError> {
+///
+/// `name` is a [`HeaderName`](axum::http::HeaderName) from [`names`] or `http::header` on hot
+/// paths, or a lowercase `&'static str`.
+pub(crate) fn header_str<K>(headers: &HeaderMap, name: K) -> Result<Option<&str>, ApiError>
+where
+    K: axum::http::header::AsHeaderName + Copy + std::fmt::Display,
+{
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v.to_str().map(Some).map_err(|_| {
@@ -60,7 +88,7 @@ pub(crate) fn header_str<'a>(
 
 /// Inserts `Stream-Next-Offset`.
 pub(crate) fn set_offset(headers: &mut HeaderMap, offset: Offset) {
-    headers.insert(h::STREAM_NEXT_OFFSET, offset_value(offset));
+    headers.insert(names::STREAM_NEXT_OFFSET.clone(), offset_value(offset));
 }
 
 /// An offset as a header value.
@@ -70,7 +98,10 @@ pub(crate) fn offset_value(offset: Offset) -> HeaderValue {
 
 /// Inserts `Stream-Closed: true`.
 pub(crate) fn set_closed(headers: &mut HeaderMap) {
-    headers.insert(h::STREAM_CLOSED, HeaderValue::from_static("true"));
+    headers.insert(
+        names::STREAM_CLOSED.clone(),
+        HeaderValue::from_static("true"),
+    );
 }
 
 /// Inserts `Content-Type`.

@@ -3,7 +3,6 @@
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use ds_protocol::headers as h;
 use ds_protocol::{OffsetParam, content_type, etag, json};
 use ds_storage::{ReadChunk, ReadFrom, Storage};
 
@@ -26,7 +25,8 @@ pub(super) async fn read<S: Storage>(app: &App<S>, req: Request) -> Result<Respo
         .map_err(|e| ApiError::bad_request("INVALID_OFFSET", e.to_string()))?;
     match q.live.as_deref() {
         None => {
-            let if_none_match = header_str(req.headers(), "if-none-match")?.map(str::to_owned);
+            let if_none_match =
+                header_str(req.headers(), &header::IF_NONE_MATCH)?.map(str::to_owned);
             catch_up(
                 app,
                 &name,
@@ -117,7 +117,10 @@ pub(crate) fn data_response(chunk: ReadChunk) -> Response {
     set_content_type(out, &chunk.content_type);
     set_offset(out, chunk.next);
     if chunk.up_to_date {
-        out.insert(h::STREAM_UP_TO_DATE, HeaderValue::from_static("true"));
+        out.insert(
+            super::names::STREAM_UP_TO_DATE.clone(),
+            HeaderValue::from_static("true"),
+        );
     }
     if chunk.closed {
         set_closed(out);

@@ -3,6 +3,8 @@
 //! loopback sockets.
 
 mod bad_input;
+mod disk_full;
+mod limits;
 mod live;
 mod metrics;
 mod model;

@@ -13,6 +13,8 @@ use tempfile::TempDir;
 pub(crate) struct AcidHarness {
     backend: AcidBackend,
     shard_count: u32,
+    /// [`AcidOptions::bulk_load`].
+    bulk_load: bool,
     dir: TempDir,
     clock: Arc<ManualClock>,
     /// The directory and limits of the store last opened (what `reopen` opens again).
@@ -27,6 +29,15 @@ impl AcidHarness {
         Self::new(AcidBackend::File, 4)
     }
 
+    /// Like [`AcidHarness::file`], in bulk-load mode: commits are synced only by `close`,
+    /// which a reopen runs, so every restart case must still find everything.
+    pub(crate) fn bulk_load() -> Self {
+        AcidHarness {
+            bulk_load: true,
+            ..Self::file()
+        }
+    }
+
     /// redb's in-memory backend: nothing survives a restart.
     pub(crate) fn in_memory() -> Self {
         Self::new(AcidBackend::InMemory, 2)
@@ -36,6 +47,7 @@ impl AcidHarness {
         AcidHarness {
             backend,
             shard_count,
+            bulk_load: false,
             dir: tempfile::tempdir().expect("a temporary directory can be created"),
             clock: Arc::new(ManualClock::new(1_700_000_000_000)),
             current: Mutex::new(None),
@@ -49,6 +61,7 @@ impl AcidHarness {
             backend: self.backend,
             max_stream_bytes: Some(limits.max_stream_bytes),
             clock: self.clock.clone(),
+            bulk_load: self.bulk_load,
             ..AcidOptions::new(dir)
         }
     }

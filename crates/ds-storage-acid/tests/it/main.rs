@@ -3,5 +3,7 @@
 //! one process per data dir, cross-shard forks).
 
 mod acid;
+mod bulk_load;
 mod contract;
+mod disk_full;
 mod harness;

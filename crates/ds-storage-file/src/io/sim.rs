@@ -51,6 +51,12 @@ struct SimState {
     open_handles: usize,
     max_handles: Option<usize>,
     capacity: Option<u64>,
+    /// Writes to files of this name fail with ENOSPC.
+    refused_name: Option<std::ffi::OsString>,
+    /// Creating a file or directory fails with ENOSPC (no room for an inode or entry).
+    refuse_new_entries: bool,
+    /// `sync_data` and `sync_dir` fail with this OS error.
+    sync_error: Option<i32>,
     countdown: Option<(u64, bool)>,
     crashes: u64,
     rng: u64,
@@ -292,6 +298,9 @@ impl SimFs {
                 open_handles: 0,
                 max_handles: None,
                 capacity: None,
+                refused_name: None,
+                refuse_new_entries: false,
+                sync_error: None,
                 countdown: None,
                 crashes: 0,
                 rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
@@ -358,9 +367,29 @@ impl SimFs {
         self.lock_state().max_handles = max;
     }
 
-    /// Limits the bytes all named files may hold; a write past it fails with `ENOSPC`.
+    /// Limits the bytes all named files may hold; a write past it writes what fits and fails
+    /// with `ENOSPC`.
     pub fn set_capacity(&self, bytes: Option<u64>) {
         self.lock_state().capacity = bytes;
+    }
+
+    /// Makes every write to a file named `file_name` (any directory) fail with `ENOSPC`, as
+    /// if the disk were full just when that file is written; `None` lifts it.
+    pub fn refuse_writes_to(&self, file_name: Option<&str>) {
+        self.lock_state().refused_name = file_name.map(std::ffi::OsString::from);
+    }
+
+    /// Makes creating a file or a directory fail with `ENOSPC` (the file system has no room
+    /// for a new inode or directory entry); existing files can still be opened and written.
+    pub fn refuse_new_entries(&self, refuse: bool) {
+        self.lock_state().refuse_new_entries = refuse;
+    }
+
+    /// Makes every `sync_data` and `sync_dir` fail with the OS error `errno` (say `ENOSPC`,
+    /// 28, as NFS or a thin-provisioned volume report a flush they had no room for) without
+    /// making anything durable; `None` lifts it.
+    pub fn fail_syncs(&self, errno: Option<i32>) {
+        self.lock_state().sync_error = errno;
     }
 
     /// Every file path currently visible, in order.
@@ -408,6 +437,8 @@ struct SimFile {
     state: Arc<Mutex<SimState>>,
     generation: u64,
     ino: u64,
+    /// The name it was opened by.
+    name: Option<std::ffi::OsString>,
 }
 
 impl SimFile {
@@ -466,6 +497,7 @@ impl Fs for SimProcess {
             }
             (Some(ino), _) => ino,
             (None, OpenMode::Existing) => return Err(not_found(path)),
+            (None, _) if st.refuse_new_entries => return Err(io::Error::from_raw_os_error(28)),
             (None, _) => {
                 let ino = st.next_ino;
                 st.next_ino += 1;
@@ -487,6 +519,7 @@ impl Fs for SimProcess {
             state: Arc::clone(&self.state),
             generation: self.generation,
             ino,
+            name: path.file_name().map(std::ffi::OsStr::to_os_string),
         }))
     }
 
@@ -534,6 +567,9 @@ impl Fs for SimProcess {
             return Ok(());
         }
         st.mutate(self.generation)?;
+        if st.refuse_new_entries {
+            return Err(io::Error::from_raw_os_error(28));
+        }
         missing.reverse();
         for dir in missing {
             st.dirs.insert(dir.clone());
@@ -566,6 +602,9 @@ impl Fs for SimProcess {
         st.mutate(self.generation)?;
         if !st.dirs.contains(path) {
             return Err(not_found(path));
+        }
+        if let Some(errno) = st.sync_error {
+            return Err(io::Error::from_raw_os_error(errno));
         }
         trace(format_args!("sync dir {}", path.display()));
         let pending = std::mem::take(&mut st.ns_pending);
@@ -619,10 +658,26 @@ impl FsFile for SimFile {
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         let mut st = self.lock_state();
         st.mutate(self.generation)?;
+        if st.refused_name.is_some() && st.refused_name == self.name {
+            return Err(io::Error::from_raw_os_error(28));
+        }
         if let Some(capacity) = st.capacity {
             let current = st.inodes.get(&self.ino).map_or(0, |i| i.data.len() as u64);
             let grows = (pos + buf.len() as u64).saturating_sub(current);
-            if st.used() + grows > capacity {
+            let room = capacity.saturating_sub(st.used());
+            if grows > room {
+                // Like a real disk, write what fits, then fail: the caller must not leave the
+                // torn prefix behind.
+                let fits = (current + room).saturating_sub(pos).min(buf.len() as u64);
+                if fits > 0 {
+                    let inode = st.inodes.get_mut(&self.ino).ok_or_else(crashed)?;
+                    let op = DataOp::Write {
+                        pos: usize::try_from(pos).map_err(io::Error::other)?,
+                        data: buf[..usize::try_from(fits).map_err(io::Error::other)?].to_vec(),
+                    };
+                    apply_data_op(&mut inode.data, &op, None);
+                    inode.pending.push(op);
+                }
                 return Err(io::Error::from_raw_os_error(28));
             }
         }
@@ -644,6 +699,9 @@ impl FsFile for SimFile {
     fn sync_data(&self) -> io::Result<()> {
         let mut st = self.lock_state();
         st.mutate(self.generation)?;
+        if let Some(errno) = st.sync_error {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         trace(format_args!("sync ino {}", self.ino));
         let inode = st.inodes.get_mut(&self.ino).ok_or_else(crashed)?;
         for op in std::mem::take(&mut inode.pending) {

@@ -325,6 +325,42 @@ async fn running_out_of_descriptors_evicts_and_retries() {
 }
 
 #[tokio::test]
+async fn a_stream_created_without_data_gets_its_file_from_its_next_record_or_the_checkpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = FileStorage::open(options(dir.path())).await.expect("open");
+    let (idle, busy) = (name("idle"), name("busy"));
+    for s in [&idle, &busy] {
+        store.create(s, create_req()).await.expect("create");
+    }
+    assert!(
+        stream_files(dir.path()).is_empty(),
+        "creates without data write only the WAL"
+    );
+    store
+        .append(&busy, append_req(b"x".to_vec()))
+        .await
+        .expect("append");
+    assert_eq!(
+        stream_files(dir.path()).len(),
+        1,
+        "the append wrote its file"
+    );
+    store.close().await;
+    assert_eq!(
+        stream_files(dir.path()).len(),
+        2,
+        "the closing checkpoint wrote the idle stream's file"
+    );
+
+    let store = FileStorage::open(options(dir.path()))
+        .await
+        .expect("reopen");
+    store.head(&idle).await.expect("idle stream survives");
+    assert_eq!(read_all(&store, &busy).await.expect("read"), b"x");
+    store.close().await;
+}
+
+#[tokio::test]
 async fn delete_reclaims_disk_space_once_no_fork_needs_the_data() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = FileStorage::open(options(dir.path())).await.expect("open");
@@ -345,18 +381,22 @@ async fn delete_reclaims_disk_space_once_no_fork_needs_the_data() {
         ..CreateRequest::default()
     };
     store.create(&fork, req).await.expect("fork");
-    assert_eq!(stream_files(dir.path()).len(), 3);
+    assert_eq!(
+        stream_files(dir.path()).len(),
+        2,
+        "a fork without data of its own has no file until its next record or checkpoint"
+    );
 
     store.delete(&plain).await.expect("delete");
     assert_eq!(
         stream_files(dir.path()).len(),
-        2,
+        1,
         "plain stream's file is gone"
     );
     store.delete(&source).await.expect("soft delete");
     assert_eq!(
         stream_files(dir.path()).len(),
-        2,
+        1,
         "the soft-deleted source keeps its data for the fork"
     );
     assert_eq!(read_all(&store, &fork).await.expect("read").len(), 100_000);
@@ -479,10 +519,364 @@ async fn a_full_disk_is_storage_full_and_the_store_carries_on() {
     assert!(data.starts_with(b"before"));
     assert!(data.ends_with(b"after"));
     assert_eq!(data.len() as u64, at_full.next.byte + 5);
-    store.close().await;
+    // A power loss now: the failed writes were torn (the disk took what fit) and taken back;
+    // everything acknowledged is synced, so recovery finds exactly it, nothing torn.
+    sim.power_loss();
+    drop(store);
     let store = FileStorage::open_with_fs(sim_options(Durability::Durable), sim.process())
         .await
         .expect("reopen");
     assert_eq!(read_all(&store, &s).await.expect("read"), data);
     store.close().await;
+}
+
+/// A restored writer state is acknowledged once its WAL record is synced: after a power loss
+/// that drops or tears the unsynced stream-file copy, recovery replays it from the WAL, and
+/// producers, `Stream-Seq` and closure come back exactly as restored.
+#[tokio::test]
+async fn a_restored_writer_state_survives_power_loss_through_the_wal() {
+    use ds_storage::rules::{ProducerState, WriterState};
+    let restored = |closed: bool| WriterState {
+        closed,
+        closed_by: closed.then(|| ("p".to_owned(), 4, 9)),
+        last_stream_seq: Some("0042".to_owned()),
+        producers: [("p", 4, 9), ("q", 1, 0)]
+            .into_iter()
+            .map(|(id, epoch, last_seq)| (id.to_owned(), ProducerState { epoch, last_seq }))
+            .collect(),
+    };
+    for seed in 0..16 {
+        let sim = SimFs::new(seed);
+        let store = FileStorage::open_with_fs(sim_options(Durability::Durable), sim.process())
+            .await
+            .expect("open");
+        let (open, closed) = (name("restored-open"), name("restored-closed"));
+        for s in [&open, &closed] {
+            store.create(s, create_req()).await.expect("create");
+            store.append(s, append_req("data")).await.expect("append");
+        }
+        store
+            .restore_writer(&open, restored(false))
+            .await
+            .expect("restore open");
+        store
+            .restore_writer(&closed, restored(true))
+            .await
+            .expect("restore closed");
+        let acked = store
+            .append(&open, producer_req("more", "p", 4, 10))
+            .await
+            .expect("append after restore");
+        assert!(matches!(acked, AppendOutcome::Appended { .. }), "{acked:?}");
+        sim.power_loss();
+        drop(store);
+        let store = FileStorage::open_with_fs(sim_options(Durability::Durable), sim.process())
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: reopen: {e}"));
+        let mut after_append = restored(false);
+        after_append.producers.insert(
+            "p".to_owned(),
+            ProducerState {
+                epoch: 4,
+                last_seq: 10,
+            },
+        );
+        let meta = store.export_meta(&open).await.expect("meta");
+        assert_eq!(meta.writer, after_append, "seed {seed}");
+        assert_eq!(read_all(&store, &open).await.expect("read"), b"datamore");
+        let meta = store.export_meta(&closed).await.expect("meta");
+        assert_eq!(meta.writer, restored(true), "seed {seed}");
+        assert!(meta.info.closed, "seed {seed}");
+        assert!(matches!(
+            store.append(&closed, append_req("x")).await,
+            Err(Error::Closed { .. })
+        ));
+        store.close().await;
+    }
+}
+
+/// A checkpoint that finds no room for `CHECKPOINT` does not stop the store, and the files it
+/// did not get to sync are synced by the next one before the WAL that covers them goes: after
+/// a power loss, every acknowledged append is there.
+#[tokio::test]
+async fn checkpoints_on_a_full_disk_are_retried_and_lose_nothing() {
+    for seed in 0..12 {
+        let sim = SimFs::new(seed);
+        let opts = || FileOptions {
+            // Small segments: a rotation and a checkpoint every few appends.
+            wal_segment_bytes: 2048,
+            ..sim_options(Durability::Durable)
+        };
+        let store = FileStorage::open_with_fs(opts(), sim.process())
+            .await
+            .expect("open");
+        let streams = [name("a"), name("b"), name("c")];
+        let mut acked: Vec<Vec<u8>> = vec![Vec::new(); streams.len()];
+        for s in &streams {
+            store.create(s, create_req()).await.expect("create");
+        }
+        sim.refuse_writes_to(Some("CHECKPOINT.tmp"));
+        let append_round = |round: usize| {
+            let store = store.clone();
+            let streams = streams.clone();
+            async move {
+                let mut done = Vec::new();
+                for (i, s) in streams.iter().enumerate() {
+                    let body = vec![u8::try_from(round % 200).expect("small") + 1; 300 + i];
+                    store
+                        .append(s, append_req(body.clone()))
+                        .await
+                        .unwrap_or_else(|e| panic!("seed {seed}: append {round}: {e}"));
+                    done.push(body);
+                }
+                done
+            }
+        };
+        // Append until checkpoints have run into the full disk (the background thread may
+        // lag behind the committer on a busy machine).
+        let refused = |sim: &SimFs| sim.files().iter().any(|p| p.ends_with("CHECKPOINT.tmp"));
+        let mut round = 0;
+        while round < 30 || !refused(&sim) {
+            for (i, body) in append_round(round).await.into_iter().enumerate() {
+                acked[i].extend_from_slice(&body);
+            }
+            round += 1;
+            assert!(
+                round < 3000,
+                "seed {seed}: no checkpoint ran: {:?}",
+                sim.files()
+            );
+            if round >= 30 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        assert!(
+            store.is_ready(),
+            "seed {seed}: failed checkpoints do not stop the store"
+        );
+        // Space is back. Only `c` is written from now on, so the checkpoints that follow have
+        // `a` and `b` to sync only because the failed ones carried them over.
+        sim.refuse_writes_to(None);
+        let c = &streams[2];
+        let mut more = 0;
+        while more < 15 || refused(&sim) {
+            let body = vec![0xcc; 500];
+            store
+                .append(c, append_req(body.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("seed {seed}: append: {e}"));
+            acked[2].extend_from_slice(&body);
+            more += 1;
+            assert!(more < 3000, "seed {seed}: no checkpoint succeeded");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // A successful checkpoint renamed CHECKPOINT.tmp and dropped the old WAL segments.
+        sim.power_loss();
+        drop(store);
+        let store = FileStorage::open_with_fs(opts(), sim.process())
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: reopen: {e}"));
+        for (s, data) in streams.iter().zip(&acked) {
+            let got = read_all(&store, s).await.expect("read");
+            assert!(
+                got == *data,
+                "seed {seed}: stream {s} lost acknowledged data"
+            );
+        }
+        store.close().await;
+    }
+}
+
+/// Waits (polling) until `done` holds; the committer starts a rotation's checkpoint only after
+/// it answered the batch that filled the segment.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..5000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// A checkpoint creates the files of streams created without data. If it creates one and then
+/// runs out of space on the next, it fails before syncing anything; the retry finds the first
+/// file already there and must still sync it and its directory entry before it lets the WAL
+/// segment holding the Create go. After a power loss both acknowledged creates are there.
+#[tokio::test]
+async fn a_retried_checkpoint_syncs_the_files_a_failed_one_created() {
+    for seed in 0..16 {
+        let sim = SimFs::new(seed);
+        let opts = || FileOptions {
+            wal_segment_bytes: 1024,
+            ..sim_options(Durability::Durable)
+        };
+        let store = FileStorage::open_with_fs(opts(), sim.process())
+            .await
+            .expect("open");
+        store.wait_for_checkpoint().await;
+        let filler = name("filler");
+        store
+            .create(&filler, create_req())
+            .await
+            .expect("create filler");
+        // Stream ids count from 1: `filler` is 1, the lazy ones 2 and 3.
+        let (first, second) = (name("lazy-1"), name("lazy-2"));
+        store.create(&first, create_req()).await.expect("create");
+        store.create(&second, create_req()).await.expect("create");
+        let second_file = "0000000000000003.dat";
+        sim.refuse_writes_to(Some(second_file));
+        // Fill the segment: the rotation's checkpoint writes the first lazy stream's file,
+        // then finds no room for the second's.
+        store
+            .append(&filler, append_req(vec![1u8; 2000]))
+            .await
+            .expect("append");
+        eventually("the checkpoint ran into the full disk", || {
+            sim.files().iter().any(|p| p.ends_with(second_file))
+        })
+        .await;
+        store.wait_for_checkpoint().await;
+        assert!(store.is_ready(), "seed {seed}");
+        // Space is back; the next rotation's checkpoint succeeds and drops the old segments.
+        sim.refuse_writes_to(None);
+        store
+            .append(&filler, append_req(vec![2u8; 2000]))
+            .await
+            .expect("append");
+        eventually("a checkpoint dropped the first segment", || {
+            !sim.files()
+                .iter()
+                .any(|p| p.ends_with("0000000000000001.wal"))
+        })
+        .await;
+        store.wait_for_checkpoint().await;
+        assert!(store.is_ready(), "seed {seed}");
+        sim.power_loss();
+        drop(store);
+        let store = FileStorage::open_with_fs(opts(), sim.process())
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: reopen: {e}"));
+        for s in [&first, &second] {
+            assert!(
+                store.head(s).await.is_ok(),
+                "seed {seed}: the acknowledged create of {s} was lost"
+            );
+        }
+        store.close().await;
+    }
+}
+
+/// No room for a new stream file (or its fan-out directory) fails that one request with
+/// `StorageFull`; the store carries on, and the same requests succeed once space is freed.
+#[tokio::test]
+async fn no_room_for_a_new_stream_file_is_storage_full_and_the_store_carries_on() {
+    for seed in 0..4 {
+        let sim = SimFs::new(seed);
+        let store = FileStorage::open_with_fs(sim_options(Durability::Durable), sim.process())
+            .await
+            .expect("open");
+        store.wait_for_checkpoint().await;
+        // Created without data: no file (nor fan-out directory) yet.
+        let lazy = name("lazy");
+        store.create(&lazy, create_req()).await.expect("create");
+        sim.refuse_new_entries(true);
+        // Its first append must create the file.
+        let refused = store.append(&lazy, append_req("a")).await;
+        assert!(
+            matches!(refused, Err(Error::StorageFull { limit: 0 })),
+            "seed {seed}: {refused:?}"
+        );
+        assert!(store.is_ready(), "seed {seed}: the store stopped");
+        // So must a create with data.
+        let eager = name("eager");
+        let with_body = || CreateRequest {
+            body: bytes::Bytes::from_static(b"b"),
+            ..create_req()
+        };
+        let refused = store.create(&eager, with_body()).await;
+        assert!(
+            matches!(refused, Err(Error::StorageFull { limit: 0 })),
+            "seed {seed}: {refused:?}"
+        );
+        assert!(store.is_ready(), "seed {seed}: the store stopped");
+        assert!(matches!(store.head(&eager).await, Err(Error::NotFound)));
+        assert_eq!(read_all(&store, &lazy).await.expect("read"), b"");
+        sim.refuse_new_entries(false);
+        store
+            .append(&lazy, append_req("a"))
+            .await
+            .expect("append once space is freed");
+        store
+            .create(&eager, with_body())
+            .await
+            .expect("create once space is freed");
+        sim.power_loss();
+        drop(store);
+        let store = FileStorage::open_with_fs(sim_options(Durability::Durable), sim.process())
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: reopen: {e}"));
+        assert_eq!(read_all(&store, &lazy).await.expect("read"), b"a");
+        assert_eq!(read_all(&store, &eager).await.expect("read"), b"b");
+        store.close().await;
+    }
+}
+
+/// An `fdatasync` of the WAL that fails with ENOSPC (NFS, thin provisioning) is a failed
+/// fsync, not a full disk: what it covered may or may not reach the disk, so the client is
+/// not told that nothing was written, and the store stops accepting writes.
+#[tokio::test]
+async fn a_wal_fsync_failing_with_enospc_is_a_backend_error_and_stops_writes() {
+    let sim = SimFs::new(3);
+    let store = FileStorage::open_with_fs(sim_options(Durability::Durable), sim.process())
+        .await
+        .expect("open");
+    store.wait_for_checkpoint().await;
+    let s = name("s");
+    store.create(&s, create_req()).await.expect("create");
+    sim.fail_syncs(Some(28));
+    let failed = store.append(&s, append_req("maybe")).await;
+    assert!(
+        matches!(failed, Err(Error::Backend { .. })),
+        "a failed fsync is not a full disk: {failed:?}"
+    );
+    assert!(!store.is_ready(), "a failed fsync stops the store");
+    sim.fail_syncs(None);
+    assert!(matches!(
+        store.append(&s, append_req("later")).await,
+        Err(Error::Backend { .. })
+    ));
+}
+
+/// The fsync of the old WAL segment at a rotation failing with ENOSPC stops the store like
+/// any failed fsync; it is not a full disk to retry the rotation on later.
+#[tokio::test]
+async fn a_rotation_fsync_failing_with_enospc_stops_writes() {
+    let sim = SimFs::new(4);
+    let opts = FileOptions {
+        wal_segment_bytes: 1024,
+        // No periodic WAL fsync during the test: the rotation's is the first.
+        fsync_interval: std::time::Duration::from_secs(3600),
+        ..sim_options(Durability::Fast)
+    };
+    let store = FileStorage::open_with_fs(opts, sim.process())
+        .await
+        .expect("open");
+    store.wait_for_checkpoint().await;
+    let s = name("s");
+    store.create(&s, create_req()).await.expect("create");
+    sim.fail_syncs(Some(28));
+    store
+        .append(&s, append_req(vec![0u8; 2000]))
+        .await
+        .expect("append (file-fast: acknowledged before the fsync)");
+    // The rotation runs after the batch is answered.
+    eventually("the failed rotation stopped the store", || {
+        !store.is_ready()
+    })
+    .await;
+    assert!(matches!(
+        store.append(&s, append_req("later")).await,
+        Err(Error::Backend { .. })
+    ));
 }

@@ -309,6 +309,10 @@ macro_rules! __contract_cases {
             export [CurrentThread] {
                 export_meta_reports_fork_point_base_and_writer_state,
                 export_meta_survives_restart,
+                restore_writer_applies_producers_and_stream_seq,
+                restore_writer_closes_and_never_reopens,
+                restore_writer_survives_restart,
+                byte_reads_keep_append_boundaries,
             }
             restart [CurrentThread] {
                 data_survives_restart,

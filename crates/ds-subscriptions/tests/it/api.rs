@@ -257,6 +257,13 @@ impl Storage for CreateAfterList {
     async fn delete(&self, n: &StreamName) -> ds_storage::Result<()> {
         self.inner.delete(n).await
     }
+    async fn restore_writer(
+        &self,
+        n: &StreamName,
+        writer: ds_storage::rules::WriterState,
+    ) -> ds_storage::Result<()> {
+        self.inner.restore_writer(n, writer).await
+    }
     async fn subscribe(&self, n: &StreamName) -> ds_storage::Result<watch::Receiver<Tail>> {
         self.inner.subscribe(n).await
     }

@@ -1,5 +1,6 @@
-//! The offline commands (`list`) against a data dir: refused while a server holds it (naming
-//! its PID), and served once it has stopped.
+//! The offline commands (`list`, `export`, `import`) against a data dir: refused while a server
+//! holds it (naming its PID), and served once it has stopped; streams moved between backends
+//! through a transfer file; a damaged file refused.
 
 use std::time::Duration;
 
@@ -114,4 +115,237 @@ fn list_round(mode: &str) {
     assert_eq!(v[0]["bytes"], 5, "{mode}");
     assert_eq!(v[1]["ttl_secs"], 3600, "{mode}");
     assert_eq!(v[2]["forked_from"], "alpha", "{mode}");
+}
+
+/// Serves `data` in `mode` until the returned server is stopped.
+fn serve(cwd: &std::path::Path, env: &[(&str, &str)]) -> crate::util::Server {
+    let mut server = spawn(cwd, &[], env);
+    assert!(server.wait_listening(), "{}", server.stderr());
+    wait_ready(server.port);
+    server
+}
+
+fn stop(server: &mut crate::util::Server) {
+    server.signal("TERM");
+    assert!(
+        server.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        server.stderr()
+    );
+}
+
+/// GET of the whole stream: status, `Stream-Next-Offset`, `Stream-Closed` and body.
+fn get_all(port: u16, path: &str) -> (u16, Option<String>, Option<String>, Vec<u8>) {
+    let reply = request(
+        &mut connect(port),
+        "GET",
+        &format!("{path}?offset=-1"),
+        &[],
+        b"",
+    )
+    .expect("GET");
+    (
+        reply.status,
+        reply.header("stream-next-offset").map(str::to_owned),
+        reply.header("stream-closed").map(str::to_owned),
+        reply.body,
+    )
+}
+
+#[test]
+fn export_from_file_durable_and_import_into_acid_keep_streams_offsets_and_producers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    let (old_s, new_s) = (
+        old.to_string_lossy().into_owned(),
+        new.to_string_lossy().into_owned(),
+    );
+    let file = dir.path().join("streams.dsx");
+    let file_s = file.to_string_lossy().into_owned();
+    let old_env = [
+        ("DS_STORAGE__MODE", "file-durable"),
+        ("DS_STORAGE__DATA_DIR", old_s.as_str()),
+    ];
+    let new_env = [
+        ("DS_STORAGE__MODE", "acid"),
+        ("DS_STORAGE__DATA_DIR", new_s.as_str()),
+    ];
+
+    let mut server = serve(dir.path(), &old_env);
+    let send = |method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        let reply =
+            request(&mut connect(server.port), method, path, headers, body).expect("request");
+        assert!(reply.status < 300, "{method} {path}: {}", reply.status);
+    };
+    send(
+        "PUT",
+        "/v1/stream/orders",
+        &[("content-type", "text/plain")],
+        b"",
+    );
+    for (seq, body) in [(0, "one "), (1, "two "), (2, "three")] {
+        let seq = seq.to_string();
+        send(
+            "POST",
+            "/v1/stream/orders",
+            &[
+                ("content-type", "text/plain"),
+                ("producer-id", "writer"),
+                ("producer-epoch", "1"),
+                ("producer-seq", seq.as_str()),
+            ],
+            body.as_bytes(),
+        );
+    }
+    send(
+        "PUT",
+        "/v1/stream/events",
+        &[("content-type", "application/json"), ("stream-ttl", "3600")],
+        b"[{\"a\":1},[2,3]]",
+    );
+    send(
+        "PUT",
+        "/v1/stream/orders-fork",
+        &[("stream-forked-from", "/v1/stream/orders")],
+        b"",
+    );
+    send(
+        "POST",
+        "/v1/stream/orders-fork",
+        &[("content-type", "text/plain"), ("stream-closed", "true")],
+        b" and a fork",
+    );
+    let paths = [
+        "/v1/stream/orders",
+        "/v1/stream/events",
+        "/v1/stream/orders-fork",
+    ];
+    let before: Vec<_> = paths.iter().map(|p| get_all(server.port, p)).collect();
+
+    let (code, _, stderr) = run_command(dir.path(), &["export", "-o", &file_s], &old_env);
+    assert_eq!(code, 1, "export while serving: {stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", server.pid())),
+        "the holder is named: {stderr}"
+    );
+    assert!(!file.exists(), "no file written");
+    stop(&mut server);
+
+    let (code, _, stderr) = run_command(dir.path(), &["export", "-o", &file_s], &old_env);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("exported 3 stream(s)"), "{stderr}");
+    assert!(!dir.path().join("streams.dsx.partial").exists());
+
+    let (code, _, stderr) = run_command(dir.path(), &["import", "-i", &file_s], &new_env);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("imported 3 stream(s)"), "{stderr}");
+    let (_, old_list, _) = run_command(dir.path(), &["list", "--json"], &old_env);
+    let (_, new_list, _) = run_command(dir.path(), &["list", "--json"], &new_env);
+    assert_eq!(
+        old_list, new_list,
+        "same names, types, sizes, offsets, expiry, forks"
+    );
+
+    // A second import refuses (`fail` is the default) and changes nothing; `skip` keeps all.
+    let (code, _, stderr) = run_command(dir.path(), &["import", "-i", &file_s], &new_env);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let (code, _, stderr) = run_command(
+        dir.path(),
+        &["import", "-i", &file_s, "--on-conflict", "skip"],
+        &new_env,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("skipped 3 existing"), "{stderr}");
+
+    let server = serve(dir.path(), &new_env);
+    let after: Vec<_> = paths.iter().map(|p| get_all(server.port, p)).collect();
+    assert_eq!(before, after, "same bytes, tails and closure");
+    // The producer's retry is still a duplicate, and its next seq is accepted.
+    let post = |seq: &str, body: &[u8]| {
+        request(
+            &mut connect(server.port),
+            "POST",
+            "/v1/stream/orders",
+            &[
+                ("content-type", "text/plain"),
+                ("producer-id", "writer"),
+                ("producer-epoch", "1"),
+                ("producer-seq", seq),
+            ],
+            body,
+        )
+        .expect("POST")
+    };
+    let retry = post("2", b"three");
+    assert_eq!(retry.status, 204, "duplicate");
+    assert_eq!(
+        get_all(server.port, "/v1/stream/orders").3,
+        b"one two three"
+    );
+    assert_eq!(post("3", b"!").status, 200);
+    let mut server = server;
+    stop(&mut server);
+}
+
+#[test]
+fn a_damaged_export_is_refused_naming_stream_and_byte_and_imports_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    let (src_s, dst_s) = (
+        src.to_string_lossy().into_owned(),
+        dst.to_string_lossy().into_owned(),
+    );
+    let src_env = [
+        ("DS_STORAGE__MODE", "acid"),
+        ("DS_STORAGE__DATA_DIR", src_s.as_str()),
+    ];
+    let dst_env = [
+        ("DS_STORAGE__MODE", "file-durable"),
+        ("DS_STORAGE__DATA_DIR", dst_s.as_str()),
+    ];
+    let mut server = serve(dir.path(), &src_env);
+    for name in ["a", "b"] {
+        let reply = request(
+            &mut connect(server.port),
+            "PUT",
+            &format!("/v1/stream/{name}"),
+            &[("content-type", "text/plain")],
+            format!("the data of stream {name}").as_bytes(),
+        )
+        .expect("PUT");
+        assert_eq!(reply.status, 201);
+    }
+    stop(&mut server);
+    let file = dir.path().join("x.dsx");
+    let file_s = file.to_string_lossy().into_owned();
+    let (code, _, stderr) = run_command(dir.path(), &["export", "-o", &file_s], &src_env);
+    assert_eq!(code, 0, "{stderr}");
+    let bytes = std::fs::read(&file).expect("read export");
+
+    let at = bytes
+        .windows(16)
+        .position(|w| w == b"data of stream b")
+        .expect("b's data");
+    let mut corrupt = bytes.clone();
+    corrupt[at] ^= 1;
+    std::fs::write(&file, &corrupt).expect("write");
+    let (code, _, stderr) = run_command(dir.path(), &["import", "-i", &file_s], &dst_env);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("stream `b`, at byte ") && stderr.contains("checksum mismatch"),
+        "{stderr}"
+    );
+
+    std::fs::write(&file, &bytes[..at]).expect("write");
+    let (code, _, stderr) = run_command(dir.path(), &["import", "-i", &file_s], &dst_env);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("stream `b`, at byte {at}")) && stderr.contains("truncated"),
+        "{stderr}"
+    );
+
+    let (code, list, stderr) = run_command(dir.path(), &["list", "--json"], &dst_env);
+    assert!(code == 0 || stderr.contains("does not exist"), "{stderr}");
+    assert!(code != 0 || list.trim() == "[]", "nothing imported: {list}");
 }

@@ -14,6 +14,7 @@ fn json_meta() -> StreamMeta {
             seq: 7,
         }],
         stream_seq: Some("0009".to_owned()),
+        closed_by: None,
     }
 }
 
@@ -31,6 +32,11 @@ fn bytes_meta() -> StreamMeta {
         }),
         producers: Vec::new(),
         stream_seq: None,
+        closed_by: Some(ProducerMeta {
+            id: "closer".to_owned(),
+            epoch: 0,
+            seq: 3,
+        }),
     }
 }
 

@@ -1,5 +1,9 @@
-//! The transfer format of `export` and `import` (version 1), specified in
-//! `docs/transfer-format.md`.
+//! The transfer format of `durable-streams-server export` and `import` (version 1), specified
+//! in `docs/transfer-format.md`: a streaming, checksummed file of streams with their data,
+//! metadata, producer state and fork relationships. This crate owns the format only (the
+//! [`Writer`] and the [`Reader`]); `ds-cli` moves streams between a store and a file with it.
+//! It has no async runtime and no server in its dependency tree, so tools and the fuzz targets
+//! build it quickly.
 //!
 //! A file is the magic `DSXFER\0` plus a version byte, then frames, each
 //! `kind: u8 | len: u32 little-endian | payload[len]`:
@@ -17,6 +21,10 @@
 //! caught at its END_STREAM; the TRAILER carries the stream count and the HEADER's SHA-256. Both sides
 //! stream: the writer never buffers a record, and the reader holds one frame (at most
 //! [`MAX_FRAME`] bytes) at a time.
+#![doc = ""]
+#![doc = include_str!("../README.md")]
+
+pub mod fuzzing;
 
 use std::io::{self, Read, Write};
 
@@ -93,6 +101,9 @@ pub struct StreamMeta {
     /// The last accepted `Stream-Seq`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_seq: Option<String>,
+    /// The producer tuple whose append closed the stream (a retry of it is a duplicate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<ProducerMeta>,
 }
 
 /// The END_STREAM frame.
@@ -481,8 +492,19 @@ impl<R: Read> Reader<R> {
         if len > MAX_FRAME {
             return Err(at(stream, start, ErrorKind::FrameTooLong(len)));
         }
-        let mut payload = vec![0u8; len as usize];
-        read_exact(&mut self.input, &mut payload, start + 5, stream, what)?;
+        // Grown as bytes arrive, so a corrupt length costs nothing until its bytes exist.
+        let mut payload = Vec::new();
+        let got = (&mut self.input)
+            .take(u64::from(len))
+            .read_to_end(&mut payload)
+            .map_err(|e| at(stream.clone(), start + 5, ErrorKind::Io(e)))?;
+        if got < len as usize {
+            return Err(at(
+                stream,
+                start + 5 + got as u64,
+                ErrorKind::Truncated(what),
+            ));
+        }
         self.position = start + 5 + u64::from(len);
         Ok((head[0], start, payload))
     }

@@ -1,0 +1,327 @@
+//! Live reads across nodes: a registry of this node's watch channels, woken by `NOTIFY`
+//! messages on one `LISTEN` connection, and by a re-check timer that reads the tails of every
+//! watched stream, so a lost notification (or a reconnect of the listening connection) only
+//! delays a wake-up.
+//!
+//! A commit that changes a stream's tail is followed by `pg_notify(channel, payload)` on the
+//! same connection (see `stream::notify_committed` for why not inside the transaction), so
+//! the data is visible to readers before anyone is woken. The payload is `"<stream id> <tail seq> <tail byte> <flags> <name>"` (flags: 1 closed, 2 gone):
+//! a wake-up, never data. The committing node also publishes the new tail locally right after
+//! its commit, without waiting for its own notification.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ds_protocol::Offset;
+use ds_storage::Tail;
+use futures_util::future::poll_fn;
+use tokio::sync::{Notify, watch};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::schema::{from_db, to_db};
+
+/// One watched incarnation of a stream on this node.
+#[derive(Debug)]
+struct Watch {
+    id: u64,
+    tx: watch::Sender<Tail>,
+}
+
+/// This node's watch channels by stream name.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    watches: Mutex<HashMap<String, Watch>>,
+    /// Set while the `LISTEN` connection is up.
+    pub(crate) listening: AtomicBool,
+    /// Wakes the re-check task early (after the listener reconnects).
+    pub(crate) recheck_now: Notify,
+}
+
+/// Whether `new` moves a reader forward from `cur`. Tails only grow and a closed or gone
+/// stream stays so; notifications may arrive out of order, and the older one must not win.
+fn advances(cur: &Tail, new: &Tail) -> bool {
+    if cur.gone {
+        return false;
+    }
+    new.gone || new.next > cur.next || (new.closed && !cur.closed)
+}
+
+const GONE: Tail = Tail {
+    next: Offset::ZERO,
+    closed: true,
+    gone: true,
+};
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Watch>> {
+        self.watches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A receiver for incarnation `id` of `name`, whose tail was `tail` when read.
+    pub(crate) fn subscribe(&self, name: &str, id: u64, tail: Tail) -> watch::Receiver<Tail> {
+        let mut map = self.lock();
+        if let Some(w) = map.get(name) {
+            if w.id == id {
+                w.tx.send_if_modified(|cur| {
+                    let go = advances(cur, &tail);
+                    if go {
+                        *cur = tail;
+                    }
+                    go
+                });
+                return w.tx.subscribe();
+            }
+            if w.id > id {
+                // The caller read an incarnation that a newer one has replaced since: it is
+                // gone, and the newer one's readers keep their channel.
+                let (_, rx) = watch::channel(Tail {
+                    next: tail.next,
+                    ..GONE
+                });
+                return rx;
+            }
+            // The watched incarnation is gone: a newer one holds the name.
+            let next = w.tx.borrow().next;
+            w.tx.send_replace(Tail { next, ..GONE });
+        }
+        let (tx, rx) = watch::channel(tail);
+        map.insert(name.to_owned(), Watch { id, tx });
+        rx
+    }
+
+    /// Moves the readers of incarnation `id` of `name` to `tail`.
+    pub(crate) fn publish(&self, name: &str, id: u64, tail: Tail) {
+        let mut map = self.lock();
+        let Some(w) = map.get(name) else {
+            return;
+        };
+        if w.id > id {
+            // A late message about an older incarnation.
+            return;
+        }
+        // A newer incarnation means the watched one is gone.
+        let tail = if w.id == id {
+            tail
+        } else {
+            let next = w.tx.borrow().next;
+            Tail { next, ..GONE }
+        };
+        w.tx.send_if_modified(|cur| {
+            let go = advances(cur, &tail);
+            if go {
+                *cur = tail;
+            }
+            go
+        });
+        if tail.gone {
+            map.remove(name);
+        }
+    }
+
+    /// The incarnations some reader still watches; forgets the rest.
+    fn watched(&self) -> Vec<(String, u64)> {
+        let mut map = self.lock();
+        map.retain(|_, w| w.tx.receiver_count() > 0);
+        map.iter().map(|(n, w)| (n.clone(), w.id)).collect()
+    }
+}
+
+/// The `NOTIFY` payload for a tail.
+pub(crate) fn payload(name: &str, id: u64, tail: Tail) -> String {
+    let flags = u8::from(tail.closed) | (u8::from(tail.gone) << 1);
+    format!("{id} {} {} {flags} {name}", tail.next.seq, tail.next.byte)
+}
+
+/// Parses a payload written by [`payload`].
+pub(crate) fn parse_payload(s: &str) -> Option<(String, u64, Tail)> {
+    let mut parts = s.splitn(5, ' ');
+    let id = parts.next()?.parse().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    let byte = parts.next()?.parse().ok()?;
+    let flags: u8 = parts.next()?.parse().ok()?;
+    let name = parts.next()?.to_owned();
+    Some((
+        name,
+        id,
+        Tail {
+            next: Offset::new(seq, byte),
+            closed: flags & 1 != 0,
+            gone: flags & 2 != 0,
+        },
+    ))
+}
+
+/// Keeps one `LISTEN` connection open (reconnecting with a short back-off) and publishes
+/// every notification it receives. Runs until aborted.
+pub(crate) async fn listen(
+    registry: Arc<Registry>,
+    config: tokio_postgres::Config,
+    channel: String,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let listen_sql = format!("LISTEN {channel}");
+                let pump_registry = Arc::clone(&registry);
+                // The connection must be polled for the LISTEN to complete, so the pump runs
+                // beside it and the LISTEN only counts once it returned.
+                let pump = tokio::spawn(async move {
+                    loop {
+                        match poll_fn(|cx| connection.poll_message(cx)).await {
+                            Some(Ok(AsyncMessage::Notification(n))) => {
+                                if let Some((name, id, tail)) = parse_payload(n.payload()) {
+                                    pump_registry.publish(&name, id, tail);
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "LISTEN connection failed");
+                                return;
+                            }
+                            None => return,
+                        }
+                    }
+                });
+                if let Err(e) = client.batch_execute(&listen_sql).await {
+                    tracing::warn!(error = %e, "LISTEN failed");
+                    pump.abort();
+                } else {
+                    registry.listening.store(true, Ordering::Relaxed);
+                    backoff = Duration::from_millis(50);
+                    // Anything committed while we were not listening is found by a re-check.
+                    registry.recheck_now.notify_one();
+                    // Hold the client so the connection stays open while the pump runs.
+                    let _ = pump.await;
+                    drop(client);
+                    registry.listening.store(false, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the LISTEN connection");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Every `interval` (or when woken), reads the tails of all watched streams and publishes
+/// them: the safety net under `NOTIFY`. Runs until aborted.
+pub(crate) async fn recheck(
+    registry: Arc<Registry>,
+    pool: deadpool_postgres::Pool,
+    interval: Duration,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = registry.recheck_now.notified() => {}
+        }
+        let watched = registry.watched();
+        if watched.is_empty() {
+            continue;
+        }
+        if let Err(e) = recheck_once(&registry, &pool, &watched).await {
+            tracing::debug!(error = %e, "live re-check failed; retrying on the next tick");
+        }
+    }
+}
+
+async fn recheck_once(
+    registry: &Registry,
+    pool: &deadpool_postgres::Pool,
+    watched: &[(String, u64)],
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let client = pool.get().await?;
+    let ids: Vec<i64> = watched.iter().map(|(_, id)| to_db(*id)).collect();
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, tail_seq, tail_byte, closed, soft_deleted FROM ds_streams \
+             WHERE id = ANY($1)",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&ids]).await?;
+    let mut found: HashMap<u64, Tail> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let id = from_db(row.try_get(0)?);
+        let next = Offset::new(from_db(row.try_get(1)?), from_db(row.try_get(2)?));
+        let closed: bool = row.try_get(3)?;
+        let soft_deleted: bool = row.try_get(4)?;
+        found.insert(
+            id,
+            Tail {
+                next,
+                closed: closed || soft_deleted,
+                gone: soft_deleted,
+            },
+        );
+    }
+    for (name, id) in watched {
+        // A row that is missing was removed: its readers must stop.
+        let tail = found.get(id).copied().unwrap_or(GONE);
+        registry.publish(name, *id, tail);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail(seq: u64, byte: u64, closed: bool, gone: bool) -> Tail {
+        Tail {
+            next: Offset::new(seq, byte),
+            closed,
+            gone,
+        }
+    }
+
+    #[test]
+    fn payload_round_trips_with_spaces_in_the_name() {
+        let t = tail(3, 17, true, false);
+        let p = payload("a b/c", 9, t);
+        assert_eq!(parse_payload(&p), Some(("a b/c".to_owned(), 9, t)));
+        assert_eq!(parse_payload("x 1 2 0 n"), None);
+    }
+
+    #[test]
+    fn an_older_notification_never_moves_a_reader_back() {
+        let reg = Registry::default();
+        let rx = reg.subscribe("s", 5, tail(2, 10, false, false));
+        reg.publish("s", 5, tail(1, 4, false, false));
+        assert_eq!(*rx.borrow(), tail(2, 10, false, false));
+        reg.publish("s", 5, tail(3, 12, true, false));
+        assert_eq!(*rx.borrow(), tail(3, 12, true, false));
+        reg.publish("s", 4, tail(9, 99, false, true));
+        assert!(
+            !rx.borrow().gone,
+            "a message about an older incarnation is ignored"
+        );
+    }
+
+    #[test]
+    fn a_newer_incarnation_ends_the_old_one() {
+        let reg = Registry::default();
+        let old = reg.subscribe("s", 5, tail(2, 10, false, false));
+        let new = reg.subscribe("s", 6, tail(0, 0, false, false));
+        assert!(old.borrow().gone);
+        assert!(!new.borrow().gone);
+        reg.publish("s", 7, tail(0, 0, false, false));
+        assert!(new.borrow().gone);
+    }
+
+    #[test]
+    fn a_late_subscriber_to_a_replaced_incarnation_does_not_take_over() {
+        let reg = Registry::default();
+        let current = reg.subscribe("s", 8, tail(0, 0, false, false));
+        let stale = reg.subscribe("s", 7, tail(4, 4, false, false));
+        assert!(stale.borrow().gone);
+        reg.publish("s", 8, tail(1, 3, false, false));
+        assert_eq!(*current.borrow(), tail(1, 3, false, false));
+    }
+}

@@ -1,0 +1,4 @@
+//! Fuzz target `name`: runs `ds_protocol::fuzzing::check_name` on every input (the properties are documented there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ds_protocol::fuzzing::check_name(data));
