@@ -43,8 +43,12 @@
 //! When the current WAL segment grows past `wal_segment_bytes`, the committer starts a new
 //! segment and hands the list of stream files and directories written since the previous
 //! checkpoint to the background thread, which fsyncs them, records the new WAL floor in
-//! `CHECKPOINT`, and deletes the old segments. In file-fast mode the same thread also
-//! `fdatasync`s the WAL every `fsync_interval`.
+//! `CHECKPOINT`, and deletes the old segments. In file-fast mode a thread of its own
+//! `fdatasync`s the WAL every `fsync_interval`, checkpoint or not: a checkpoint may create and
+//! sync up to 100,000 stream files after a burst of creates (and recovery's runs right after
+//! open), and the writes a power loss can take must stay bounded by `fsync_interval` all the
+//! while. It only ever syncs the current segment; the committer syncs a segment itself before
+//! it rotates away from it, and the checkpoint only deletes older segments.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -280,6 +284,9 @@ pub(crate) struct Committer {
     dirty: Dirty,
     bg_tx: mpsc::Sender<BgMsg>,
     bg: Option<JoinHandle<()>>,
+    /// file-fast: the periodic WAL sync thread, which stops (after one last sync) when the
+    /// sender is dropped.
+    wal_sync: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     _lock: Box<dyn std::any::Any + Send + Sync>,
 }
 
@@ -429,6 +436,16 @@ impl Committer {
         let bg = std::thread::Builder::new()
             .name("ds-file-sync".to_owned())
             .spawn(move || background(&bg_shared, &bg_rx))?;
+        let wal_sync = if shared.durability == Durability::Fast {
+            let (stop_tx, stop_rx) = mpsc::channel();
+            let sync_shared = Arc::clone(&shared);
+            let thread = std::thread::Builder::new()
+                .name("ds-file-wal-sync".to_owned())
+                .spawn(move || wal_syncer(&sync_shared, &stop_rx))?;
+            Some((stop_tx, thread))
+        } else {
+            None
+        };
         if let Some(job) = init.pending {
             // No rotation starts another checkpoint until this one is done.
             shared.checkpointing.store(true, Ordering::Release);
@@ -448,6 +465,7 @@ impl Committer {
             dirty: Dirty::default(),
             bg_tx,
             bg: Some(bg),
+            wal_sync,
             _lock: init.lock,
         })
     }
@@ -1121,6 +1139,11 @@ impl Committer {
         if let Some(bg) = self.bg.take() {
             let _ = bg.join();
         }
+        // Only now: a checkpoint the background thread finished above may have run long.
+        if let Some((stop, thread)) = self.wal_sync.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
         if self.shared.failure().is_some() || (self.wal_len == 0 && self.dirty.is_empty()) {
             return;
         }
@@ -1216,45 +1239,40 @@ fn touch(b: &mut Batch, entry: &Arc<Entry>) {
     }
 }
 
-/// The background thread: periodic WAL fsync in file-fast mode, and checkpoints.
+/// The background thread: checkpoints.
 fn background(shared: &Arc<Shared>, rx: &mpsc::Receiver<BgMsg>) {
-    let fast = shared.durability == Durability::Fast;
+    while let Ok(BgMsg::Checkpoint(job)) = rx.recv() {
+        if let Err(f) = checkpoint(shared, &job) {
+            if f.retryable() {
+                // Nothing was lost: the floor did not move, so the WAL still covers the job.
+                // Its files go into the next checkpoint, which the committer starts at its
+                // next rotation.
+                shared.carry().merge(job.dirty);
+            } else {
+                shared.fail(&BatchFailure::new("checkpoint", &f.error).message);
+            }
+        }
+        shared.checkpointing.store(false, Ordering::Release);
+        shared.checkpoint_done.notify_waiters();
+    }
+}
+
+/// file-fast: `fdatasync`s the WAL every `fsync_interval` (if it was written) until `stop`
+/// is dropped, then once more. Runs on its own thread, so a long checkpoint never delays it.
+fn wal_syncer(shared: &Shared, stop: &mpsc::Receiver<()>) {
     let interval = shared.fsync_interval.max(Duration::from_millis(1));
     let mut next_sync = Instant::now() + interval;
     loop {
-        let msg = if fast {
-            let now = Instant::now();
-            if now >= next_sync {
+        match stop.recv_timeout(next_sync.saturating_duration_since(Instant::now())) {
+            Err(RecvTimeoutError::Timeout) => {
+                let started = Instant::now();
                 sync_wal(shared);
-                next_sync = now + interval;
-                continue;
+                next_sync = started + interval;
             }
-            rx.recv_timeout(next_sync - now)
-        } else {
-            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        };
-        match msg {
-            Ok(BgMsg::Checkpoint(job)) => {
-                if let Err(f) = checkpoint(shared, &job) {
-                    if f.retryable() {
-                        // Nothing was lost: the floor did not move, so the WAL still covers
-                        // the job. Its files go into the next checkpoint, which the committer
-                        // starts at its next rotation.
-                        shared.carry().merge(job.dirty);
-                    } else {
-                        shared.fail(&BatchFailure::new("checkpoint", &f.error).message);
-                    }
-                }
-                shared.checkpointing.store(false, Ordering::Release);
-                shared.checkpoint_done.notify_waiters();
-            }
-            Ok(BgMsg::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                if fast {
-                    sync_wal(shared);
-                }
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                sync_wal(shared);
                 return;
             }
-            Err(RecvTimeoutError::Timeout) => {}
         }
     }
 }
@@ -1319,9 +1337,14 @@ pub(crate) fn checkpoint(
 /// still without one and not removed, each holding its Create record; returns the ids of all
 /// those not removed and the directories to sync. A file the committer created meanwhile
 /// (because the stream got another record) is synced too: its Create record is in a WAL
-/// segment this checkpoint deletes. Runs under each stream's lock, so the committer, which
-/// marks a stream removed before it unlinks the file, never races it into a file for a
-/// removed stream.
+/// segment this checkpoint deletes.
+///
+/// The directory and file are created without the stream's lock (the descriptor pool may
+/// wait out a shortage of descriptors, and the committer must not wait on that to install the
+/// stream); the lock is taken only to check the stream and write the record. The committer
+/// marks a stream removed (under the lock) before it unlinks the file, so if the stream turns
+/// out removed by then, the file just created may have missed that unlink: it is removed here,
+/// or a later checkpoint would let the Delete go while a file holding the Create stays.
 fn write_unwritten(
     shared: &Shared,
     entries: &[Arc<Entry>],
@@ -1329,23 +1352,55 @@ fn write_unwritten(
     let mut ids = Vec::new();
     let mut dirs = HashSet::new();
     for entry in entries {
-        let mut st = entry.lock();
-        if st.s.removed {
+        let (removed, unwritten) = {
+            let st = entry.lock();
+            (st.s.removed, st.unwritten.is_some())
+        };
+        if removed {
             continue;
         }
         let dir = layout::stream_dir(&shared.root, entry.id);
-        if let Some(create) = &st.unwritten {
+        let file = if unwritten {
             if !dirs.contains(&dir) {
                 shared.fs.create_dir_all(&dir)?;
             }
-            let file = shared.pool.get(entry.id, OpenMode::Create)?;
-            file.write_all_at(create, 0)?;
-            st.unwritten = None;
+            Some(shared.pool.get(entry.id, OpenMode::Create)?)
+        } else {
+            None
+        };
+        {
+            let mut st = entry.lock();
+            if !st.s.removed {
+                if let (Some(create), Some(file)) = (&st.unwritten, &file) {
+                    file.write_all_at(create, 0)?;
+                    st.unwritten = None;
+                }
+                // Reported even when written earlier: a checkpoint that wrote it and then
+                // failed (on a full disk) is retried with the same entries and must still
+                // sync the file and entry.
+                dirs.insert(dir);
+                ids.push(entry.id);
+                continue;
+            }
         }
-        // Reported even when written earlier: a checkpoint that wrote it and then failed (on a
-        // full disk) is retried with the same entries and must still sync the file and entry.
-        dirs.insert(dir);
-        ids.push(entry.id);
+        if file.is_some() {
+            // Removed while the file was being created: the committer's unlink may have come
+            // first. Its Delete record is in a segment this checkpoint keeps.
+            drop(file);
+            shared.pool.remove(entry.id);
+            let path = layout::stream_file(&shared.root, entry.id);
+            match shared.fs.remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    // Whichever checkpoint runs next must unlink it before it moves the floor
+                    // past the Delete.
+                    shared.carry().unlinks.push(path);
+                    return Err(e);
+                }
+            }
+            dirs.insert(dir);
+        }
     }
     if !ids.is_empty() {
         dirs.insert(layout::streams_dir(&shared.root));

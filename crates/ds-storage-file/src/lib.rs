@@ -22,7 +22,8 @@
 //!   `Duplicate` if it was applied, so nothing is ever appended twice.
 //! - **file-fast** ([`Durability::Fast`]): a request is acknowledged once its records are
 //!   written to the kernel (`write(2)` done; nothing is buffered in the process), and the WAL is
-//!   `fdatasync`ed in the background every [`FileOptions::fsync_interval`]. A process crash
+//!   `fdatasync`ed in the background every [`FileOptions::fsync_interval`] (on a thread of its
+//!   own, so a checkpoint never stretches the interval). A process crash
 //!   (`kill -9`) loses nothing acknowledged. A kernel panic or power loss can lose the requests
 //!   acknowledged during the last interval; each stream then comes back as a consistent prefix
 //!   of its history (data, producer state and closure together), and a fork created on data
@@ -209,7 +210,7 @@ impl Stats {
     }
 }
 
-/// State shared by the request side, the committer and the background thread.
+/// State shared by the request side, the committer and the background threads.
 pub(crate) struct Shared {
     fs: Arc<dyn Fs>,
     root: PathBuf,

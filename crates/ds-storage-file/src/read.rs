@@ -7,9 +7,10 @@
 //! in memory. The file is read in blocks sized to what the read still wants (at least
 //! [`BLOCK`], at most [`BIG_BLOCK`]; a larger piece is read exactly): a 1 MiB catch-up read of
 //! 256 KiB appends is one `pread`, and its pieces are slices of that block, not copies. Blocks
-//! above [`BLOCK`] come from a small set of recycled buffers: a fresh allocation that large is
-//! a fresh `mmap`, and zeroing and faulting in its pages cost more than the `pread` itself.
-//! Record heads are
+//! of at least [`RECYCLE_MIN`] come from a small set of recycled buffers: a fresh allocation
+//! that large is a fresh `mmap`, and zeroing and faulting in its pages cost more than the
+//! `pread` itself. Smaller blocks are allocated to size, so a slow client holding a slice of
+//! one pins only that block, not a whole recycled [`BIG_BLOCK`] buffer. Record heads are
 //! trusted (they were checksummed when written or recovered); data past the length captured
 //! under the stream's lock is never looked at, so a read never sees a record the committer is
 //! still writing.
@@ -37,6 +38,11 @@ pub(crate) const BIG_BLOCK: usize = 1024 * 1024 + 64 * 1024;
 /// Room for record heads when a block is sized to a read's remaining payload budget.
 const HEAD_SLACK: usize = 64 * 1024;
 
+/// Smallest block read into a recycled [`BIG_BLOCK`] buffer. A slice of a block keeps the
+/// whole buffer alive until it is dropped (after a possibly slow client got the response),
+/// so a block much smaller than the buffer would pin far more memory than it uses.
+const RECYCLE_MIN: usize = 512 * 1024;
+
 /// Most recycled buffers kept between reads (about 18 MiB).
 const RECYCLED_MAX: usize = 16;
 
@@ -59,7 +65,7 @@ struct Recycled {
 
 impl Recycled {
     fn take(len: usize) -> Recycled {
-        debug_assert!(len <= BIG_BLOCK);
+        debug_assert!(recycles(len));
         let buf = recycled().pop().unwrap_or_else(|| vec![0; BIG_BLOCK]);
         Recycled { buf, len }
     }
@@ -81,9 +87,14 @@ impl Drop for Recycled {
     }
 }
 
+/// Whether a block of `len` bytes is read into a recycled buffer.
+fn recycles(len: usize) -> bool {
+    (RECYCLE_MIN..=BIG_BLOCK).contains(&len)
+}
+
 /// Reads `len` bytes at `pos` into a new block.
 fn read_block(file: &dyn FsFile, pos: u64, len: usize) -> io::Result<Bytes> {
-    if len <= BLOCK || len > BIG_BLOCK {
+    if !recycles(len) {
         let mut buf = BytesMut::zeroed(len);
         read_exact_at(file, &mut buf, pos)?;
         return Ok(buf.freeze());
@@ -449,4 +460,19 @@ fn read_own(
         }
     }
     Ok(pos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_large_blocks_take_a_recycled_buffer() {
+        assert!(!recycles(BLOCK));
+        assert!(!recycles(BLOCK + 1));
+        assert!(!recycles(RECYCLE_MIN - 1));
+        assert!(recycles(RECYCLE_MIN));
+        assert!(recycles(BIG_BLOCK));
+        assert!(!recycles(BIG_BLOCK + 1));
+    }
 }

@@ -1,5 +1,6 @@
 //! Group commit of appends: every append (and close) is queued; a few committer tasks each
-//! take everything queued, apply it in one transaction and commit once.
+//! take everything queued (up to 512 operations and 16 MiB of bodies), apply it in one
+//! transaction and commit once.
 //!
 //! A batch locks the rows of the streams it touches with one `SELECT ... ORDER BY name FOR
 //! UPDATE`: per-stream order comes from the row lock, never from a global lock, and every
@@ -36,6 +37,10 @@ use crate::stream::{Changes, expire_locked, notify_committed};
 /// Most operations one transaction carries.
 const MAX_BATCH: usize = 512;
 
+/// Most body bytes one transaction carries (all its records travel in one `bytea[]`
+/// parameter, and PostgreSQL refuses messages over 1 GiB); a larger single append goes alone.
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
 /// How often a batch that lost a deadlock or serialization race is run again.
 const MAX_ATTEMPTS: u32 = 8;
 
@@ -46,28 +51,58 @@ pub(crate) struct Op {
     pub(crate) reply: oneshot::Sender<Result<AppendOutcome>>,
 }
 
+/// What the committers share: the queue, and an operation taken from it that did not fit
+/// the batch being gathered (the next batch starts with it).
+pub(crate) struct Inbox {
+    rx: mpsc::UnboundedReceiver<Op>,
+    held: Option<Op>,
+}
+
 /// The queue the committers share.
-pub(crate) type Queue = Arc<Mutex<mpsc::UnboundedReceiver<Op>>>;
+pub(crate) type Queue = Arc<Mutex<Inbox>>;
+
+/// A queue over `rx` for the committers.
+pub(crate) fn queue(rx: mpsc::UnboundedReceiver<Op>) -> Queue {
+    Arc::new(Mutex::new(Inbox { rx, held: None }))
+}
 
 /// One committer: takes what is queued, commits it, answers. Ends when the store is dropped.
 pub(crate) async fn committer(shared: Arc<Shared>, queue: Queue) {
     loop {
         let batch = {
-            let mut rx = queue.lock().await;
-            let Some(first) = rx.recv().await else {
+            let mut inbox = queue.lock().await;
+            let Some(batch) = take_batch(&mut inbox).await else {
                 return;
             };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
-            }
             batch
         };
         run(&shared, batch).await;
     }
+}
+
+/// Waits for an operation, then takes what else is queued, up to [`MAX_BATCH`] operations
+/// and [`MAX_BATCH_BYTES`] of bodies (an operation larger than that goes alone). `None` once
+/// the queue is closed and drained.
+async fn take_batch(inbox: &mut Inbox) -> Option<Vec<Op>> {
+    let first = match inbox.held.take() {
+        Some(op) => op,
+        None => inbox.rx.recv().await?,
+    };
+    let mut bytes = first.req.body.len();
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        let Ok(op) = inbox.rx.try_recv() else {
+            break;
+        };
+        let len = op.req.body.len();
+        if bytes.saturating_add(len) > MAX_BATCH_BYTES {
+            inbox.held = Some(op);
+            break;
+        }
+        bytes += len;
+        batch.push(op);
+    }
+    Some(batch)
 }
 
 /// Commits one batch (running it again after a lost race) and answers its writers.
@@ -476,4 +511,63 @@ async fn update_streams(client: &ClientWrapper, dirty: &[&Work]) -> Result<()> {
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(len: usize) -> Op {
+        let (reply, _) = oneshot::channel();
+        Op {
+            name: StreamName::parse("s", ds_protocol::NameLimits::default()).expect("valid name"),
+            req: AppendRequest {
+                body: Bytes::from(vec![0u8; len]),
+                ..AppendRequest::default()
+            },
+            reply,
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_are_cut_by_bytes_and_a_large_append_goes_alone() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = queue(rx);
+        let mut inbox = queue.lock().await;
+        let mib = 1 << 20;
+        for len in [6 * mib, 6 * mib, 6 * mib, 40 * mib, 1, 2] {
+            assert!(tx.send(op(len)).is_ok(), "queued");
+        }
+        drop(tx);
+        let mut sizes = Vec::new();
+        while let Some(batch) = take_batch(&mut inbox).await {
+            sizes.push(batch.iter().map(|o| o.req.body.len()).collect::<Vec<_>>());
+        }
+        assert_eq!(
+            sizes,
+            vec![
+                vec![6 * mib, 6 * mib],
+                vec![6 * mib],
+                vec![40 * mib],
+                vec![1, 2]
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn batches_are_cut_by_count() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = queue(rx);
+        let mut inbox = queue.lock().await;
+        for _ in 0..MAX_BATCH + 3 {
+            assert!(tx.send(op(1)).is_ok(), "queued");
+        }
+        drop(tx);
+        assert_eq!(
+            take_batch(&mut inbox).await.map(|b| b.len()),
+            Some(MAX_BATCH)
+        );
+        assert_eq!(take_batch(&mut inbox).await.map(|b| b.len()), Some(3));
+        assert!(take_batch(&mut inbox).await.is_none());
+    }
 }

@@ -16,7 +16,7 @@
 //!   other, on one node or across nodes. Offsets are `(record, byte)` pairs taken from the
 //!   locked row, so they increase strictly whichever node appends.
 //! - **Cross-node live reads.** A commit that moves a tail is followed by a `NOTIFY` (stream
-//!   key and new tail, no data; sent after `COMMIT`, not inside it, so notifying commits are
+//!   id and new tail, no data, short whatever the name; sent after `COMMIT`, not inside it, so notifying commits are
 //!   not serialised by PostgreSQL's notification lock). Every node keeps one `LISTEN`
 //!   connection and wakes its local readers, which re-read from the database; a re-check
 //!   timer reads the tails of every watched stream, so a lost notification or a reconnect
@@ -24,7 +24,8 @@
 //! - **Stateless nodes.** Nothing about streams is cached between requests: every read starts
 //!   from the stream's row, so a node sees every other node's commits at once.
 //! - **Expiry.** TTL and absolute expiry are checked on every access, like the other
-//!   backends; [`Storage::sweep_expired`] reclaims expired streams on whichever node holds the
+//!   backends. A read records its access only when the recorded one is older than a tenth of
+//!   the TTL (at most 2 s), so reads of a busy TTL stream rarely write; [`Storage::sweep_expired`] reclaims expired streams on whichever node holds the
 //!   sweep lease (a row in `ds_leases`), not on all nodes at once.
 //! - **Migrations** are applied at startup, versioned, in one transaction under an advisory
 //!   lock, so nodes starting at once are safe (see `schema`).
@@ -54,7 +55,7 @@ use ds_storage::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ExportMeta, ForkPoint, ReadChunk,
     ReadFrom, Result, Storage, StorageStats, StreamInfo, Tail,
 };
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
@@ -208,7 +209,7 @@ impl PostgresStorage {
         let options = format!(
             "{} -c search_path={} -c statement_timeout={}",
             config.get_options().unwrap_or_default(),
-            opts.schema,
+            schema::quoted(&opts.schema),
             opts.statement_timeout_ms
         );
         config.options(options.trim_start());
@@ -251,7 +252,7 @@ impl PostgresStorage {
             sweep_lease_secs: opts.sweep_lease.as_secs_f64(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        let queue: commit::Queue = Arc::new(Mutex::new(rx));
+        let queue = commit::queue(rx);
         for _ in 0..opts.committers.max(1) {
             tokio::spawn(commit::committer(Arc::clone(&shared), Arc::clone(&queue)));
         }
@@ -327,16 +328,8 @@ impl PostgresStorage {
         let shared = self.shared();
         let client = self.client().await?;
         let row = stream::live(&shared, &client, name.as_str()).await?;
-        if let Expiry::Ttl(_) = row.expiry {
-            // A read slides the TTL; only TTL streams pay for the write.
-            db::execute(
-                &client,
-                "slide TTL",
-                "UPDATE ds_streams SET last_access_ms = greatest(last_access_ms, $2) \
-                 WHERE id = $1",
-                &[&to_db(row.id), &to_db(shared.clock.now_ms())],
-            )
-            .await?;
+        if let Expiry::Ttl(secs) = row.expiry {
+            slide_ttl(&shared, &client, &row, secs).await?;
         }
         let tail = row.tail;
         let start = match from {
@@ -364,6 +357,43 @@ impl PostgresStorage {
             closed: up_to_date && row.closed,
         })
     }
+}
+
+/// Longest a read may leave a TTL stream's last access unrecorded (see [`slide_ttl`]).
+const MAX_SLIDE_STEP_MS: u64 = 2_000;
+
+/// How stale a TTL stream's last access may be before a read records a new one: a tenth of
+/// the TTL, at most [`MAX_SLIDE_STEP_MS`]. A stream read continually thus expires at most
+/// that much before its exact TTL.
+fn slide_step_ms(ttl_secs: u64) -> u64 {
+    (ttl_secs.saturating_mul(1000) / 10).min(MAX_SLIDE_STEP_MS)
+}
+
+/// A read slides the TTL. Only TTL streams pay for the write, and only when the recorded
+/// access is older than [`slide_step_ms`] (also checked in the `WHERE` clause, so concurrent
+/// readers do not queue on the row lock for the same step). Committed without waiting for
+/// the WAL flush: losing a slide to a database crash only shortens a TTL by one step.
+async fn slide_ttl(
+    shared: &Shared,
+    client: &deadpool_postgres::Object,
+    row: &schema::StreamRow,
+    ttl_secs: u64,
+) -> Result<()> {
+    let now = shared.clock.now_ms();
+    let step = slide_step_ms(ttl_secs);
+    if now.saturating_sub(row.last_access_ms) <= step {
+        return Ok(());
+    }
+    db::execute(
+        client,
+        "slide TTL",
+        "UPDATE ds_streams SET last_access_ms = $2 \
+         FROM (SELECT set_config('synchronous_commit', 'off', true)) AS c \
+         WHERE id = $1 AND last_access_ms < $2::bigint - $3::bigint",
+        &[&to_db(row.id), &to_db(now), &to_db(step)],
+    )
+    .await?;
+    Ok(())
 }
 
 impl Storage for PostgresStorage {

@@ -5,8 +5,10 @@
 //!
 //! A commit that changes a stream's tail is followed by `pg_notify(channel, payload)` on the
 //! same connection (see `stream::notify_committed` for why not inside the transaction), so
-//! the data is visible to readers before anyone is woken. The payload is `"<stream id> <tail seq> <tail byte> <flags> <name>"` (flags: 1 closed, 2 gone):
-//! a wake-up, never data. The committing node also publishes the new tail locally right after
+//! the data is visible to readers before anyone is woken. The payload is `"<stream id> <tail
+//! seq> <tail byte> <flags>"` (flags: 1 closed, 2 gone): a wake-up, never data, and short
+//! whatever the stream's name (PostgreSQL caps payloads at 8000 bytes). Stream ids are never
+//! reused, so the registry maps an id to the one name it watches it under. The committing node also publishes the new tail locally right after
 //! its commit, without waiting for its own notification.
 
 use std::collections::HashMap;
@@ -29,10 +31,33 @@ struct Watch {
     tx: watch::Sender<Tail>,
 }
 
-/// This node's watch channels by stream name.
+/// This node's watch channels by stream name, and the name of each watched incarnation id
+/// (notifications carry only the id).
+#[derive(Debug, Default)]
+struct Watches {
+    by_name: HashMap<String, Watch>,
+    names: HashMap<u64, String>,
+}
+
+impl Watches {
+    fn insert(&mut self, name: &str, w: Watch) {
+        self.names.insert(w.id, name.to_owned());
+        if let Some(old) = self.by_name.insert(name.to_owned(), w) {
+            self.names.remove(&old.id);
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(old) = self.by_name.remove(name) {
+            self.names.remove(&old.id);
+        }
+    }
+}
+
+/// This node's watch channels.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    watches: Mutex<HashMap<String, Watch>>,
+    watches: Mutex<Watches>,
     /// Set while the `LISTEN` connection is up.
     pub(crate) listening: AtomicBool,
     /// Wakes the re-check task early (after the listener reconnects).
@@ -55,7 +80,7 @@ const GONE: Tail = Tail {
 };
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Watch>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watches> {
         self.watches
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -64,7 +89,7 @@ impl Registry {
     /// A receiver for incarnation `id` of `name`, whose tail was `tail` when read.
     pub(crate) fn subscribe(&self, name: &str, id: u64, tail: Tail) -> watch::Receiver<Tail> {
         let mut map = self.lock();
-        if let Some(w) = map.get(name) {
+        if let Some(w) = map.by_name.get(name) {
             if w.id == id {
                 w.tx.send_if_modified(|cur| {
                     let go = advances(cur, &tail);
@@ -89,14 +114,27 @@ impl Registry {
             w.tx.send_replace(Tail { next, ..GONE });
         }
         let (tx, rx) = watch::channel(tail);
-        map.insert(name.to_owned(), Watch { id, tx });
+        map.insert(name, Watch { id, tx });
         rx
     }
 
     /// Moves the readers of incarnation `id` of `name` to `tail`.
     pub(crate) fn publish(&self, name: &str, id: u64, tail: Tail) {
         let mut map = self.lock();
-        let Some(w) = map.get(name) else {
+        Self::publish_locked(&mut map, name, id, tail);
+    }
+
+    /// Moves the readers of incarnation `id` (whatever its name) to `tail`; nothing if this
+    /// node watches no such incarnation.
+    pub(crate) fn publish_id(&self, id: u64, tail: Tail) {
+        let mut map = self.lock();
+        if let Some(name) = map.names.get(&id).cloned() {
+            Self::publish_locked(&mut map, &name, id, tail);
+        }
+    }
+
+    fn publish_locked(map: &mut Watches, name: &str, id: u64, tail: Tail) {
+        let Some(w) = map.by_name.get(name) else {
             return;
         };
         if w.id > id {
@@ -125,27 +163,36 @@ impl Registry {
     /// The incarnations some reader still watches; forgets the rest.
     fn watched(&self) -> Vec<(String, u64)> {
         let mut map = self.lock();
-        map.retain(|_, w| w.tx.receiver_count() > 0);
-        map.iter().map(|(n, w)| (n.clone(), w.id)).collect()
+        let Watches { by_name, names } = &mut *map;
+        by_name.retain(|_, w| {
+            let keep = w.tx.receiver_count() > 0;
+            if !keep {
+                names.remove(&w.id);
+            }
+            keep
+        });
+        by_name.iter().map(|(n, w)| (n.clone(), w.id)).collect()
     }
 }
 
-/// The `NOTIFY` payload for a tail.
-pub(crate) fn payload(name: &str, id: u64, tail: Tail) -> String {
+/// The `NOTIFY` payload for a tail: `"<stream id> <tail seq> <tail byte> <flags>"`, at most
+/// 67 bytes whatever the stream's name (listeners map the id to the name they watch).
+pub(crate) fn payload(id: u64, tail: Tail) -> String {
     let flags = u8::from(tail.closed) | (u8::from(tail.gone) << 1);
-    format!("{id} {} {} {flags} {name}", tail.next.seq, tail.next.byte)
+    format!("{id} {} {} {flags}", tail.next.seq, tail.next.byte)
 }
 
 /// Parses a payload written by [`payload`].
-pub(crate) fn parse_payload(s: &str) -> Option<(String, u64, Tail)> {
-    let mut parts = s.splitn(5, ' ');
+pub(crate) fn parse_payload(s: &str) -> Option<(u64, Tail)> {
+    let mut parts = s.split(' ');
     let id = parts.next()?.parse().ok()?;
     let seq = parts.next()?.parse().ok()?;
     let byte = parts.next()?.parse().ok()?;
     let flags: u8 = parts.next()?.parse().ok()?;
-    let name = parts.next()?.to_owned();
+    if parts.next().is_some() {
+        return None;
+    }
     Some((
-        name,
         id,
         Tail {
             next: Offset::new(seq, byte),
@@ -166,7 +213,7 @@ pub(crate) async fn listen(
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
-                let listen_sql = format!("LISTEN {channel}");
+                let listen_sql = format!("LISTEN \"{channel}\"");
                 let pump_registry = Arc::clone(&registry);
                 // The connection must be polled for the LISTEN to complete, so the pump runs
                 // beside it and the LISTEN only counts once it returned.
@@ -174,8 +221,8 @@ pub(crate) async fn listen(
                     loop {
                         match poll_fn(|cx| connection.poll_message(cx)).await {
                             Some(Ok(AsyncMessage::Notification(n))) => {
-                                if let Some((name, id, tail)) = parse_payload(n.payload()) {
-                                    pump_registry.publish(&name, id, tail);
+                                if let Some((id, tail)) = parse_payload(n.payload()) {
+                                    pump_registry.publish_id(id, tail);
                                 }
                             }
                             Some(Ok(_)) => {}
@@ -282,11 +329,36 @@ mod tests {
     }
 
     #[test]
-    fn payload_round_trips_with_spaces_in_the_name() {
+    fn payload_round_trips_and_is_short() {
         let t = tail(3, 17, true, false);
-        let p = payload("a b/c", 9, t);
-        assert_eq!(parse_payload(&p), Some(("a b/c".to_owned(), 9, t)));
-        assert_eq!(parse_payload("x 1 2 0 n"), None);
+        let p = payload(9, t);
+        assert_eq!(parse_payload(&p), Some((9, t)));
+        assert_eq!(parse_payload("x 1 2 0"), None);
+        assert_eq!(parse_payload("1 2 3 0 name"), None);
+        let max = tail(u64::MAX, u64::MAX, true, true);
+        assert!(payload(u64::MAX, max).len() <= 67);
+    }
+
+    #[test]
+    fn a_notification_by_id_reaches_the_watched_name() {
+        let reg = Registry::default();
+        let rx = reg.subscribe("s", 5, tail(0, 0, false, false));
+        reg.publish_id(5, tail(2, 10, false, false));
+        assert_eq!(*rx.borrow(), tail(2, 10, false, false));
+        reg.publish_id(6, tail(9, 99, false, false));
+        assert_eq!(
+            *rx.borrow(),
+            tail(2, 10, false, false),
+            "another id is ignored"
+        );
+        // A newer incarnation replaces the id mapping; the old id no longer reaches anyone.
+        let newer = reg.subscribe("s", 7, tail(0, 0, false, false));
+        assert!(rx.borrow().gone);
+        reg.publish_id(5, tail(5, 50, false, false));
+        assert_eq!(*newer.borrow(), tail(0, 0, false, false));
+        reg.publish_id(7, tail(1, 1, false, true));
+        assert!(newer.borrow().gone);
+        assert!(reg.lock().names.is_empty() && reg.lock().by_name.is_empty());
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! missing below the tail means the stream was deleted while the read ran, and the read answers
 //! `NotFound` rather than a partial view.
 //!
-//! Each scan fetches only records that start before `from + budget`, so a chunk costs about its
-//! size (plus at most one record) whatever the stream's length.
+//! Each scan fetches only records that start before `from + budget`, in pages of at most
+//! [`PAGE_ROWS`] records whose seq range is the index condition, so a chunk costs about its
+//! size (plus at most one record, and one page of index entries) whatever the stream's length.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -61,6 +62,15 @@ pub(crate) struct Located {
     /// JSON messages from the position to the end of its append batch.
     pub(crate) messages_to_boundary: u64,
 }
+
+/// Records one page of a read scans at most: the index range of a page is
+/// `seq >= next AND seq < min(tail, next + PAGE_ROWS)`.
+const PAGE_ROWS: u64 = 256;
+
+/// One page of a stream's records: `$1` stream, `[$2, $3)` seq range (at most [`PAGE_ROWS`]),
+/// `$4` the byte horizon (records starting at or after it are not needed).
+pub(crate) const READ_PAGE_SQL: &str = "SELECT seq, start_byte, batch_end, data FROM ds_records \
+     WHERE stream_id = $1 AND seq >= $2 AND seq < $3 AND start_byte < $4 ORDER BY seq";
 
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
@@ -155,71 +165,83 @@ impl<'a> Reader<'a> {
         // Records starting before this byte are all the chunk can use (the first one always
         // qualifies: it starts at or before `from`).
         let horizon = end.min(from.byte.saturating_add((*budget).max(1) as u64));
-        let rows = db::query(
-            self.client,
-            "read records",
-            "SELECT seq, start_byte, batch_end, data FROM ds_records \
-             WHERE stream_id = $1 AND seq >= $2 AND seq < $3 AND start_byte < $4 ORDER BY seq",
-            &[
-                &to_db(entry.id),
-                &to_db(from.seq),
-                &to_db(tail.seq),
-                &to_db(horizon),
-            ],
-        )
-        .await?;
-        let mut rows = rows.iter();
         let mut pos = from;
         let mut expected = from.seq;
-        while pos.byte < end {
-            // Below the committed tail every row exists unless the stream was deleted.
-            let Some(row) = rows.next() else {
-                if pos.byte >= horizon {
-                    // The budget ends here (a JSON message that does not fit).
-                    break;
-                }
-                return Err(Error::NotFound);
-            };
-            let seq = from_db(row.try_get(0).map_err(|e| backend("read records", e))?);
-            let start = from_db(row.try_get(1).map_err(|e| backend("read records", e))?);
-            let payload: &[u8] = row.try_get(3).map_err(|e| backend("read records", e))?;
-            if seq != expected {
+        'pages: while pos.byte < end {
+            // One page: a bounded index range on (stream_id, seq); the `start_byte` filter
+            // only trims it, so a page never walks towards the tail.
+            let page_end = tail.seq.min(expected.saturating_add(PAGE_ROWS));
+            if page_end <= expected {
+                // Bytes left below the tail but no records: the rows are gone.
                 return Err(Error::NotFound);
             }
-            let rec_len = payload.len() as u64;
-            if seq == from.seq
-                && (from.byte < start
-                    || from.byte >= start + rec_len
-                    || (json && start != from.byte))
-            {
-                return Err(Error::InvalidOffset { offset: from });
+            let rows = db::query(
+                self.client,
+                "read records",
+                READ_PAGE_SQL,
+                &[
+                    &to_db(entry.id),
+                    &to_db(expected),
+                    &to_db(page_end),
+                    &to_db(horizon),
+                ],
+            )
+            .await?;
+            let mut rows = rows.iter();
+            while pos.byte < end {
+                // Below the committed tail every row exists unless the stream was deleted.
+                let Some(row) = rows.next() else {
+                    if pos.byte >= horizon {
+                        // The budget ends here (a JSON message that does not fit).
+                        break 'pages;
+                    }
+                    if expected == page_end {
+                        // This page is used up: fetch the next one.
+                        continue 'pages;
+                    }
+                    return Err(Error::NotFound);
+                };
+                let seq = from_db(row.try_get(0).map_err(|e| backend("read records", e))?);
+                let start = from_db(row.try_get(1).map_err(|e| backend("read records", e))?);
+                let payload: &[u8] = row.try_get(3).map_err(|e| backend("read records", e))?;
+                if seq != expected {
+                    return Err(Error::NotFound);
+                }
+                let rec_len = payload.len() as u64;
+                if seq == from.seq
+                    && (from.byte < start
+                        || from.byte >= start + rec_len
+                        || (json && start != from.byte))
+                {
+                    return Err(Error::InvalidOffset { offset: from });
+                }
+                let rec_end = (start + rec_len).min(end);
+                let skip = (pos.byte - start) as usize;
+                let avail = (rec_end - pos.byte) as usize;
+                if json {
+                    if *budget < avail && !out.is_empty() {
+                        break 'pages;
+                    }
+                    out.push(&payload[skip..]);
+                    *budget = budget.saturating_sub(avail);
+                } else {
+                    if *budget == 0 {
+                        break 'pages;
+                    }
+                    let take = avail.min(*budget);
+                    out.push(&payload[skip..skip + take]);
+                    *budget -= take;
+                    if take < avail {
+                        return Ok(Offset::new(seq, pos.byte + take as u64));
+                    }
+                }
+                pos = if rec_end == start + rec_len {
+                    Offset::new(seq + 1, rec_end)
+                } else {
+                    Offset::new(seq, rec_end)
+                };
+                expected += 1;
             }
-            let rec_end = (start + rec_len).min(end);
-            let skip = (pos.byte - start) as usize;
-            let avail = (rec_end - pos.byte) as usize;
-            if json {
-                if *budget < avail && !out.is_empty() {
-                    break;
-                }
-                out.push(&payload[skip..]);
-                *budget = budget.saturating_sub(avail);
-            } else {
-                if *budget == 0 {
-                    break;
-                }
-                let take = avail.min(*budget);
-                out.push(&payload[skip..skip + take]);
-                *budget -= take;
-                if take < avail {
-                    return Ok(Offset::new(seq, pos.byte + take as u64));
-                }
-            }
-            pos = if rec_end == start + rec_len {
-                Offset::new(seq + 1, rec_end)
-            } else {
-                Offset::new(seq, rec_end)
-            };
-            expected += 1;
         }
         Ok(pos)
     }
@@ -330,5 +352,88 @@ impl<'a> Reader<'a> {
             bytes += pieces.len() as u64;
         }
         Ok(Offset::new(anchor.seq + count, anchor.byte + bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `EXPLAIN ANALYZE` of the page query as prepared (generic plan), in a fresh schema over
+    /// one stream of `rows` records of 10 bytes: the rows the scan visited (returned plus
+    /// filtered out).
+    async fn visited(client: &tokio_postgres::Client, sql: &str, params: &str) -> u64 {
+        client
+            .batch_execute(&format!(
+                "DEALLOCATE ALL; SET plan_cache_mode = force_generic_plan; PREPARE p AS {sql}"
+            ))
+            .await
+            .expect("prepare");
+        let plan: Vec<String> = client
+            .query(
+                &format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE p({params})"),
+                &[],
+            )
+            .await
+            .expect("explain")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("Index Cond: ((stream_id = $1) AND (seq >= $2) AND (seq < $3))"),
+            "{plan}"
+        );
+        let number_after = |key: &str| -> u64 {
+            plan.find(key).map_or(0, |i| {
+                plan[i + key.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse()
+                    .expect("a number")
+            })
+        };
+        number_after("rows=") + number_after("Rows Removed by Filter: ")
+    }
+
+    /// A page scans at most `PAGE_ROWS` index entries however long the rest of the stream
+    /// is; the unpaged query (the seq range up to the tail) walks every row to the tail.
+    #[tokio::test]
+    async fn a_page_scan_is_bounded_by_the_page_not_the_stream() {
+        let url = std::env::var("DS_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        let schema = format!("ds_test_read_{:08x}", fastrand::u32(..));
+        crate::schema::migrate(&mut client, &schema)
+            .await
+            .expect("migrate");
+        let rows = 100_000;
+        let result = async {
+            client
+                .batch_execute(&format!(
+                    "SET search_path TO {schema};
+                     INSERT INTO ds_records (stream_id, seq, start_byte, batch_end, data)
+                     SELECT 1, g, g * 10, true, '\\x00010203040506070809'::bytea
+                     FROM generate_series(0, {rows} - 1) AS g;
+                     ANALYZE ds_records;"
+                ))
+                .await
+                .expect("fill");
+            // The first chunk of a catch-up read with a 100-byte budget (10 records).
+            let paged = visited(&client, READ_PAGE_SQL, &format!("1, 0, {PAGE_ROWS}, 100")).await;
+            let unpaged = visited(&client, READ_PAGE_SQL, &format!("1, 0, {rows}, 100")).await;
+            (paged, unpaged)
+        }
+        .await;
+        let _ = client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await;
+        let (paged, unpaged) = result;
+        assert!(paged <= PAGE_ROWS, "a page visited {paged} rows");
+        assert_eq!(unpaged, rows, "the unpaged scan walks to the tail");
     }
 }

@@ -93,8 +93,8 @@ fn version() -> i32 {
     i32::try_from(MIGRATIONS.len()).expect("fewer than 2^31 migrations")
 }
 
-/// Whether `schema` is a plain lower-case identifier we can put in SQL text unquoted (and in
-/// a NOTIFY channel name).
+/// Whether `schema` is a plain lower-case identifier, safe in SQL text (quoted, see
+/// [`quoted`]) and in a NOTIFY channel name.
 pub(crate) fn valid_schema_name(schema: &str) -> bool {
     let mut chars = schema.chars();
     chars
@@ -104,10 +104,17 @@ pub(crate) fn valid_schema_name(schema: &str) -> bool {
         && schema.len() <= 40
 }
 
+/// `schema` as a quoted SQL identifier, so reserved words (`user`, `order`) work too. (Valid
+/// names hold no `"`, see [`valid_schema_name`].)
+pub(crate) fn quoted(schema: &str) -> String {
+    format!("\"{}\"", schema.replace('"', "\"\""))
+}
+
 /// Creates the schema if needed and applies every migration it lacks, in one transaction
 /// under an advisory lock: nodes starting at once apply each migration exactly once, and a
 /// node finding a newer schema than it knows refuses to start.
-pub(crate) async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<()> {
+pub(crate) async fn migrate(client: &mut tokio_postgres::Client, name: &str) -> Result<()> {
+    let schema = &quoted(name);
     let txn = client
         .transaction()
         .await
@@ -115,7 +122,7 @@ pub(crate) async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -
     // Two-key form: the first key names this crate, the second the schema.
     txn.execute(
         "SELECT pg_advisory_xact_lock(1685287796, hashtext($1))",
-        &[&schema],
+        &[&name],
     )
     .await
     .map_err(|e| backend("take migration lock", e))?;
@@ -141,7 +148,7 @@ pub(crate) async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -
         return Err(invalid(
             "check schema version",
             format!(
-                "schema {schema} is at version {current}, newer than this build's {version}; \
+                "schema {name} is at version {current}, newer than this build's {version}; \
                  upgrade the server"
             ),
         ));

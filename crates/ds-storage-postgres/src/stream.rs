@@ -92,7 +92,7 @@ async fn notify(shared: &Shared, client: &ClientWrapper, tails: &Changes) -> Res
     }
     let payloads: Vec<String> = tails
         .iter()
-        .map(|(name, id, tail)| crate::live::payload(name, *id, *tail))
+        .map(|(_, id, tail)| crate::live::payload(*id, *tail))
         .collect();
     db::query(
         client,
@@ -607,15 +607,25 @@ async fn restore_in(
         epochs.push(to_db(state.epoch));
         seqs.push(to_db(state.last_seq));
     }
+    // Two statements: a data-modifying CTE's deletions are not visible to the INSERT of the
+    // same statement, which would then collide with a producer it meant to replace.
     db::execute(
         client,
-        "restore producers",
-        "WITH d AS (DELETE FROM ds_producers WHERE stream_id = $1) \
-         INSERT INTO ds_producers (stream_id, producer_id, epoch, last_seq) \
-         SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::bigint[])",
-        &[&to_db(row.id), &pids, &epochs, &seqs],
+        "clear producers",
+        "DELETE FROM ds_producers WHERE stream_id = $1",
+        &[&to_db(row.id)],
     )
     .await?;
+    if !pids.is_empty() {
+        db::execute(
+            client,
+            "restore producers",
+            "INSERT INTO ds_producers (stream_id, producer_id, epoch, last_seq) \
+             SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::bigint[])",
+            &[&to_db(row.id), &pids, &epochs, &seqs],
+        )
+        .await?;
+    }
     changes.push((
         row.name.clone(),
         row.id,

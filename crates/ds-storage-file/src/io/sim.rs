@@ -57,6 +57,8 @@ struct SimState {
     refuse_new_entries: bool,
     /// `sync_data` and `sync_dir` fail with this OS error.
     sync_error: Option<i32>,
+    /// `sync_data` of files whose name ends with this takes (at least) this long.
+    slow_syncs: Option<(String, std::time::Duration)>,
     countdown: Option<(u64, bool)>,
     crashes: u64,
     rng: u64,
@@ -301,6 +303,7 @@ impl SimFs {
                 refused_name: None,
                 refuse_new_entries: false,
                 sync_error: None,
+                slow_syncs: None,
                 countdown: None,
                 crashes: 0,
                 rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
@@ -390,6 +393,13 @@ impl SimFs {
     /// making anything durable; `None` lifts it.
     pub fn fail_syncs(&self, errno: Option<i32>) {
         self.lock_state().sync_error = errno;
+    }
+
+    /// Makes `sync_data` of every file whose name ends with `suffix` (say `".dat"`, stream
+    /// files) sleep `delay` first, without blocking other operations, as a slow device flush
+    /// would; `None` lifts it.
+    pub fn slow_syncs(&self, slow: Option<(&str, std::time::Duration)>) {
+        self.lock_state().slow_syncs = slow.map(|(suffix, delay)| (suffix.to_owned(), delay));
     }
 
     /// Every file path currently visible, in order.
@@ -697,6 +707,18 @@ impl FsFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let delay = self
+            .lock_state()
+            .slow_syncs
+            .as_ref()
+            .and_then(|(suffix, delay)| {
+                let name = self.name.as_ref()?.to_string_lossy();
+                name.ends_with(suffix.as_str()).then_some(*delay)
+            });
+        if let Some(delay) = delay {
+            // Like a device flush: other operations go on meanwhile.
+            std::thread::sleep(delay);
+        }
         let mut st = self.lock_state();
         st.mutate(self.generation)?;
         if let Some(errno) = st.sync_error {

@@ -880,3 +880,174 @@ async fn a_rotation_fsync_failing_with_enospc_stops_writes() {
         Err(Error::Backend { .. })
     ));
 }
+
+/// file-fast: the WAL is still synced every `fsync_interval` while a long checkpoint runs,
+/// here recovery's, over many stream files on a device with slow flushes. A power loss right
+/// after a restart can then take only the last interval's requests, not everything
+/// acknowledged since the checkpoint began.
+#[tokio::test]
+async fn file_fast_keeps_syncing_the_wal_while_a_checkpoint_runs() {
+    use std::time::Duration;
+    let sim = SimFs::new(23);
+    let opts = || FileOptions {
+        fsync_interval: Duration::from_millis(5),
+        ..sim_options(Durability::Fast)
+    };
+    let store = FileStorage::open_with_fs(opts(), sim.process())
+        .await
+        .expect("open");
+    let streams: Vec<StreamName> = (0..256).map(|i| name(&format!("s{i}"))).collect();
+    for s in &streams {
+        let req = CreateRequest {
+            body: b"data".to_vec().into(),
+            ..create_req()
+        };
+        store.create(s, req).await.expect("create");
+    }
+    // A crash before any checkpoint: the next open replays the WAL and leaves syncing all
+    // those stream files to its checkpoint, in the background.
+    sim.kill();
+    drop(store);
+    sim.slow_syncs(Some((".dat", Duration::from_millis(20))));
+    let store = FileStorage::open_with_fs(opts(), sim.process())
+        .await
+        .expect("reopen");
+    let running = || async {
+        tokio::time::timeout(Duration::ZERO, store.wait_for_checkpoint())
+            .await
+            .is_err()
+    };
+    let before = store.commit_stats().fsyncs;
+    for _ in 0..3 {
+        // Something for the next WAL sync to do (which may be done before the append returns).
+        let synced = store.commit_stats().fsyncs;
+        store
+            .append(&streams[0], append_req(b"x".to_vec()))
+            .await
+            .expect("append");
+        eventually("the WAL is synced", || store.commit_stats().fsyncs > synced).await;
+        assert!(
+            running().await,
+            "the checkpoint (about 1.3 s of stream-file syncs) is still running"
+        );
+    }
+    assert!(store.commit_stats().fsyncs >= before + 3);
+    sim.slow_syncs(None);
+    store.wait_for_checkpoint().await;
+    store.close().await;
+
+    let store = FileStorage::open_with_fs(opts(), sim.process())
+        .await
+        .expect("reopen");
+    let mut expected = b"data".to_vec();
+    expected.extend_from_slice(b"xxx");
+    assert_eq!(read_all(&store, &streams[0]).await.expect("read"), expected);
+    assert_eq!(
+        read_all(&store, &streams[255]).await.expect("read"),
+        b"data"
+    );
+    store.close().await;
+}
+
+/// A file system whose creation of stream files waits while a gate is closed.
+struct GatedFs {
+    inner: Arc<dyn ds_storage_file::io::Fs>,
+    /// (closed, a creation is waiting at it)
+    gate: Arc<(std::sync::Mutex<(bool, bool)>, std::sync::Condvar)>,
+}
+
+impl ds_storage_file::io::Fs for GatedFs {
+    fn open(
+        &self,
+        path: &Path,
+        mode: ds_storage_file::io::OpenMode,
+    ) -> std::io::Result<Arc<dyn ds_storage_file::io::FsFile>> {
+        if mode == ds_storage_file::io::OpenMode::Create
+            && path.extension().is_some_and(|e| e == "dat")
+        {
+            let (lock, cv) = &*self.gate;
+            let mut g = lock.lock().expect("gate");
+            if g.0 {
+                g.1 = true;
+                while g.0 {
+                    g = cv.wait(g).expect("gate");
+                }
+            }
+        }
+        self.inner.open(path, mode)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list_dir(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+    fn lock(&self, path: &Path) -> std::io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        self.inner.lock(path)
+    }
+}
+
+/// A checkpoint creating the file of a stream created without data does so without the
+/// stream's lock: the committer can delete the stream meanwhile. The file the checkpoint then
+/// creates for the removed stream must not stay (it would hold the Create record once the WAL
+/// holding the Delete is gone).
+#[tokio::test]
+async fn a_stream_deleted_while_the_checkpoint_creates_its_file_stays_deleted() {
+    use std::time::Duration;
+    let sim = SimFs::new(29);
+    let opts = || FileOptions {
+        // Every batch rotates the WAL (while no checkpoint runs).
+        wal_segment_bytes: 1,
+        ..sim_options(Durability::Durable)
+    };
+    let gate = Arc::new((
+        std::sync::Mutex::new((true, false)),
+        std::sync::Condvar::new(),
+    ));
+    let fs = Arc::new(GatedFs {
+        inner: sim.process(),
+        gate: Arc::clone(&gate),
+    });
+    let store = FileStorage::open_with_fs(opts(), fs).await.expect("open");
+    store.wait_for_checkpoint().await;
+    let idle = name("idle");
+    store.create(&idle, create_req()).await.expect("create");
+    eventually("the checkpoint creates the stream's file", || {
+        gate.0.lock().expect("gate").1
+    })
+    .await;
+    let deleted = tokio::time::timeout(Duration::from_secs(5), store.delete(&idle)).await;
+    {
+        // Opened before any verdict, so a failing run does not hang.
+        let (lock, cv) = &*gate;
+        lock.lock().expect("gate").0 = false;
+        cv.notify_all();
+    }
+    deleted
+        .expect("the delete does not wait for the checkpoint's file creation")
+        .expect("delete");
+    store.wait_for_checkpoint().await;
+    assert!(store.is_ready());
+    let streams: Vec<PathBuf> = sim
+        .files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dat"))
+        .collect();
+    assert!(streams.is_empty(), "{streams:?}");
+    store.close().await;
+
+    let store = FileStorage::open_with_fs(opts(), sim.process())
+        .await
+        .expect("reopen");
+    assert!(matches!(store.head(&idle).await, Err(Error::NotFound)));
+    store.close().await;
+}

@@ -27,7 +27,7 @@ pub(crate) fn unique_schema() -> String {
 /// Drops `schema` with everything in it (on its own thread and runtime, so it also works
 /// from `Drop` after the test's runtime is gone).
 pub(crate) fn drop_schema(schema: &str) {
-    let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+    let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
     let url = url();
     let result = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()

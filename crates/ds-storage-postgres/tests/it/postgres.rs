@@ -419,3 +419,251 @@ async fn a_producer_retry_through_another_node_is_a_duplicate() {
     ));
     assert_eq!(read_all(&b, &s).await, b"once");
 }
+
+fn producer_req(id: &str, epoch: u64, seq: u64, body: &'static str) -> AppendRequest {
+    AppendRequest {
+        producer: Some(ds_protocol::ProducerHeaders {
+            id: id.to_owned(),
+            epoch,
+            seq,
+        }),
+        ..append_req(body)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_writer_state_replaces_existing_producers() {
+    use ds_storage::rules::{ProducerState, WriterState};
+    let schema = Schema::new();
+    let store = open(&schema, &clock()).await;
+    let s = name("restored");
+    store.create(&s, create_req()).await.expect("create");
+    // The stream already has producer "p" (epoch 0, seq 0).
+    store
+        .append(&s, producer_req("p", 0, 0, "a"))
+        .await
+        .expect("append");
+    let state = |entries: &[(&str, u64, u64)]| WriterState {
+        producers: entries
+            .iter()
+            .map(|(id, epoch, last_seq)| {
+                (
+                    (*id).to_owned(),
+                    ProducerState {
+                        epoch: *epoch,
+                        last_seq: *last_seq,
+                    },
+                )
+            })
+            .collect(),
+        ..WriterState::default()
+    };
+    // Shares producer id "p" with the stream's current state.
+    let restored = state(&[("p", 3, 7), ("q", 1, 2)]);
+    store
+        .restore_writer(&s, restored.clone())
+        .await
+        .expect("restore over an existing producer");
+    // The same state again (every producer already exists).
+    store
+        .restore_writer(&s, restored.clone())
+        .await
+        .expect("restore the same state twice");
+    assert_eq!(
+        store
+            .export_meta(&s)
+            .await
+            .expect("export")
+            .writer
+            .producers,
+        restored.producers
+    );
+    // A state without "q" removes it; one without producers empties them.
+    let fewer = state(&[("p", 4, 0)]);
+    store
+        .restore_writer(&s, fewer.clone())
+        .await
+        .expect("restore fewer");
+    assert_eq!(
+        store
+            .export_meta(&s)
+            .await
+            .expect("export")
+            .writer
+            .producers,
+        fewer.producers
+    );
+    store
+        .restore_writer(&s, WriterState::default())
+        .await
+        .expect("restore none");
+    assert!(
+        store
+            .export_meta(&s)
+            .await
+            .expect("export")
+            .writer
+            .producers
+            .is_empty()
+    );
+    // The restored state is what appends are checked against.
+    store.restore_writer(&s, fewer).await.expect("restore");
+    assert!(matches!(
+        store.append(&s, producer_req("p", 4, 0, "dup")).await,
+        Ok(AppendOutcome::Duplicate { .. })
+    ));
+    assert!(matches!(
+        store.append(&s, producer_req("p", 4, 1, "b")).await,
+        Ok(AppendOutcome::Appended { .. })
+    ));
+    assert_eq!(read_all(&store, &s).await, b"ab");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_span_many_pages_of_records() {
+    let schema = Schema::new();
+    let store = open(&schema, &clock()).await;
+    let s = name("long");
+    store.create(&s, create_req()).await.expect("create");
+    // 700 records (several read pages), each "abc".
+    for round in 0..7 {
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let (store, s) = (store.clone(), s.clone());
+                tokio::spawn(async move { store.append(&s, append_req("abc")).await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(
+                matches!(t.await.expect("task"), Ok(AppendOutcome::Appended { .. })),
+                "round {round}"
+            );
+        }
+    }
+    let whole = b"abc".repeat(700);
+    let chunk = store
+        .read(&s, ReadFrom::Start, 1 << 20)
+        .await
+        .expect("read");
+    assert_eq!(chunk.pieces.concat(), whole);
+    assert!(chunk.up_to_date);
+    assert_eq!(chunk.next, Offset::new(700, 2100));
+    // From the middle of a record deep in the stream, with a budget ending mid-record.
+    let chunk = store
+        .read(&s, ReadFrom::At(Offset::new(300, 901)), 1000)
+        .await
+        .expect("read from the middle");
+    assert_eq!(chunk.pieces.concat(), whole[901..1901]);
+    assert_eq!(chunk.next, Offset::new(633, 1901));
+    // Small budgets walk the whole stream.
+    let mut out = Vec::new();
+    let mut from = ReadFrom::Start;
+    loop {
+        let chunk = store.read(&s, from, 500).await.expect("read");
+        out.extend(chunk.pieces.concat());
+        if chunk.up_to_date {
+            break;
+        }
+        from = ReadFrom::At(chunk.next);
+    }
+    assert_eq!(out, whole);
+}
+
+/// A direct connection to the database, its search path set to `schema`.
+async fn sql(schema: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("SET search_path TO \"{schema}\""))
+        .await
+        .expect("set search path");
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_slide_a_ttl_only_once_per_step() {
+    let schema = Schema::new();
+    let clock = clock();
+    let store = open(&schema, &clock).await;
+    let db = sql(&schema.0).await;
+    let s = name("ttl");
+    let created = 1_700_000_000_000_i64;
+    store
+        .create(
+            &s,
+            CreateRequest {
+                // A tenth of 100 s is 10 s, capped at 2 s.
+                expiry: Expiry::Ttl(100),
+                ..create_req()
+            },
+        )
+        .await
+        .expect("create");
+    let last_access = || async {
+        db.query_one("SELECT last_access_ms FROM ds_streams", &[])
+            .await
+            .expect("query")
+            .get::<_, i64>(0)
+    };
+    assert_eq!(last_access().await, created);
+    clock.advance_ms(1_500);
+    store.read(&s, ReadFrom::Start, 10).await.expect("read");
+    assert_eq!(last_access().await, created, "within a step: no write");
+    clock.advance_ms(1_000);
+    store.read(&s, ReadFrom::Start, 10).await.expect("read");
+    assert_eq!(last_access().await, created + 2_500, "a step later: slid");
+    clock.advance_ms(99_000);
+    store.head(&s).await.expect("alive: read 99 s ago");
+    clock.advance_ms(1_000);
+    assert!(matches!(
+        store.head(&s).await,
+        Err(ds_storage::Error::NotFound)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserved_word_works_as_the_schema() {
+    // Shared by concurrent runs of this test: nothing here depends on the schema being fresh.
+    let schema = Schema("user".to_owned());
+    let clock = clock();
+    let (a, b) = (open(&schema, &clock).await, open(&schema, &clock).await);
+    let s = name(&format!("reserved-{:08x}", fastrand::u32(..)));
+    a.create(&s, create_req()).await.expect("create");
+    let mut rx = b.subscribe(&s).await.expect("subscribe");
+    a.append(&s, append_req("hello")).await.expect("append");
+    wait_for(&mut rx, |t| t.next.byte == 5).await;
+    assert_eq!(read_all(&b, &s).await, b"hello");
+    a.delete(&s).await.expect("delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_with_a_long_name_wakes_readers_on_another_node() {
+    let schema = Schema::new();
+    let clock = clock();
+    // Notifications are received only by the LISTEN connection: the re-check is slowed so
+    // that the wake-up must come from the NOTIFY.
+    let open_slow = || async {
+        PostgresStorage::open(PostgresOptions {
+            recheck_interval: Duration::from_secs(3600),
+            ..options(&schema.0, &clock)
+        })
+        .await
+        .expect("store opens")
+    };
+    let (a, b) = (open_slow().await, open_slow().await);
+    let long = "n".repeat(9000);
+    let s = StreamName::parse(
+        &long,
+        NameLimits {
+            max_bytes: 16_384,
+            ..NameLimits::default()
+        },
+    )
+    .expect("valid long name");
+    a.create(&s, create_req()).await.expect("create");
+    let mut rx = b.subscribe(&s).await.expect("subscribe");
+    a.append(&s, append_req("x")).await.expect("append");
+    wait_for(&mut rx, |t| t.next.byte == 1).await;
+}

@@ -134,8 +134,11 @@ fn stop(server: &mut crate::util::Server) {
     );
 }
 
-/// GET of the whole stream: status, `Stream-Next-Offset`, `Stream-Closed` and body.
-fn get_all(port: u16, path: &str) -> (u16, Option<String>, Option<String>, Vec<u8>) {
+/// What a client sees of a whole stream: status, `Stream-Next-Offset`, `Stream-Closed`, body.
+type Seen = (u16, Option<String>, Option<String>, Vec<u8>);
+
+/// GET of the whole stream.
+fn get_all(port: u16, path: &str) -> Seen {
     let reply = request(
         &mut connect(port),
         "GET",
@@ -152,29 +155,12 @@ fn get_all(port: u16, path: &str) -> (u16, Option<String>, Option<String>, Vec<u
     )
 }
 
-#[test]
-fn export_from_file_durable_and_import_into_acid_keep_streams_offsets_and_producers() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
-    let (old_s, new_s) = (
-        old.to_string_lossy().into_owned(),
-        new.to_string_lossy().into_owned(),
-    );
-    let file = dir.path().join("streams.dsx");
-    let file_s = file.to_string_lossy().into_owned();
-    let old_env = [
-        ("DS_STORAGE__MODE", "file-durable"),
-        ("DS_STORAGE__DATA_DIR", old_s.as_str()),
-    ];
-    let new_env = [
-        ("DS_STORAGE__MODE", "acid"),
-        ("DS_STORAGE__DATA_DIR", new_s.as_str()),
-    ];
-
-    let mut server = serve(dir.path(), &old_env);
+/// The streams the round-trip test moves: a byte stream written by an idempotent producer, a
+/// JSON stream with a TTL, and a closed fork of the first. Returns what a client reads of each
+/// (in the order of [`PATHS`]).
+fn populate_over_http(port: u16) -> Vec<Seen> {
     let send = |method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]| {
-        let reply =
-            request(&mut connect(server.port), method, path, headers, body).expect("request");
+        let reply = request(&mut connect(port), method, path, headers, body).expect("request");
         assert!(reply.status < 300, "{method} {path}: {}", reply.status);
     };
     send(
@@ -215,13 +201,37 @@ fn export_from_file_durable_and_import_into_acid_keep_streams_offsets_and_produc
         &[("content-type", "text/plain"), ("stream-closed", "true")],
         b" and a fork",
     );
-    let paths = [
-        "/v1/stream/orders",
-        "/v1/stream/events",
-        "/v1/stream/orders-fork",
-    ];
-    let before: Vec<_> = paths.iter().map(|p| get_all(server.port, p)).collect();
+    PATHS.iter().map(|p| get_all(port, p)).collect()
+}
 
+/// The streams of the round-trip test.
+const PATHS: [&str; 3] = [
+    "/v1/stream/orders",
+    "/v1/stream/events",
+    "/v1/stream/orders-fork",
+];
+
+#[test]
+fn export_from_file_durable_and_import_into_acid_keep_streams_offsets_and_producers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    let (old_s, new_s) = (
+        old.to_string_lossy().into_owned(),
+        new.to_string_lossy().into_owned(),
+    );
+    let file = dir.path().join("streams.dsx");
+    let file_s = file.to_string_lossy().into_owned();
+    let old_env = [
+        ("DS_STORAGE__MODE", "file-durable"),
+        ("DS_STORAGE__DATA_DIR", old_s.as_str()),
+    ];
+    let new_env = [
+        ("DS_STORAGE__MODE", "acid"),
+        ("DS_STORAGE__DATA_DIR", new_s.as_str()),
+    ];
+
+    let mut server = serve(dir.path(), &old_env);
+    let before = populate_over_http(server.port);
     let (code, _, stderr) = run_command(dir.path(), &["export", "-o", &file_s], &old_env);
     assert_eq!(code, 1, "export while serving: {stderr}");
     assert!(
@@ -259,7 +269,7 @@ fn export_from_file_durable_and_import_into_acid_keep_streams_offsets_and_produc
     assert!(stderr.contains("skipped 3 existing"), "{stderr}");
 
     let server = serve(dir.path(), &new_env);
-    let after: Vec<_> = paths.iter().map(|p| get_all(server.port, p)).collect();
+    let after: Vec<_> = PATHS.iter().map(|p| get_all(server.port, p)).collect();
     assert_eq!(before, after, "same bytes, tails and closure");
     // The producer's retry is still a duplicate, and its next seq is accepted.
     let post = |seq: &str, body: &[u8]| {
