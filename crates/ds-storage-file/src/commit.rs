@@ -202,6 +202,8 @@ pub(crate) struct Dirty {
     /// Streams created without a file (their Create record only in the WAL): the checkpoint
     /// writes the files of those still without one before it lets the WAL go.
     pub unwritten: Vec<Arc<Entry>>,
+    /// Streams removed since `unwritten` was last pruned of removed ones.
+    removed: usize,
 }
 
 impl Dirty {
@@ -218,6 +220,21 @@ impl Dirty {
         self.dirs.extend(other.dirs);
         self.unlinks.extend(other.unlinks);
         self.unwritten.extend(other.unwritten);
+        self.removed += other.removed;
+    }
+
+    /// Forgets stream `id`, just removed: its file needs no sync, and the checkpoint skips a
+    /// removed stream in `unwritten`. Without this, every stream created and deleted between
+    /// two checkpoints (which come only when a WAL segment fills) stays in memory until then.
+    /// The pruning is amortized: `unwritten` is scanned once its removed streams may make up
+    /// half of it, so it holds at most about twice the streams still without a file.
+    fn forget(&mut self, id: u64) {
+        self.streams.remove(&id);
+        self.removed += 1;
+        if self.removed * 2 >= self.unwritten.len() {
+            self.unwritten.retain(|e| !e.lock().s.removed);
+            self.removed = 0;
+        }
     }
 }
 
@@ -1049,6 +1066,7 @@ impl Committer {
         for (entry, new_file) in removed {
             self.expiring.remove(&entry.id);
             self.shared.pool.remove(entry.id);
+            self.dirty.forget(entry.id);
             if new_file {
                 continue;
             }

@@ -944,4 +944,36 @@ mod tests {
             e => panic!("unexpected {e:?}"),
         }
     }
+
+    /// A stream created without data waits in the committer's list of streams the next
+    /// checkpoint must write a file for, and checkpoints come only when a WAL segment fills.
+    /// Deleting such a stream must let its entry go then, not at that checkpoint: a soak
+    /// that created and deleted streams for 30 minutes grew by their entries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_deleted_before_the_checkpoint_is_not_kept_for_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = FileStorage::open(FileOptions::new(dir.path(), Durability::Durable))
+            .await
+            .expect("open");
+        store.wait_for_checkpoint().await;
+        let create = || ds_storage::CreateRequest {
+            content_type: Some("text/plain".to_owned()),
+            ..ds_storage::CreateRequest::default()
+        };
+        let keep = StreamName::parse("keep", ds_protocol::NameLimits::default()).expect("name");
+        store.create(&keep, create()).await.expect("create");
+        let mut gone = Vec::new();
+        for i in 0..20 {
+            let name = StreamName::parse(&format!("s{i}"), ds_protocol::NameLimits::default())
+                .expect("name");
+            store.create(&name, create()).await.expect("create");
+            let entry = store.shared().get(&name).expect("created");
+            gone.push(Arc::downgrade(&entry));
+            drop(entry);
+            store.delete(&name).await.expect("delete");
+        }
+        let kept = gone.iter().filter(|w| w.upgrade().is_some()).count();
+        assert_eq!(kept, 0, "entries of deleted streams still held");
+        assert!(store.shared().get(&keep).is_some());
+    }
 }
