@@ -432,12 +432,7 @@ fn parse_crash_args(args: &[String]) -> Result<Option<crash::Options>> {
                 "storage mode",
                 "file-fast, file-durable, acid or all",
             )?,
-            "--kills" => {
-                let text = value("--kills")?;
-                kills = text.parse().ok().filter(|&n| n >= 1).with_context(|| {
-                    format!("--kills needs a whole number of at least 1, not {text:?}")
-                })?;
-            }
+            "--kills" => kills = number("--kills", &value("--kills")?, 1)?,
             "--seed" => {
                 let text = value("--seed")?;
                 seed = Some(
@@ -505,12 +500,7 @@ fn parse_wake_args(args: &[String]) -> Result<Option<wake::Options>> {
                         )
                     })?;
             }
-            "--rate" => {
-                let text = value("--rate")?;
-                rate = text.parse().ok().filter(|&n| n >= 1).with_context(|| {
-                    format!("--rate needs a whole number of at least 1, not {text:?}")
-                })?;
-            }
+            "--rate" => rate = number("--rate", &value("--rate")?, 1)?,
             "--seed" => {
                 let text = value("--seed")?;
                 seed = Some(
