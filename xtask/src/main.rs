@@ -31,8 +31,10 @@
 //!   claims and acks on every wake event, and `--kills` SIGKILL/restart
 //!   cycles; every acknowledged append must be reported by a claim within
 //!   1 s in steady state, none may be lost across a restart, and the acked
-//!   cursors must never go back. Prints wake latency p50/p99/max per mode
-//!   and a final `N passed, N failed` line. See `wake.rs`.
+//!   cursors must never go back. With `postgres` it runs two nodes on one
+//!   schema and each kill hits the node delivering wakes. Prints wake
+//!   latency p50/p99/max per mode and a final `N passed, N failed` line.
+//!   See `wake.rs`.
 //! - `bench [args...]`: builds the release server and `ds-bench` (the
 //!   `bench/` crate) with `cargo build --release --locked`, then runs
 //!   `target/release/ds-bench` with the remaining arguments passed through
@@ -148,8 +150,10 @@ Options of `crash`:
                       Test this binary instead of building the workspace's
 
 Options of `wake`:
-  --mode <names>      Storage modes: file-fast, file-durable, acid or all
-                      (default all). Repeatable or comma-separated.
+  --mode <names>      Storage modes: file-fast, file-durable, acid, postgres
+                      or all (default all). Repeatable or comma-separated.
+                      postgres runs two nodes on one schema and kills the
+                      node that delivers wakes.
   --kills <n>         Kills per mode; 0 measures latency only (default 10)
   --streams <n>       Streams matched by the glob, 1 to 10000 (default 1000)
   --rate <n>          Appends per second over all streams (default 200)
@@ -479,7 +483,7 @@ fn parse_wake_args(args: &[String]) -> Result<Option<wake::Options>> {
                 &value("--mode")?,
                 &wake::DURABLE_MODES,
                 "storage mode",
-                "file-fast, file-durable, acid or all",
+                "file-fast, file-durable, acid, postgres or all",
             )?,
             "--kills" => {
                 let text = value("--kills")?;
@@ -743,7 +747,12 @@ mod tests {
         let options = parse_wake("");
         assert_eq!(
             options.modes,
-            [Backend::FileFast, Backend::FileDurable, Backend::Acid]
+            [
+                Backend::FileFast,
+                Backend::FileDurable,
+                Backend::Acid,
+                Backend::Postgres
+            ]
         );
         assert_eq!(options.kills, super::wake::DEFAULT_KILLS);
         assert_eq!(options.streams, 1000);

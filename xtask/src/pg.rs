@@ -87,6 +87,23 @@ pub(crate) fn reset_connections(data_dir: &Path) -> Result<u64> {
         .with_context(|| format!("psql answered {out:?}"))
 }
 
+/// The process id of the node holding lease `name` in the run's schema (node ids are
+/// `<host>-<pid>-<random>`), if an unexpired holder is recorded.
+pub(crate) fn lease_holder_pid(data_dir: &Path, name: &str) -> Result<Option<u32>> {
+    let out = psql(&format!(
+        "SELECT holder FROM {}.ds_leases WHERE name = '{name}' AND expires_at > now()",
+        schema_for(data_dir)
+    ))?;
+    Ok(holder_pid(out.trim()))
+}
+
+/// The pid in a node id `<host>-<pid>-<random hex>` (the host may contain `-`).
+fn holder_pid(holder: &str) -> Option<u32> {
+    let mut parts = holder.rsplitn(3, '-');
+    let _random = parts.next()?;
+    parts.next()?.parse().ok()
+}
+
 /// Drops the run's schema and everything in it.
 pub(crate) fn drop_schema(data_dir: &Path) -> Result<()> {
     psql(&format!(
@@ -106,5 +123,13 @@ mod tests {
         assert_eq!(a, schema_for(Path::new("/tmp/xtask-crash-1/data")));
         assert_ne!(a, schema_for(Path::new("/tmp/xtask-crash-2/data")));
         assert!(a.len() <= 40 && a.starts_with("ds_xtask_"), "{a}");
+    }
+
+    #[test]
+    fn node_ids_name_their_pid() {
+        assert_eq!(holder_pid("my-host-4242-0123456789abcdef"), Some(4242));
+        assert_eq!(holder_pid("h-7-ff"), Some(7));
+        assert_eq!(holder_pid(""), None);
+        assert_eq!(holder_pid("no-pid"), None);
     }
 }

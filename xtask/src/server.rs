@@ -140,6 +140,11 @@ impl Server {
         })
     }
 
+    /// The process id, while the process has not been stopped.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Waits until `GET /readyz` answers 200 over plain HTTP.
     ///
     /// Returns [`Startup::NotBuilt`] if the process exits and its output

@@ -40,6 +40,18 @@
 //!    confirmed: checked on every claim and, at the end, every stream's
 //!    `acked_offset` must have reached its last acknowledged append.
 //!
+//! With `postgres`, two server processes (nodes 0 and 1) share one schema,
+//! as behind a load balancer without stickiness: one node holds the
+//! subscription engine's lease and delivers every wake, the other forwards
+//! subscription requests to it through the database. Producers append
+//! through both nodes, the worker changes node after every claim round
+//! (its long-polls, claims and acks reach both), and each kill hits the
+//! node holding the lease (its pid is part of the holder's
+//! node id in `ds_leases`): the survivor must take over
+//! (`DS_SUBSCRIPTIONS__CLUSTER_LEASE_MS` is 2 s here) and wake for
+//! everything the killed node was owed, while the killed node restarts as
+//! a standby.
+//!
 //! The seed fixes the schedule (load windows, stream choice), not the
 //! thread interleaving; it is printed so `--seed` can replay a schedule.
 
@@ -47,7 +59,7 @@ mod analysis;
 mod load;
 
 use std::ffi::OsString;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -107,8 +119,21 @@ const START_ATTEMPTS: usize = 3;
 const MAX_DETAILS: usize = 20;
 
 /// Storage modes `--mode all` runs: the durable ones.
-pub(crate) const DURABLE_MODES: [Backend; 3] =
-    [Backend::FileFast, Backend::FileDurable, Backend::Acid];
+pub(crate) const DURABLE_MODES: [Backend; 4] = [
+    Backend::FileFast,
+    Backend::FileDurable,
+    Backend::Acid,
+    Backend::Postgres,
+];
+/// The subscription engine's lease on a shared (postgres) store in this
+/// check: a killed leader's successor takes over within this.
+const CLUSTER_LEASE_MS: &str = "2000";
+
+/// Server processes of a mode: two on one schema for `postgres`, as a load
+/// balancer without stickiness would use them; one otherwise.
+fn node_count(mode: Backend) -> usize {
+    if mode == Backend::Postgres { 2 } else { 1 }
+}
 
 /// Options of one `wake` invocation.
 #[derive(Debug)]
@@ -277,14 +302,20 @@ struct Launcher<'a> {
     work_dir: &'a Path,
     data_dir: PathBuf,
     starts: u32,
+    /// Per node, the number of its latest log (`server-{n}.log`).
+    latest: Vec<u32>,
 }
 
 impl Launcher<'_> {
-    /// Starts the server on `port` and waits for `/readyz`.
-    fn start(&mut self, port: u16) -> Result<(Server, Startup)> {
+    /// Starts node `node` on `port` and waits for `/readyz`.
+    fn start(&mut self, node: usize, port: u16) -> Result<(Server, Startup)> {
         self.starts += 1;
+        if self.latest.len() <= node {
+            self.latest.resize(node + 1, 0);
+        }
+        self.latest[node] = self.starts;
         let log_path = self.work_dir.join(format!("server-{}.log", self.starts));
-        let env: Vec<(String, OsString)> = vec![
+        let mut env: Vec<(String, OsString)> = vec![
             (
                 "DS_SERVER__BIND_ADDRESS".into(),
                 format!("127.0.0.1:{port}").into(),
@@ -299,17 +330,23 @@ impl Launcher<'_> {
                 "DS_TRANSPORT__CONNECTION__LONG_POLL_TIMEOUT_SECS".into(),
                 LONG_POLL_TIMEOUT_SECS.into(),
             ),
+            (
+                "DS_SUBSCRIPTIONS__CLUSTER_LEASE_MS".into(),
+                CLUSTER_LEASE_MS.into(),
+            ),
         ];
+        env.extend(self.mode.storage_env(&self.data_dir));
         let mut server = Server::start(self.binary, self.work_dir, port, &env, &log_path)?;
         let startup = server.wait_ready()?;
         Ok((server, startup))
     }
 
-    /// Restarts after a kill, on `port` if possible; returns the server and its port.
-    fn restart(&mut self, port: u16) -> Result<(Server, u16)> {
+    /// Restarts node `node` after a kill, on `port` if possible; returns the
+    /// server and its port.
+    fn restart(&mut self, node: usize, port: u16) -> Result<(Server, u16)> {
         let mut port = port;
         for attempt in 1..=START_ATTEMPTS {
-            match self.start(port) {
+            match self.start(node, port) {
                 Ok((server, Startup::Ready)) => return Ok((server, port)),
                 Ok((_, Startup::NotBuilt)) => {
                     bail!("the server claims the mode is not built on a restart")
@@ -329,9 +366,9 @@ impl Launcher<'_> {
         bail!("no restart attempt left")
     }
 
-    /// The tail of the latest server log, and the warnings and errors of
-    /// every earlier one (a wake delayed or lost before the last restart
-    /// left its trace there).
+    /// The tail of each node's latest server log, and the warnings and
+    /// errors of every earlier one (a wake delayed or lost before the last
+    /// restart left its trace there).
     fn log_report(&self) -> String {
         let read = |n: u32| {
             fs::read(self.work_dir.join(format!("server-{n}.log")))
@@ -340,6 +377,7 @@ impl Launcher<'_> {
         };
         let mut out = String::new();
         let earlier: Vec<String> = (1..self.starts)
+            .filter(|n| !self.latest.contains(n))
             .flat_map(|n| {
                 read(n)
                     .lines()
@@ -353,17 +391,25 @@ impl Launcher<'_> {
             out.push_str(&earlier[earlier.len().saturating_sub(40)..].join("\n"));
             out.push('\n');
         }
-        let text = read(self.starts);
-        let lines: Vec<&str> = text.lines().collect();
-        out.push_str("latest server log tail:\n");
-        if lines.is_empty() {
-            out.push_str("    (server log is empty)");
-        } else {
-            let tail: Vec<String> = lines[lines.len().saturating_sub(40)..]
-                .iter()
-                .map(|line| format!("    | {line}"))
-                .collect();
-            out.push_str(&tail.join("\n"));
+        for (node, &n) in self.latest.iter().enumerate() {
+            let text = read(n);
+            let lines: Vec<&str> = text.lines().collect();
+            if node > 0 {
+                out.push('\n');
+            }
+            let _ = writeln!(
+                out,
+                "latest server log tail of node {node} (server-{n}.log):"
+            );
+            if lines.is_empty() {
+                out.push_str("    (server log is empty)");
+            } else {
+                let tail: Vec<String> = lines[lines.len().saturating_sub(40)..]
+                    .iter()
+                    .map(|line| format!("    | {line}"))
+                    .collect();
+                out.push_str(&tail.join("\n"));
+            }
         }
         out
     }
@@ -506,24 +552,35 @@ fn wake_mode(
         binary,
         mode,
         work_dir: temp.path(),
-        data_dir,
+        data_dir: data_dir.clone(),
         starts: 0,
+        latest: Vec::new(),
     };
-    let port = server::free_loopback_port()?;
-    let (server, startup) = launcher.start(port)?;
-    if let Startup::NotBuilt = startup {
-        drop(server);
-        temp.remove()?;
-        return Ok(Outcome::NotBuilt);
+    let mut servers = Vec::new();
+    let mut ports = Vec::new();
+    // Node 0 starts first, so it takes the subscription lease on a shared store.
+    for node in 0..node_count(mode) {
+        let port = server::free_loopback_port()?;
+        let (server, startup) = launcher.start(node, port)?;
+        if let Startup::NotBuilt = startup {
+            drop(server);
+            drop(servers);
+            temp.remove()?;
+            return Ok(Outcome::NotBuilt);
+        }
+        servers.push(server);
+        ports.push(port);
     }
     let mut run = Run {
         launcher,
-        server,
-        port,
+        servers,
+        ports,
         deadline: Instant::now() + time_limit(options.kills, options.streams),
     };
     let result = drive(&mut run, options, seed);
-    run.server.stop()?;
+    for server in &mut run.servers {
+        server.stop()?;
+    }
     let logs = run.launcher.log_report();
     let outcome = match result {
         Ok(report) => Outcome::Tested(Box::new(report)),
@@ -535,6 +592,7 @@ fn wake_mode(
         println!("==> wake {} {logs}", mode.name());
     }
     drop(run);
+    mode.cleanup(&data_dir)?;
     temp.remove()?;
     Ok(outcome)
 }
@@ -542,12 +600,41 @@ fn wake_mode(
 /// The coordinating side of one mode.
 struct Run<'a> {
     launcher: Launcher<'a>,
-    server: Server,
-    port: u16,
+    /// The server process of each node, and its port.
+    servers: Vec<Server>,
+    ports: Vec<u16>,
     deadline: Instant,
 }
 
 impl Run<'_> {
+    /// The port of node 0 (for the coordinating thread's own requests).
+    fn port(&self) -> u16 {
+        self.ports[0]
+    }
+
+    /// The node holding the subscription lease on a shared store (waiting
+    /// for one to take it, as after a kill); node 0 with a single node.
+    fn lease_holder(&self) -> Result<usize> {
+        if self.servers.len() == 1 {
+            return Ok(0);
+        }
+        let give_up = Instant::now() + REQUEST_RETRY_TIMEOUT;
+        loop {
+            let pid = crate::pg::lease_holder_pid(&self.launcher.data_dir, "subscriptions")?;
+            if let Some(node) = self
+                .servers
+                .iter()
+                .position(|server| pid.is_some() && server.pid() == pid)
+            {
+                return Ok(node);
+            }
+            if Instant::now() >= give_up {
+                bail!("no running node holds the subscriptions lease (holder pid {pid:?})");
+            }
+            thread::sleep(RETRY_PAUSE);
+        }
+    }
+
     fn check_deadline(&self, what: &str) -> Result<()> {
         if Instant::now() >= self.deadline {
             bail!("time limit exceeded {what}");
@@ -563,14 +650,14 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
     let mode = run.launcher.mode.name();
     let streams = options.streams;
     let mut rng = Rng::new(seed);
-    let mut client = Client::new(run.port);
+    let mut client = Client::new(run.port());
     let mut violations = Vec::new();
 
     let setup = Instant::now();
     let wake = format!("{STREAM_BASE_PATH}/{WAKE_STREAM}");
     let r = request(
         &mut client,
-        run.port,
+        run.port(),
         "PUT",
         &wake,
         &[("Content-Type", "application/json")],
@@ -580,13 +667,13 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
         bail!("creating {wake} answered {}", r.summary());
     }
     let before = streams / 2;
-    create_streams(run.port, 0..before)?;
+    create_streams(run.port(), 0..before)?;
     let spec = format!(
         r#"{{"type":"pull-wake","pattern":"load/*","wake_stream":"{WAKE_STREAM}","lease_ttl_ms":{LEASE_TTL_MS},"description":"cargo xtask wake"}}"#
     );
     let r = request(
         &mut client,
-        run.port,
+        run.port(),
         "PUT",
         &subscription_path(),
         &[("Content-Type", "application/json")],
@@ -595,8 +682,8 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
     if r.status != 201 {
         bail!("creating the subscription answered {}", r.summary());
     }
-    create_streams(run.port, before..streams)?;
-    let linked = acked_offsets(&mut client, run.port, streams)?
+    create_streams(run.port(), before..streams)?;
+    let linked = acked_offsets(&mut client, run.port(), streams)?
         .context("the subscription vanished right after its creation")?;
     let missing = linked.iter().filter(|o| o.is_none()).count();
     if missing > 0 {
@@ -609,7 +696,7 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
         setup.elapsed().as_millis()
     );
 
-    let shared = Shared::new(run.port, streams);
+    let shared = Shared::new(&run.ports, streams);
     let paths: Vec<String> = (0..streams).map(stream_name).collect();
     let interval = Duration::from_secs(PRODUCERS as u64) / options.rate.max(1);
     let producer_seeds: Vec<u64> = (0..PRODUCERS).map(|_| rng.next_u64()).collect();
@@ -625,15 +712,24 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
         let worker = scope.spawn(|| Worker::new(shared, &paths).run());
         let producers: Vec<_> = producer_seeds
             .iter()
-            .map(|&seed| scope.spawn(move || load::produce(shared, streams, seed, interval)))
+            .enumerate()
+            .map(|(i, &seed)| {
+                scope.spawn(move || load::produce(shared, streams, seed, interval, i))
+            })
             .collect();
 
         for kill in 1..=options.kills {
             thread::sleep(Duration::from_millis(rng.range(WINDOW_MS.0, WINDOW_MS.1)));
             run.check_deadline("during the load")?;
-            if let Err(error) = run.server.check_running() {
-                violations.push(format!("before kill #{kill}: {error:#}"));
+            for (node, server) in run.servers.iter_mut().enumerate() {
+                if let Err(error) = server.check_running() {
+                    violations.push(format!("before kill #{kill}: node {node}: {error:#}"));
+                }
             }
+            // With two nodes, each kill hits the node holding the
+            // subscription lease: the one delivering wakes.
+            let victim = run.lease_holder()?;
+            let survivor = (victim + 1) % run.servers.len();
             // No new appends from here until the restarted server has woken
             // the worker for everything acknowledged before the kill: no
             // later append can cover for a wake the restart lost.
@@ -651,7 +747,7 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
             // reach owes nothing.
             let before: Vec<Off> = burst
                 .iter()
-                .map(|&stream| stream_tail(&mut client, run.port, stream))
+                .map(|&stream| stream_tail(&mut client, run.ports[victim], stream))
                 .collect::<Result<_>>()?;
             let burst_seed = rng.next_u64();
             let delay = Duration::from_micros(rng.range(0, 600));
@@ -661,7 +757,7 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
                 let (ready_tx, ready) = std::sync::mpsc::channel();
                 let appender = inner.spawn(move || {
                     let burst = burst_ref;
-                    let port = shared.port.load(Ordering::SeqCst);
+                    let port = shared.port(victim);
                     let mut client = Client::new(port);
                     // Connected before the clock starts: the delay is
                     // measured from the first append's request.
@@ -670,14 +766,14 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
                     let mut rng = Rng::new(burst_seed);
                     let mut log = load::ProducerLog::default();
                     for &stream in burst {
-                        load::append(shared, &mut client, stream, &mut rng, &mut log);
+                        load::append(shared, &mut client, port, stream, &mut rng, &mut log);
                     }
                     log
                 });
                 let _ = ready.recv();
                 thread::sleep(delay);
                 let at = Instant::now();
-                run.server.stop()?;
+                run.servers[victim].stop()?;
                 let log = appender
                     .join()
                     .map_err(|_| anyhow::anyhow!("the burst thread panicked"))?;
@@ -690,12 +786,14 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
                 at,
                 recovered_at: None,
             });
-            let (server, port) = run.launcher.restart(run.port)?;
-            run.server = server;
-            run.port = port;
-            shared.port.store(port, Ordering::SeqCst);
+            let (server, port) = run.launcher.restart(victim, run.ports[victim])?;
+            run.servers[victim] = server;
+            run.ports[victim] = port;
+            shared.set_port(victim, port);
             let restart = at.elapsed();
             slowest_restart = slowest_restart.max(restart);
+            // The restarted node first: on a shared store it forwards to the
+            // node that took over.
             if acked_offsets(&mut client, port, streams)?.is_none() {
                 violations.push(format!("after kill #{kill}: the subscription is gone"));
             }
@@ -717,7 +815,7 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
                 violations.push(format!(
                     "after kill #{kill}: {stuck} streams with data written before the kill (acknowledged, or found by HEAD after the restart) were not woken within {} s of the restart ({})",
                     RECOVERY_TIMEOUT.as_secs(),
-                    stuck_state(&mut client, port, shared)
+                    stuck_state(&mut client, run.ports[survivor], shared)
                 ));
             }
             shared.paused.store(false, Ordering::SeqCst);
@@ -759,7 +857,7 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
     // Cursors at the end: never behind what the server confirmed, and up to
     // every acknowledged append once the worker has drained.
     let appended = lock(&shared.appended).clone();
-    match acked_offsets(&mut client, run.port, streams)? {
+    match acked_offsets(&mut client, run.port(), streams)? {
         None => violations.push("at the end: the subscription is gone".to_owned()),
         Some(acked) => {
             for (i, acked) in acked.iter().enumerate() {

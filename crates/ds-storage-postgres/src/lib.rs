@@ -28,14 +28,36 @@
 //!   the TTL (at most 2 s), so reads of a busy TTL stream rarely write; [`Storage::sweep_expired`] reclaims expired streams on whichever node holds the
 //!   sweep lease (a row in `ds_leases`), not on all nodes at once.
 //! - **Migrations** are applied at startup, versioned, in one transaction under an advisory
-//!   lock, so nodes starting at once are safe (see `schema`).
+//!   lock, so nodes starting at once are safe (see `schema`; version 2 added lease terms and
+//!   the `ds_calls` table).
+//!
+//! # Cluster coordination
+//!
+//! [`Storage::cluster`] returns a [`Cluster`] (see `cluster`): work that must run on one node
+//! at a time (the subscription engine) uses it, with no network path between nodes.
+//!
+//! - **Leases** are rows of `ds_leases` (shared with the sweep lease), taken or renewed by one
+//!   statement that lets the database's clock decide expiry; the term grows whenever the
+//!   holder changes, and a released lease keeps its row (holder `''`) so terms never go back.
+//! - **Changes** of every node come from the `LISTEN` connection: tail notifications
+//!   (`ds_tail_<schema>`) are resolved to stream names by a task with a bounded id → name
+//!   cache, only while the feed has receivers; deletes and expiries also send
+//!   `gone <id> <name>` on `ds_cluster_<schema>`. A reconnect of the listener, a full queue or
+//!   a failed lookup is reported as `Change::Resync`.
+//! - **Calls** go through `ds_calls`: the caller inserts a row and sends `call <id> <lease>`;
+//!   the holder claims it (`taken_by`, once, only while its lease is valid both locally and in
+//!   the database), answers, and sends `done <id>`. The caller polls every 250 ms and the
+//!   holder scans for unclaimed rows every 300 ms, so a lost notification only delays; a call
+//!   nobody answers fails after its timeout and its row is deleted.
 //!
 //! Deliberately not here: connection TLS (put PostgreSQL on a private network or behind a
 //! TLS-terminating proxy), and any cache of stream data on the nodes.
 //!
 //! Entry points: [`PostgresStorage::open`] with [`PostgresOptions`], then the [`Storage`]
-//! trait; [`PostgresStorage::close`] to hand the sweep lease on at shutdown.
+//! trait (and [`Storage::cluster`]); [`PostgresStorage::close`] to hand the sweep lease and
+//! cluster leases on at shutdown.
 
+mod cluster;
 mod commit;
 mod db;
 mod error;
@@ -52,13 +74,14 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use ds_protocol::{Expiry, Offset, StreamName};
 use ds_storage::rules::{self, Clock, SystemClock, WriterState};
 use ds_storage::{
-    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ExportMeta, ForkPoint, ReadChunk,
-    ReadFrom, Result, Storage, StorageStats, StreamInfo, Tail,
+    AppendOutcome, AppendRequest, Cluster, CreateOutcome, CreateRequest, ExportMeta, ForkPoint,
+    ReadChunk, ReadFrom, Result, Storage, StorageStats, StreamInfo, Tail,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
+use crate::cluster::Hub;
 use crate::error::{backend, invalid};
 use crate::live::Registry;
 use crate::read::{Pieces, Reader};
@@ -147,6 +170,8 @@ pub(crate) struct Shared {
     /// This store's identity as a lease holder.
     pub(crate) node_id: String,
     pub(crate) sweep_lease_secs: f64,
+    /// Cluster coordination: leases, the change feed, forwarded calls.
+    pub(crate) hub: Arc<Hub>,
 }
 
 /// The PostgreSQL backend. Cheap to clone: clones share one pool and one `LISTEN` connection.
@@ -167,8 +192,8 @@ impl std::fmt::Debug for PostgresStorage {
 struct Inner {
     shared: Arc<Shared>,
     queue: mpsc::UnboundedSender<commit::Op>,
-    /// The listener and re-check tasks, stopped when the store is dropped. (Committers stop
-    /// by themselves once the queue is closed and drained.)
+    /// The listener, re-check, change-resolver and call-scanner tasks, stopped when the store
+    /// is dropped. (Committers stop by themselves once the queue is closed and drained.)
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -224,23 +249,12 @@ impl PostgresStorage {
         let _ = conn_task.await;
         migrated?;
 
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(opts.pool_size)
-            .runtime(Runtime::Tokio1)
-            .create_timeout(Some(Duration::from_secs(5)))
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .build()
-            .map_err(|e| backend("build the connection pool", e))?;
+        let pool = pool(&config, opts.pool_size)?;
 
         let registry = Arc::new(Registry::default());
         let channel = format!("ds_tail_{}", opts.schema);
+        let node_id = cluster::node_id();
+        let (hub, feed) = Hub::new(&opts.schema, node_id.clone(), pool.clone());
         let shared = Arc::new(Shared {
             pool: pool.clone(),
             registry: Arc::clone(&registry),
@@ -248,8 +262,9 @@ impl PostgresStorage {
             max_stream_bytes: opts.max_stream_bytes.unwrap_or(u64::MAX),
             channel: channel.clone(),
             stats: Stats::default(),
-            node_id: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
+            node_id,
             sweep_lease_secs: opts.sweep_lease.as_secs_f64(),
+            hub: Arc::clone(&hub),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = commit::queue(rx);
@@ -257,12 +272,19 @@ impl PostgresStorage {
             tokio::spawn(commit::committer(Arc::clone(&shared), Arc::clone(&queue)));
         }
         let tasks = vec![
-            tokio::spawn(live::listen(Arc::clone(&registry), config, channel)),
+            tokio::spawn(live::listen(
+                Arc::clone(&registry),
+                Arc::clone(&hub),
+                config,
+                channel,
+            )),
             tokio::spawn(live::recheck(
                 Arc::clone(&registry),
                 pool,
                 opts.recheck_interval,
             )),
+            tokio::spawn(cluster::resolve(Arc::clone(&hub), feed)),
+            tokio::spawn(cluster::scan(hub)),
         ];
         // Live readers are only woken across nodes once the LISTEN is in place; give it a
         // moment (the re-check timer covers the gap if the database is slow to answer).
@@ -281,13 +303,17 @@ impl PostgresStorage {
         })
     }
 
-    /// Hands the sweep lease on (if this node holds it) so another node takes over at once.
-    /// The store keeps working; dropping the last clone stops its tasks.
+    /// Hands every lease this node holds on (the sweep lease, and the cluster leases of
+    /// [`Cluster::acquire`]) so other nodes take over at once. The store keeps working;
+    /// dropping the last clone (and every [`Storage::cluster`] handle) stops its tasks.
     pub async fn close(&self) {
+        self.inner.shared.hub.forget_leases();
         if let Ok(client) = self.inner.shared.pool.get().await {
+            // The rows stay, with no holder: a lease's term must keep growing.
             let _ = client
                 .execute(
-                    "DELETE FROM ds_leases WHERE holder = $1",
+                    "UPDATE ds_leases SET holder = '', expires_at = '-infinity' \
+                     WHERE holder = $1",
                     &[&self.inner.shared.node_id],
                 )
                 .await;
@@ -357,6 +383,24 @@ impl PostgresStorage {
             closed: up_to_date && row.closed,
         })
     }
+}
+
+/// The connection pool: broken connections are recycled, waits are bounded.
+fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool> {
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(Duration::from_secs(5)))
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .build()
+        .map_err(|e| backend("build the connection pool", e))
 }
 
 /// Longest a read may leave a TTL stream's last access unrecorded (see [`slide_ttl`]).
@@ -526,6 +570,14 @@ impl Storage for PostgresStorage {
     /// woken across nodes.
     fn is_ready(&self) -> bool {
         self.inner.shared.registry.listening.load(Ordering::Relaxed)
+    }
+
+    /// Leases, the feed of every node's stream changes, and calls forwarded to a lease holder,
+    /// through this schema (see the crate docs). The handle keeps the store alive.
+    fn cluster(&self) -> Option<Arc<dyn Cluster>> {
+        Some(Arc::new(cluster::Handle {
+            store: self.clone(),
+        }))
     }
 
     /// Commits of this node (`commit_batches` = `syncs`: each is one transaction commit),

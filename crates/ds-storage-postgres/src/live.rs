@@ -8,8 +8,13 @@
 //! the data is visible to readers before anyone is woken. The payload is `"<stream id> <tail
 //! seq> <tail byte> <flags>"` (flags: 1 closed, 2 gone): a wake-up, never data, and short
 //! whatever the stream's name (PostgreSQL caps payloads at 8000 bytes). Stream ids are never
-//! reused, so the registry maps an id to the one name it watches it under. The committing node also publishes the new tail locally right after
-//! its commit, without waiting for its own notification.
+//! reused, so the registry maps an id to the one name it watches it under. The committing
+//! node also publishes the new tail locally right after its commit, without waiting for its
+//! own notification.
+//!
+//! The same connection listens on the schema's cluster channel (calls, their answers, and
+//! the names of gone streams) and feeds both channels to the cluster hub (see `cluster`),
+//! which does nothing with tails while nobody reads the change feed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +27,7 @@ use futures_util::future::poll_fn;
 use tokio::sync::{Notify, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use crate::cluster::Hub;
 use crate::schema::{from_db, to_db};
 
 /// One watched incarnation of a stream on this node.
@@ -202,27 +208,36 @@ pub(crate) fn parse_payload(s: &str) -> Option<(u64, Tail)> {
     ))
 }
 
-/// Keeps one `LISTEN` connection open (reconnecting with a short back-off) and publishes
-/// every notification it receives. Runs until aborted.
+/// Keeps one `LISTEN` connection open (reconnecting with a short back-off) on the tail
+/// channel `channel` and on the cluster channel of `hub`, and publishes every notification it
+/// receives: tails to the registry (and the hub's change feed), cluster messages to the hub.
+/// Runs until aborted.
 pub(crate) async fn listen(
     registry: Arc<Registry>,
+    hub: Arc<Hub>,
     config: tokio_postgres::Config,
     channel: String,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut listened_before = false;
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
-                let listen_sql = format!("LISTEN \"{channel}\"");
+                let listen_sql = format!("LISTEN \"{channel}\"; LISTEN \"{}\"", hub.channel);
                 let pump_registry = Arc::clone(&registry);
+                let pump_hub = Arc::clone(&hub);
+                let tail_channel = channel.clone();
                 // The connection must be polled for the LISTEN to complete, so the pump runs
                 // beside it and the LISTEN only counts once it returned.
                 let pump = tokio::spawn(async move {
                     loop {
                         match poll_fn(|cx| connection.poll_message(cx)).await {
                             Some(Ok(AsyncMessage::Notification(n))) => {
-                                if let Some((id, tail)) = parse_payload(n.payload()) {
+                                if n.channel() != tail_channel {
+                                    pump_hub.on_message(n.payload());
+                                } else if let Some((id, tail)) = parse_payload(n.payload()) {
                                     pump_registry.publish_id(id, tail);
+                                    pump_hub.on_tail(id, tail);
                                 }
                             }
                             Some(Ok(_)) => {}
@@ -240,8 +255,13 @@ pub(crate) async fn listen(
                 } else {
                     registry.listening.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(50);
-                    // Anything committed while we were not listening is found by a re-check.
+                    // Anything committed while we were not listening is found by a re-check,
+                    // and the change feed's receivers are told to re-read.
                     registry.recheck_now.notify_one();
+                    if listened_before {
+                        hub.on_reconnect();
+                    }
+                    listened_before = true;
                     // Hold the client so the connection stays open while the pump runs.
                     let _ = pump.await;
                     drop(client);

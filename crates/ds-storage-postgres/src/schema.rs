@@ -17,6 +17,18 @@
 //! ds_leases         (name PK, holder, expires_at)    who runs cluster-wide chores (expiry sweep)
 //! ```
 //!
+//! Version 2 (cluster coordination, see `cluster`):
+//!
+//! ```text
+//! ds_leases         + term bigint (default 0)        grows on every change of holder; a
+//!                                                    released lease keeps its row (holder '')
+//!                                                    so the next holder's term is still larger
+//! ds_calls          (id bigserial PK, lease,         requests forwarded to a lease holder:
+//!     request bytea, response bytea NULL,            taken_by is set once, by the one node that
+//!     taken_by text NULL, created_at)                claims the row; the caller deletes it
+//!     index (lease, id) WHERE taken_by IS NULL       the holder's scan for unclaimed calls
+//! ```
+//!
 //! u64 values are stored bit for bit in `bigint` columns ([`to_db`], [`from_db`]); offsets stay
 //! far below 2^63, so SQL comparisons on them keep their order.
 //!
@@ -86,6 +98,19 @@ const MIGRATIONS: &[&str] = &[
          holder text NOT NULL,
          expires_at timestamptz NOT NULL
      );",
+    // Version 2: lease terms and forwarded calls. Each statement is idempotent on its own
+    // (the advisory lock already applies every migration once; this only makes a partial
+    // manual repair harmless).
+    "ALTER TABLE ds_leases ADD COLUMN IF NOT EXISTS term bigint NOT NULL DEFAULT 0;
+     CREATE TABLE IF NOT EXISTS ds_calls (
+         id bigserial PRIMARY KEY,
+         lease text NOT NULL,
+         request bytea NOT NULL,
+         response bytea,
+         taken_by text,
+         created_at timestamptz NOT NULL DEFAULT now()
+     );
+     CREATE INDEX IF NOT EXISTS ds_calls_untaken ON ds_calls (lease, id) WHERE taken_by IS NULL;",
 ];
 
 /// The schema version this build writes.

@@ -90,21 +90,41 @@ async fn notify(shared: &Shared, client: &ClientWrapper, tails: &Changes) -> Res
     if tails.is_empty() {
         return Ok(());
     }
-    let payloads: Vec<String> = tails
-        .iter()
-        .map(|(_, id, tail)| crate::live::payload(*id, *tail))
-        .collect();
+    let mut channels: Vec<&str> = Vec::with_capacity(tails.len());
+    let mut payloads: Vec<String> = Vec::with_capacity(tails.len());
+    for (name, id, tail) in tails {
+        channels.push(&shared.channel);
+        payloads.push(crate::live::payload(*id, *tail));
+        if tail.gone {
+            // The row is gone: the cluster's change feed learns the name from this message.
+            channels.push(&shared.hub.channel);
+            payloads.push(crate::cluster::gone_payload(*id, name));
+        }
+    }
     db::query(
         client,
         "notify readers",
         // Its own (implicit) transaction, committed without waiting for the WAL flush: a lost
         // wake-up only delays readers, and the notification lock is held only briefly.
-        "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, p) \
-         FROM unnest($2::text[]) AS p",
-        &[&shared.channel, &payloads],
+        "SELECT set_config('synchronous_commit', 'off', true), pg_notify(c, p) \
+         FROM unnest($1::text[], $2::text[]) AS u(c, p)",
+        &[&channels, &payloads],
     )
     .await?;
     Ok(())
+}
+
+/// The tail readers of a live stream see.
+fn current(row: &StreamRow) -> (String, u64, Tail) {
+    (
+        row.name.clone(),
+        row.id,
+        Tail {
+            next: row.tail,
+            closed: row.closed,
+            gone: false,
+        },
+    )
 }
 
 /// The tail readers of a gone stream see.
@@ -398,6 +418,9 @@ async fn create_in(
     let row = db::stream_by_id(client, id, false)
         .await?
         .ok_or_else(|| invalid("read created stream", "row missing after insert"))?;
+    // Announced like an append (empty or not, fork or not): the cluster's change feed reports
+    // new streams too. (No local reader can watch this incarnation yet.)
+    changes.push(current(&row));
     Ok(CreateOutcome::Created(info(&row)?))
 }
 

@@ -12,6 +12,7 @@
 //! With the `testkit` feature, the `testkit` module provides the contract suite every backend
 //! runs, and the `contract_tests!` macro that expands it into one test per case.
 
+pub mod cluster;
 pub mod error;
 pub mod rules;
 pub mod types;
@@ -19,6 +20,7 @@ pub mod types;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use cluster::{Call, Change, Cluster};
 pub use error::{Error, Result};
 pub use types::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ExportMeta, ForkPoint, ForkRequest,
@@ -26,6 +28,7 @@ pub use types::{
 };
 
 use std::future::Future;
+use std::sync::Arc;
 
 use ds_protocol::StreamName;
 use tokio::sync::watch;
@@ -115,5 +118,11 @@ pub trait Storage: Send + Sync + 'static {
     /// must not wait on writers. The default reports nothing.
     fn stats(&self) -> StorageStats {
         StorageStats::default()
+    }
+
+    /// The coordination handle when several server processes share this store; `None` (the
+    /// default) for a store one process owns. See [`cluster`].
+    fn cluster(&self) -> Option<Arc<dyn Cluster>> {
+        None
     }
 }

@@ -54,6 +54,10 @@ pub enum ApiError {
     /// `503`: the state could not be persisted.
     #[error("subscription state could not be persisted")]
     Unavailable,
+    /// `503`: several servers share the store and none is serving subscriptions right now (the
+    /// active one is failing over), or it did not answer a forwarded request in time.
+    #[error("no server is serving subscriptions at the moment; retry shortly")]
+    NotServing,
 }
 
 #[derive(Serialize)]
@@ -107,6 +111,11 @@ impl ApiError {
                 "UNAVAILABLE",
                 "Subscription state unavailable",
             ),
+            ApiError::NotServing => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "Subscriptions unavailable",
+            ),
         }
     }
 }
@@ -148,7 +157,7 @@ impl IntoResponse for ApiError {
                 res.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Unavailable => {
+            ApiError::Unavailable | ApiError::NotServing => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

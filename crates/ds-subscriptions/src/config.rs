@@ -27,6 +27,15 @@ pub struct SubscriptionsConfig {
     /// Compact the state log once this many bytes of changes follow its last snapshot (or twice
     /// the snapshot's size, whichever is larger).
     pub state_compact_bytes: usize,
+    /// Cluster mode only (a store several servers share, such as PostgreSQL): the ttl of the
+    /// `subscriptions` lease that picks the one node deciding and delivering wakes, in
+    /// milliseconds. The holder renews it every fifth of this and stops acting when a quarter of
+    /// it is left without a successful renewal; another node takes over about this long after
+    /// the holder died (at once after a graceful shutdown). At least 100.
+    pub cluster_lease_ms: u64,
+    /// Cluster mode only: how long a node that does not hold the lease waits for the holder to
+    /// answer a subscription request it forwarded, in milliseconds, before answering `503`.
+    pub cluster_call_timeout_ms: u64,
     /// Stream name limits applied to paths in subscription bodies (the server's
     /// `limits.max_stream_name_*`).
     #[serde(skip)]
@@ -41,6 +50,8 @@ impl Default for SubscriptionsConfig {
             webhook_timeout_ms: 10_000,
             dns_timeout_ms: 2_000,
             state_compact_bytes: 1024 * 1024,
+            cluster_lease_ms: 10_000,
+            cluster_call_timeout_ms: 10_000,
             name_limits: NameLimits::default(),
         }
     }
@@ -57,6 +68,15 @@ mod tests {
         assert!(cfg.allow_dev_webhooks);
         assert_eq!(cfg.webhook_timeout_ms, 10_000);
         assert!(cfg.public_base_url.is_none());
+        assert_eq!(cfg.cluster_lease_ms, 10_000);
+        assert_eq!(cfg.cluster_call_timeout_ms, 10_000);
+        let cfg: SubscriptionsConfig =
+            serde_json::from_str(r#"{"cluster_lease_ms": 500, "cluster_call_timeout_ms": 200}"#)
+                .expect("valid");
+        assert_eq!(
+            (cfg.cluster_lease_ms, cfg.cluster_call_timeout_ms),
+            (500, 200)
+        );
         assert!(
             serde_json::from_str::<SubscriptionsConfig>(r#"{"allow_dev_webhook": true}"#).is_err()
         );

@@ -10,18 +10,28 @@
 //! Three background tasks hold only a `Weak` to the engine: the log writer, the job dispatcher
 //! (webhook deliveries and pull-wake event writes, one spawned task each) and the timer (lease
 //! expiry and retries, woken early through a `Notify`).
+//!
+//! In cluster mode ([`Storage::cluster`] is `Some`) the engine opens in standby and the
+//! [`leader`] module runs it: a lease task activates it (loads the state, spawns those tasks
+//! plus a change-feed task and a task answering forwarded requests) while this node holds the
+//! `subscriptions` lease, and deactivates it (ends that activation's tasks, drops the state)
+//! when it does not. Each activation is a *run*: [`Inner::run`] numbers it (0 in standby, 1
+//! forever in single-node mode), and everything queued by one run (jobs, flushes) checks it is
+//! still current, so a later activation starts from the persisted state alone.
+
+mod leader;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ds_protocol::{Offset, StreamName};
-use ds_storage::{AppendOutcome, AppendRequest, Storage, StreamInfo};
+use ds_storage::{AppendOutcome, AppendRequest, Cluster, Storage, StreamInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::api::ApiError;
 use crate::config::SubscriptionsConfig;
@@ -40,6 +50,8 @@ const TOKEN_TTL_SECS: u64 = 24 * 60 * 60;
 const MAX_TICK: Duration = Duration::from_secs(1);
 /// Largest accepted request body on the subscription routes.
 pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The [`Cluster`] lease naming the one active engine, and the name requests are forwarded to.
+pub(crate) const LEASE: &str = "subscriptions";
 
 /// Current Unix time in milliseconds.
 pub(crate) fn now_ms() -> u64 {
@@ -110,17 +122,31 @@ pub(crate) fn encode_segment(s: &str) -> String {
     out
 }
 
-/// Work done outside the lock.
+/// Work done outside the lock, for run `run` (see [`Inner::run`]).
 #[derive(Debug)]
 enum Job {
     /// POST the wake to the webhook.
-    Deliver { id: String, wake_id: String },
+    Deliver {
+        run: u64,
+        id: String,
+        wake_id: String,
+    },
     /// Append the wake event to the wake stream.
-    WriteWake { id: String, wake_id: String },
+    WriteWake {
+        run: u64,
+        id: String,
+        wake_id: String,
+    },
 }
 
 /// Everything behind the engine's lock.
 struct Inner {
+    /// The activation this state belongs to: 0 in standby (cluster mode, no state), 1 for the
+    /// whole life of a single-node engine, a new number for every cluster-mode activation.
+    run: u64,
+    /// Cluster mode: the run's stop signal, held only to be dropped. Dropping it (with this
+    /// `Inner`) ends the run's writer, jobs, timer, change-feed and serve tasks.
+    _stop: Option<watch::Sender<()>>,
     state: State,
     /// Last known tail of every stream some subscription links (or might link).
     tails: HashMap<String, Offset>,
@@ -135,6 +161,23 @@ struct Inner {
 }
 
 impl Inner {
+    /// The state of a standby node: empty, run 0, and channels nobody reads (a flush fails).
+    fn standby(compact_bytes: usize) -> Inner {
+        Inner {
+            run: 0,
+            _stop: None,
+            state: State::default(),
+            tails: HashMap::new(),
+            busy: HashMap::new(),
+            log: mpsc::unbounded_channel().0,
+            jobs: mpsc::unbounded_channel().0,
+            timer: Arc::new(Notify::new()),
+            log_bytes: 0,
+            snapshot_bytes: 0,
+            compact_bytes,
+        }
+    }
+
     fn commit(&mut self, event: Event) {
         let bytes = serde_json::to_vec(&event).expect("state events always serialise to JSON");
         self.log_bytes += bytes.len();
@@ -228,10 +271,10 @@ impl Inner {
     /// Marks the subscription busy and queues the delivery of wake `wake_id`.
     fn queue_delivery(&mut self, id: &str, wake_id: String, kind: Kind) {
         self.busy.insert(id.to_owned(), wake_id.clone());
-        let id = id.to_owned();
+        let (run, id) = (self.run, id.to_owned());
         let job = match kind {
-            Kind::Webhook => Job::Deliver { id, wake_id },
-            Kind::PullWake => Job::WriteWake { id, wake_id },
+            Kind::Webhook => Job::Deliver { run, id, wake_id },
+            Kind::PullWake => Job::WriteWake { run, id, wake_id },
         };
         let _ = self.jobs.send(job);
     }
@@ -390,6 +433,22 @@ pub struct Subscriptions<S> {
     /// (`SeqCst`) by a hook after its write: a write whose hook saw `false` finished before the
     /// flag was set, so that subscription's backfill sees it. Never cleared while open.
     armed: AtomicBool,
+    /// This engine decides and delivers wakes: always in single-node mode; in cluster mode
+    /// while an activation is installed (see [`leader`]). The storage hooks of a standby node
+    /// return after loading it.
+    active: AtomicBool,
+    /// The coordination handle of a store several servers share; `None` in single-node mode.
+    cluster: Option<Arc<dyn Cluster>>,
+    /// Cluster mode: the counter half of every `Stream-Seq`, never reset while the process
+    /// runs (see [`persist::Fencing`]).
+    seq_counter: Arc<AtomicU64>,
+    /// Cluster mode: the last run number handed out.
+    runs: AtomicU64,
+    /// Cluster mode: wakes the lease task early (shutdown).
+    lease_wake: Arc<Notify>,
+    /// Cluster mode: set by the lease task once a shutdown has flushed the state and released
+    /// the lease, with the outcome of that flush.
+    retired: watch::Sender<Option<Result<(), String>>>,
 }
 
 impl<S> std::fmt::Debug for Subscriptions<S> {
@@ -405,6 +464,11 @@ impl<S: Storage> Subscriptions<S> {
     /// start), re-links streams created while the state was not being recorded, resumes wakes
     /// in flight and scheduled retries, and spawns the background tasks. Must be called inside
     /// a tokio runtime.
+    ///
+    /// When `storage` is shared by several servers ([`Storage::cluster`] is `Some`), only the
+    /// signing key is loaded here: the engine opens in standby, and a background task makes it
+    /// the active one, as above, while this node holds the `subscriptions` lease (see the crate
+    /// docs, "Several nodes").
     pub async fn open(storage: Arc<S>, cfg: SubscriptionsConfig) -> Result<Arc<Self>> {
         if let Some(url) = &cfg.public_base_url {
             let ok = url.parse::<http::Uri>().is_ok_and(|u| {
@@ -416,9 +480,23 @@ impl<S: Storage> Subscriptions<S> {
                 )));
             }
         }
+        if cfg.cluster_lease_ms < 100 {
+            return Err(Error::Config(format!(
+                "cluster_lease_ms {} must be at least 100",
+                cfg.cluster_lease_ms
+            )));
+        }
+        if cfg.cluster_call_timeout_ms == 0 {
+            return Err(Error::Config(
+                "cluster_call_timeout_ms must be at least 1".to_owned(),
+            ));
+        }
         let client = webhook::Client::new(Duration::from_millis(cfg.webhook_timeout_ms))
             .map_err(Error::Config)?;
         let keys = persist::load_or_create_key(&*storage, now_ms()).await?;
+        if let Some(cluster) = storage.cluster() {
+            return Ok(leader::open_standby(storage, cfg, keys, client, cluster));
+        }
         let loaded = persist::load_state(&*storage).await?;
 
         let scan = scan_streams(&*storage, &loaded.state, &cfg).await?;
@@ -435,6 +513,8 @@ impl<S: Storage> Subscriptions<S> {
             keys,
             client,
             inner: Mutex::new(Inner {
+                run: 1,
+                _stop: None,
                 state: loaded.state,
                 tails: scan.tails,
                 busy: HashMap::new(),
@@ -447,10 +527,16 @@ impl<S: Storage> Subscriptions<S> {
             }),
             stopped: AtomicBool::new(false),
             armed: AtomicBool::new(armed),
+            active: AtomicBool::new(true),
+            cluster: None,
+            seq_counter: Arc::new(AtomicU64::new(0)),
+            runs: AtomicU64::new(1),
+            lease_wake: Arc::new(Notify::new()),
+            retired: watch::channel(None).0,
         });
         resume(&mut engine.lock(), &scan.missing, &scan.names, now_ms());
-        tokio::spawn(run_jobs(Arc::downgrade(&engine), job_rx));
-        tokio::spawn(run_timer(Arc::downgrade(&engine), timer));
+        tokio::spawn(run_jobs(Arc::downgrade(&engine), job_rx, None));
+        tokio::spawn(run_timer(Arc::downgrade(&engine), 1, timer, None));
         Ok(engine)
     }
 
@@ -462,15 +548,37 @@ impl<S: Storage> Subscriptions<S> {
         self.stopped.load(Ordering::Acquire)
     }
 
-    /// Whether a storage hook has anything to do (see [`Subscriptions::armed`]).
+    /// Whether a storage hook has anything to do (see [`Subscriptions::armed`] and
+    /// [`Subscriptions::active`]).
     fn hooks_idle(&self) -> bool {
-        !self.armed.load(Ordering::SeqCst) || self.stopped()
+        !self.active.load(Ordering::SeqCst) || !self.armed.load(Ordering::SeqCst) || self.stopped()
+    }
+
+    /// Whether this engine is the one deciding and delivering wakes and serving the
+    /// subscription routes from its own state: always for a single-node store; in cluster mode
+    /// while this node holds the `subscriptions` lease (the other nodes forward the routes to
+    /// it).
+    #[must_use]
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// The cluster handle, in cluster mode.
+    pub(crate) fn cluster(&self) -> Option<&Arc<dyn Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// Stops delivering: no new wakes, retries or lease expiries are acted on. State already
     /// queued is still written. For graceful shutdown and tests that reopen the same store.
+    ///
+    /// In cluster mode it also hands over: a background task flushes the state, deactivates
+    /// this node and releases the `subscriptions` lease, so another node takes over at once;
+    /// a [`flush`](Self::flush) after `shutdown` waits for that.
     pub fn shutdown(&self) {
         self.stopped.store(true, Ordering::Release);
+        if self.cluster.is_some() {
+            self.lease_wake.notify_one();
+        }
     }
 
     /// The configuration.
@@ -510,9 +618,44 @@ impl<S: Storage> Subscriptions<S> {
     }
 
     /// Waits until every state change made so far has been handed to the store.
+    ///
+    /// In cluster mode, after [`shutdown`](Self::shutdown), waits until the hand-over is
+    /// done (state flushed, lease released) and reports that flush. On a standby node it fails
+    /// with [`Error::WriterStopped`]: there is no state to flush.
     pub async fn flush(&self) -> Result<()> {
+        if self.cluster.is_some() && self.stopped() {
+            let mut retired = self.retired.subscribe();
+            let outcome = match retired.wait_for(Option::is_some).await {
+                Ok(outcome) => outcome.clone(),
+                Err(_) => Some(Err("the lease task ended".to_owned())),
+            };
+            return match outcome {
+                Some(Ok(())) => Ok(()),
+                Some(Err(reason)) => Err(Error::Storage {
+                    op: "persisting subscription state",
+                    source: ds_storage::Error::Backend {
+                        op: "append",
+                        source: reason.into(),
+                    },
+                }),
+                None => Err(Error::WriterStopped),
+            };
+        }
+        self.flush_run(None).await
+    }
+
+    /// [`flush`](Self::flush) of run `run` (any current run when `None`): fails at once when
+    /// another run is current, so a handler never reports success for a change that went to
+    /// a discarded state.
+    async fn flush_run(&self, run: Option<u64>) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        let _ = self.lock().log.send(LogOp::Flush(tx));
+        {
+            let inner = self.lock();
+            if run.is_some_and(|r| r != inner.run) {
+                return Err(Error::WriterStopped);
+            }
+            let _ = inner.log.send(LogOp::Flush(tx));
+        }
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(Error::Storage {
@@ -526,17 +669,34 @@ impl<S: Storage> Subscriptions<S> {
         }
     }
 
-    /// [`flush`](Self::flush) for handlers: on a failure, writes a fresh snapshot (which
-    /// supersedes the lost events) and tries once more.
-    async fn sync(&self) -> Result<(), ApiError> {
-        if self.flush().await.is_ok() {
+    /// [`flush`](Self::flush) for handlers whose changes went to run `run`: on a failure,
+    /// writes a fresh snapshot (which supersedes the lost events) and tries once more.
+    async fn sync(&self, run: u64) -> Result<(), ApiError> {
+        if self.flush_run(Some(run)).await.is_ok() {
             return Ok(());
         }
-        self.lock().compact();
-        self.flush().await.map_err(|e| {
+        {
+            let mut inner = self.lock();
+            if inner.run != run {
+                tracing::warn!("this node stopped serving subscriptions during a request");
+                return Err(ApiError::NotServing);
+            }
+            inner.compact();
+        }
+        self.flush_run(Some(run)).await.map_err(|e| {
             tracing::error!(error = %e, "subscription state could not be persisted");
             ApiError::Unavailable
         })
+    }
+
+    /// The lock, for a handler: refused while no activation is installed (a cluster-mode
+    /// node between losing the lease and the router noticing).
+    fn live(&self) -> Result<MutexGuard<'_, Inner>, ApiError> {
+        let inner = self.lock();
+        if inner.run == 0 {
+            return Err(ApiError::NotServing);
+        }
+        Ok(inner)
     }
 
     // ----- Storage hooks (called by `Notifying` after a successful write) -----
@@ -624,7 +784,7 @@ impl<S: Storage> Subscriptions<S> {
     }
 
     /// The stream root URL: the configured public one, else the one from the request.
-    fn root<'a>(&'a self, from_request: &'a str) -> &'a str {
+    pub(crate) fn root<'a>(&'a self, from_request: &'a str) -> &'a str {
         self.cfg
             .public_base_url
             .as_deref()
@@ -649,15 +809,15 @@ impl<S: Storage> Subscriptions<S> {
                 .map_err(|e| ApiError::UrlRejected(e.0))?;
         }
         let hash = spec.hash();
-        if let Some(outcome) = self.existing(id, &hash, root) {
+        if let Some(outcome) = self.existing(id, &hash, root)? {
             return outcome;
         }
         // Before the backfill reads tails: from here on every write reaches the hooks.
         self.armed.store(true, Ordering::SeqCst);
         let tails = self.backfill(&spec).await?;
         let now = now_ms();
-        let view = {
-            let mut inner = self.lock();
+        let (view, run) = {
+            let mut inner = self.live()?;
             if let Some(outcome) = self.existing_locked(&inner, id, &hash, root) {
                 return outcome;
             }
@@ -694,7 +854,7 @@ impl<S: Storage> Subscriptions<S> {
             // An append that raced the backfill is pending already.
             inner.maybe_wake(id, now);
             let sub = inner.state.subs.get(id).expect("just inserted");
-            self.view(&inner, sub, root)
+            (self.view(&inner, sub, root), inner.run)
         };
         let view = if self.link_late_streams(id).await {
             let inner = self.lock();
@@ -706,7 +866,7 @@ impl<S: Storage> Subscriptions<S> {
         } else {
             view
         };
-        self.sync().await?;
+        self.sync(run).await?;
         Ok(PutOutcome::Created(view))
     }
 
@@ -757,9 +917,14 @@ impl<S: Storage> Subscriptions<S> {
         true
     }
 
-    fn existing(&self, id: &str, hash: &str, root: &str) -> Option<Result<PutOutcome, ApiError>> {
-        let inner = self.lock();
-        self.existing_locked(&inner, id, hash, root)
+    fn existing(
+        &self,
+        id: &str,
+        hash: &str,
+        root: &str,
+    ) -> Result<Option<Result<PutOutcome, ApiError>>, ApiError> {
+        let inner = self.live()?;
+        Ok(self.existing_locked(&inner, id, hash, root))
     }
 
     fn existing_locked(
@@ -822,21 +987,22 @@ impl<S: Storage> Subscriptions<S> {
 
     /// `GET /subscriptions/{id}`.
     pub(crate) fn get(&self, id: &str, root: &str) -> Result<Value, ApiError> {
-        let inner = self.lock();
+        let inner = self.live()?;
         let sub = inner.state.subs.get(id).ok_or(ApiError::NotFound)?;
         Ok(self.view(&inner, sub, root))
     }
 
     /// `DELETE /subscriptions/{id}`: idempotent.
     pub(crate) async fn delete(&self, id: &str) -> Result<(), ApiError> {
-        {
-            let mut inner = self.lock();
+        let run = {
+            let mut inner = self.live()?;
             if inner.state.subs.contains_key(id) {
                 inner.commit(Event::Delete { id: id.to_owned() });
                 inner.busy.remove(id);
             }
-        }
-        self.sync().await
+            inner.run
+        };
+        self.sync(run).await
     }
 
     /// `POST /subscriptions/{id}/streams`.
@@ -848,12 +1014,12 @@ impl<S: Storage> Subscriptions<S> {
             .ok_or_else(|| ApiError::Invalid("streams is required".to_owned()))?;
         let paths = spec::parse_stream_list(streams, self.cfg.name_limits)
             .map_err(|e| ApiError::Invalid(e.0))?;
-        if !self.lock().state.subs.contains_key(id) {
+        if !self.live()?.state.subs.contains_key(id) {
             return Err(ApiError::NotFound);
         }
         let heads = self.heads(&paths).await?;
-        {
-            let mut inner = self.lock();
+        let run = {
+            let mut inner = self.live()?;
             let sub = inner.state.subs.get(id).ok_or(ApiError::NotFound)?;
             let mut changes = Vec::new();
             for (path, tail) in heads {
@@ -885,16 +1051,17 @@ impl<S: Storage> Subscriptions<S> {
                     link: Some(link),
                 });
             }
-        }
-        self.sync().await
+            inner.run
+        };
+        self.sync(run).await
     }
 
     /// `DELETE /subscriptions/{id}/streams/{path}`: removes only the explicit link.
     pub(crate) async fn remove_stream(&self, id: &str, raw_path: &str) -> Result<(), ApiError> {
         let path =
             spec::normalize_path(raw_path, self.cfg.name_limits).map_err(ApiError::Invalid)?;
-        {
-            let mut inner = self.lock();
+        let run = {
+            let mut inner = self.live()?;
             let sub = inner.state.subs.get(id).ok_or(ApiError::NotFound)?;
             let change = match sub.links.get(&path) {
                 Some(link) if link.explicit && link.glob => Some(Some(Link {
@@ -911,8 +1078,9 @@ impl<S: Storage> Subscriptions<S> {
                     link,
                 });
             }
-        }
-        self.sync().await
+            inner.run
+        };
+        self.sync(run).await
     }
 
     /// Checks the bearer token and fencing of a callback, ack or release; returns the token's
@@ -1009,8 +1177,8 @@ impl<S: Storage> Subscriptions<S> {
         let req: WakeRequest = serde_json::from_slice(body)
             .map_err(|e| ApiError::Invalid(format!("body must be a JSON object: {e}")))?;
         let now = now_ms();
-        let next_wake = {
-            let mut inner = self.lock();
+        let (next_wake, run) = {
+            let mut inner = self.live()?;
             self.authorize(&inner, id, token, &req, kind, now)?;
             let sub = inner.state.subs.get(id).ok_or(ApiError::NotFound)?;
             let acks = self.check_acks(&inner, sub, &req.acks)?;
@@ -1023,7 +1191,7 @@ impl<S: Storage> Subscriptions<S> {
                     acks,
                 });
             }
-            if req.done {
+            let next_wake = if req.done {
                 inner.clear_wake(id);
                 inner.maybe_wake(id, now)
             } else {
@@ -1034,9 +1202,10 @@ impl<S: Storage> Subscriptions<S> {
                 inner.set_wake(id, generation, wake, None);
                 inner.timer.notify_one();
                 false
-            }
+            };
+            (next_wake, inner.run)
         };
-        self.sync().await?;
+        self.sync(run).await?;
         Ok(json!({ "ok": true, "next_wake": next_wake }))
     }
 
@@ -1073,8 +1242,8 @@ impl<S: Storage> Subscriptions<S> {
             }
         };
         let now = now_ms();
-        let response = {
-            let mut inner = self.lock();
+        let (response, run) = {
+            let mut inner = self.live()?;
             let sub = inner.state.subs.get(id).ok_or(ApiError::NotFound)?;
             if sub.spec.kind != Kind::PullWake {
                 return Err(ApiError::WrongType(Kind::PullWake.as_str()));
@@ -1121,15 +1290,16 @@ impl<S: Storage> Subscriptions<S> {
                 None,
             );
             inner.timer.notify_one();
-            json!({
+            let response = json!({
                 "wake_id": wake_id,
                 "generation": generation,
                 "token": token,
                 "streams": streams,
                 "lease_ttl_ms": ttl,
-            })
+            });
+            (response, inner.run)
         };
-        self.sync().await?;
+        self.sync(run).await?;
         Ok(response)
     }
 
@@ -1144,30 +1314,31 @@ impl<S: Storage> Subscriptions<S> {
         let req: WakeRequest = serde_json::from_slice(body)
             .map_err(|e| ApiError::Invalid(format!("body must be a JSON object: {e}")))?;
         let now = now_ms();
-        {
-            let mut inner = self.lock();
+        let run = {
+            let mut inner = self.live()?;
             self.authorize(&inner, id, token, &req, Kind::PullWake, now)?;
             inner.clear_wake(id);
             inner.maybe_wake(id, now);
-        }
-        self.sync().await
+            inner.run
+        };
+        self.sync(run).await
     }
 
     // ----- Background work -----
 
     async fn run_job(self: Arc<Self>, job: Job) {
         match job {
-            Job::Deliver { id, wake_id } => self.deliver(&id, &wake_id).await,
-            Job::WriteWake { id, wake_id } => self.write_wake(&id, &wake_id).await,
+            Job::Deliver { run, id, wake_id } => self.deliver(run, &id, &wake_id).await,
+            Job::WriteWake { run, id, wake_id } => self.write_wake(run, &id, &wake_id).await,
         }
     }
 
-    /// One webhook delivery attempt of wake `wake_id`.
-    async fn deliver(&self, id: &str, wake_id: &str) {
+    /// One webhook delivery attempt of wake `wake_id`, queued by run `run`.
+    async fn deliver(&self, run: u64, id: &str, wake_id: &str) {
         let now = now_ms();
         let prepared = {
             let mut inner = self.lock();
-            if self.stopped() || !inner.wake_is(id, wake_id) {
+            if self.stopped() || inner.run != run || !inner.wake_is(id, wake_id) {
                 inner.busy_done(id, wake_id);
                 return;
             }
@@ -1211,19 +1382,24 @@ impl<S: Storage> Subscriptions<S> {
             }
             Err(e) => Err(e.0),
         };
-        self.finish_delivery(id, wake_id, result);
+        self.finish_delivery(run, id, wake_id, result);
     }
 
     /// Acts on the outcome of a delivery attempt: `2xx` with `{ "done": true }` acks the
     /// snapshot and ends the wake, another `2xx` starts the lease, anything else schedules a retry.
     fn finish_delivery(
         &self,
+        run: u64,
         id: &str,
         wake_id: &str,
         result: std::result::Result<webhook::Response, String>,
     ) {
         let now = now_ms();
         let mut inner = self.lock();
+        if inner.run != run {
+            // Deactivated meanwhile: the next activation delivers the wake again.
+            return;
+        }
         inner.busy_done(id, wake_id);
         if self.stopped() || !inner.wake_is(id, wake_id) {
             // Deleted, fenced by a callback that raced the response, or shutting down.
@@ -1287,11 +1463,14 @@ impl<S: Storage> Subscriptions<S> {
         }
     }
 
-    /// Appends the wake event of `wake_id` to the wake stream.
-    async fn write_wake(&self, id: &str, wake_id: &str) {
+    /// Appends the wake event of `wake_id` to the wake stream, for run `run`.
+    async fn write_wake(&self, run: u64, id: &str, wake_id: &str) {
         let now = now_ms();
         let prepared = {
             let mut inner = self.lock();
+            if inner.run != run {
+                return;
+            }
             let claimed = inner
                 .state
                 .subs
@@ -1329,6 +1508,9 @@ impl<S: Storage> Subscriptions<S> {
         let now = now_ms();
         let appended = {
             let mut inner = self.lock();
+            if inner.run != run {
+                return;
+            }
             inner.busy_done(id, wake_id);
             if inner.wake_is(id, wake_id) {
                 match result {
@@ -1378,13 +1560,16 @@ impl<S: Storage> Subscriptions<S> {
         }
     }
 
-    /// Acts on due retries and expired leases; returns how long to sleep.
-    fn tick(&self) -> Duration {
+    /// Acts on due retries and expired leases of run `run`; returns how long to sleep.
+    fn tick(&self, run: u64) -> Duration {
         if self.stopped() {
             return MAX_TICK;
         }
         let now = now_ms();
         let mut inner = self.lock();
+        if inner.run != run {
+            return MAX_TICK;
+        }
         let mut next_due = now + u64::try_from(MAX_TICK.as_millis()).unwrap_or(1000);
         let ids: Vec<String> = inner.state.subs.keys().cloned().collect();
         for id in ids {
@@ -1530,11 +1715,29 @@ fn forget_stream(inner: &mut Inner, path: &str) {
     }
 }
 
+/// Resolves when the run whose stop signal `stop` is ends (never when `None`).
+async fn stopped_run(stop: &mut Option<watch::Receiver<()>>) {
+    match stop {
+        // Nothing is ever sent: `changed` returns only when the sender is dropped.
+        Some(stop) => while stop.changed().await.is_ok() {},
+        None => std::future::pending().await,
+    }
+}
+
 async fn run_jobs<S: Storage>(
     engine: Weak<Subscriptions<S>>,
     mut rx: mpsc::UnboundedReceiver<Job>,
+    mut stop: Option<watch::Receiver<()>>,
 ) {
-    while let Some(job) = rx.recv().await {
+    loop {
+        let job = tokio::select! {
+            biased;
+            () = stopped_run(&mut stop) => return,
+            job = rx.recv() => job,
+        };
+        let Some(job) = job else {
+            return;
+        };
         let Some(engine) = engine.upgrade() else {
             return;
         };
@@ -1542,13 +1745,20 @@ async fn run_jobs<S: Storage>(
     }
 }
 
-async fn run_timer<S: Storage>(engine: Weak<Subscriptions<S>>, notify: Arc<Notify>) {
+async fn run_timer<S: Storage>(
+    engine: Weak<Subscriptions<S>>,
+    run: u64,
+    notify: Arc<Notify>,
+    mut stop: Option<watch::Receiver<()>>,
+) {
     loop {
         let wait = match engine.upgrade() {
-            Some(engine) => engine.tick(),
+            Some(engine) => engine.tick(run),
             None => return,
         };
         tokio::select! {
+            biased;
+            () = stopped_run(&mut stop) => return,
             () = tokio::time::sleep(wait) => {}
             () = notify.notified() => {}
         }

@@ -29,9 +29,17 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("invalid subscriptions configuration: {0}")]
     Config(String),
-    /// The engine's state log writer has stopped (the engine is shutting down).
+    /// The engine's state log writer has stopped (the engine is shutting down, or in cluster
+    /// mode this node is no longer the active one).
     #[error("subscription state log writer has stopped")]
     WriterStopped,
+    /// Cluster mode: the state log was fenced by a node holding a newer term of the
+    /// `subscriptions` lease, so this node must not act on it.
+    #[error("subscription state log was taken over by another node (fenced by {by})")]
+    Fenced {
+        /// What fenced it (the newer `Stream-Seq`, or what happened to the epoch).
+        by: String,
+    },
 }
 
 impl Error {

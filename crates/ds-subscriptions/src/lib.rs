@@ -10,6 +10,8 @@
 //! - [`router`], the HTTP routes relative to `{base}/__ds`, including `jwks.json`.
 //! - [`Notifying`], a [`ds_storage::Storage`] wrapper through which the server's writes reach
 //!   the engine.
+//! - Cluster mode (see "Several nodes" below): one active engine among servers sharing a
+//!   store, fencing of its state log, and forwarding of the routes to it.
 //! - [`SubscriptionsConfig`], the `[subscriptions]` configuration section.
 //!
 //! What it deliberately does not own: the stream routes, TLS serving, proxy trust (the server
@@ -17,6 +19,36 @@
 //! kept in internal streams under the reserved `__ds/` namespace of the same store (see
 //! [`persist`]), so it is as durable as the backend: lost on restart with the memory backend,
 //! kept by the file and acid backends, with no backend changes.
+//!
+//! # Several nodes
+//!
+//! When several servers open the same store (PostgreSQL), the store's
+//! [`Cluster`](ds_storage::Cluster) coordinates them ([`ds_storage::Storage::cluster`] is
+//! `Some`), and exactly one engine acts at a time; with a store one process owns, everything
+//! above runs locally and none of this applies.
+//!
+//! - **Lease.** Every engine opens in standby and asks for the `subscriptions` lease every
+//!   fifth of `cluster_lease_ms` (default 10 s). The holder *activates*: it loads the state
+//!   from the store as a restart would, then decides and delivers every wake, learning about
+//!   writes made on any node from the cluster's change feed (its own also through
+//!   [`Notifying`]; the hooks of a standby node return after one atomic load). It stops acting
+//!   once three quarters of the ttl pass without a successful renewal, before the store lets
+//!   anyone else take over, and releases the lease on [`Subscriptions::shutdown`].
+//! - **Fencing.** A holder that was paused past its ttl cannot corrupt the state: every state
+//!   log append carries a `Stream-Seq` made of its lease term, and a new holder fences the log
+//!   with its own, higher term before replaying it and compacts it into an epoch of its term
+//!   (see [`persist`]). A fenced writer deactivates at once; the request waiting on it gets `503`.
+//! - **Forwarding.** Every node serves the [`router`]: a standby node forwards each request
+//!   through the cluster to the holder, with the stream root it computed, so `callback_url` and
+//!   `jwks_url` are those of the client's node (nodes should share `public_base_url`).
+//!   `jwks.json` is answered locally: the signing key is in the shared store.
+//! - **Failover.** After a graceful shutdown another node takes over within one renewal period
+//!   (2 s by default); after a crash or a partition, within about the ttl (10 s). Meanwhile
+//!   subscription requests answer `503` with `Retry-After` (after `cluster_call_timeout_ms`
+//!   when nobody holds the lease). The new holder resumes from the persisted state, like a
+//!   restart: wakes in flight are delivered again, retries keep their schedule, and tails are
+//!   rescanned, so an append made while no node was active still wakes its subscribers.
+//!   Delivery stays at least once: a wake in flight at the failover may arrive twice.
 //!
 //! Wiring (the server nests the router ahead of its stream routes):
 //!
@@ -34,6 +66,7 @@ mod api;
 pub mod config;
 mod engine;
 pub mod error;
+mod forward;
 pub mod glob;
 pub mod keys;
 mod notifying;

@@ -16,6 +16,9 @@ use crate::engine::Subscriptions;
 /// stream created after a subscription is linked before its first append wakes anyone, and an
 /// append's wake is decided before its `204` is sent.
 ///
+/// On a standby node of a cluster (see the crate docs, "Several nodes") the hooks return after
+/// one atomic load: the active node learns about the write from the cluster's change feed.
+///
 /// It also hides the reserved `__ds` namespace, where the engine keeps its state and signing
 /// key: every operation on a reserved name answers [`Error::NotFound`], a fork of one is
 /// [`Error::ForkSourceNotFound`], and [`Storage::list`] leaves them out. The server routes
@@ -134,5 +137,9 @@ impl<S: Storage> Storage for Notifying<S> {
 
     fn stats(&self) -> ds_storage::StorageStats {
         self.inner.stats()
+    }
+
+    fn cluster(&self) -> Option<Arc<dyn ds_storage::Cluster>> {
+        self.inner.cluster()
     }
 }

@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, NestedPath, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use ds_storage::Storage;
@@ -14,6 +15,7 @@ use serde_json::Value;
 
 use crate::api::ApiError;
 use crate::engine::{MAX_BODY_BYTES, PutOutcome, Subscriptions};
+use crate::forward::{self, Forwarded};
 
 /// The externally visible origin of a request (`https://streams.example.com`), for building
 /// `callback_url` and `jwks_url`. The server inserts it as a request extension after applying
@@ -30,6 +32,10 @@ pub struct PublicOrigin(pub String);
 /// `DELETE /subscriptions/{id}/streams/{*path}`, `POST /subscriptions/{id}/callback`,
 /// `POST /subscriptions/{id}/claim`, `POST /subscriptions/{id}/ack`,
 /// `POST /subscriptions/{id}/release` and `GET /jwks.json`.
+///
+/// In cluster mode every node serves them: a node that is not the active one forwards each
+/// request (but `jwks.json`) to the one that is and relays its answer, or answers `503` with
+/// `Retry-After` when no node answers within `cluster_call_timeout_ms` (a failover).
 pub fn router<S: Storage>(engine: Arc<Subscriptions<S>>) -> Router {
     Router::new()
         .route(
@@ -47,6 +53,10 @@ pub fn router<S: Storage>(engine: Arc<Subscriptions<S>>) -> Router {
         .route("/subscriptions/{id}/release", post(release::<S>))
         .route("/jwks.json", get(jwks::<S>))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            engine.clone(),
+            forward::route::<S>,
+        ))
         .with_state(engine)
 }
 
@@ -59,29 +69,42 @@ struct Ctx {
     bearer: Option<String>,
 }
 
+/// The stream root of a request, e.g. `http://127.0.0.1:4437/v1/stream`: its public origin
+/// (the [`PublicOrigin`] extension, else `Host` and the URI's scheme) and the path the router is
+/// nested at, less `/__ds`.
+pub(crate) fn request_root(parts: &Parts) -> String {
+    let origin = if let Some(o) = parts.extensions.get::<PublicOrigin>() {
+        o.0.trim_end_matches('/').to_owned()
+    } else {
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))
+            .unwrap_or_else(|| "localhost".to_owned());
+        let scheme = parts.uri.scheme_str().unwrap_or("http");
+        format!("{scheme}://{host}")
+    };
+    let nested = parts
+        .extensions
+        .get::<NestedPath>()
+        .map(|n| n.as_str().to_owned())
+        .unwrap_or_default();
+    let base = nested.trim_end_matches('/');
+    let base = base.strip_suffix("/__ds").unwrap_or(base);
+    format!("{origin}{base}")
+}
+
 impl<T: Send + Sync> FromRequestParts<T> for Ctx {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &T) -> Result<Self, Self::Rejection> {
-        let origin = if let Some(o) = parts.extensions.get::<PublicOrigin>() {
-            o.0.trim_end_matches('/').to_owned()
-        } else {
-            let host = parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-                .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))
-                .unwrap_or_else(|| "localhost".to_owned());
-            let scheme = parts.uri.scheme_str().unwrap_or("http");
-            format!("{scheme}://{host}")
+    async fn from_request_parts(parts: &mut Parts, _state: &T) -> Result<Self, Self::Rejection> {
+        // A forwarded request carries the root the client's node computed.
+        let root = match parts.extensions.get::<Forwarded>() {
+            Some(f) => f.root.clone(),
+            None => request_root(parts),
         };
-        let nested = NestedPath::from_request_parts(parts, state)
-            .await
-            .map(|n| n.as_str().to_owned())
-            .unwrap_or_default();
-        let base = nested.trim_end_matches('/');
-        let base = base.strip_suffix("/__ds").unwrap_or(base);
         let bearer = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -93,10 +116,7 @@ impl<T: Send + Sync> FromRequestParts<T> for Ctx {
                     .then(|| token.trim().to_owned())
             })
             .filter(|t| !t.is_empty());
-        Ok(Ctx {
-            root: format!("{origin}{base}"),
-            bearer,
-        })
+        Ok(Ctx { root, bearer })
     }
 }
 

@@ -175,6 +175,13 @@ pub enum Event {
         /// The scheduled retry.
         retry: Option<Retry>,
     },
+    /// A fencing marker of cluster mode: the node holding lease term `term` claimed this log
+    /// epoch (its `Stream-Seq` is what fences older terms out). Replays as a no-op; a
+    /// single-node engine never writes it.
+    Fence {
+        /// The lease term of the node that wrote it.
+        term: u64,
+    },
 }
 
 /// All subscriptions.
@@ -245,6 +252,7 @@ impl State {
                     sub.retry = retry;
                 }
             }
+            Event::Fence { .. } => {}
         }
     }
 
@@ -288,6 +296,20 @@ mod tests {
     }
 
     #[test]
+    fn a_fence_marker_is_logged_with_its_term_and_replays_as_a_no_op() {
+        let fence = Event::Fence { term: 7 };
+        let json = serde_json::to_string(&fence).expect("serialise");
+        assert_eq!(json, r#"{"op":"fence","term":7}"#);
+        let mut state = State::default();
+        state.apply(Event::Put {
+            sub: Box::new(sub("a")),
+        });
+        let before = state.clone();
+        state.apply(serde_json::from_str(&json).expect("deserialise"));
+        assert_eq!(state, before);
+    }
+
+    #[test]
     fn replaying_events_after_a_snapshot_rebuilds_the_state() {
         let events = vec![
             Event::Put {
@@ -324,6 +346,7 @@ mod tests {
                     offset: Off(Offset::new(1, 3)),
                 }],
             },
+            Event::Fence { term: 7 },
             Event::Put {
                 sub: Box::new(sub("b")),
             },

@@ -22,8 +22,8 @@ const MAX_BACKLOG: u32 = 10;
 
 /// State shared by the coordinating thread, the producers and the worker.
 pub(crate) struct Shared {
-    /// Port of the current server.
-    pub(crate) port: AtomicU16,
+    /// Port of each server node (one, or two sharing a PostgreSQL schema).
+    ports: Vec<AtomicU16>,
     /// Tells the producers to stop.
     pub(crate) stop_load: AtomicBool,
     /// Holds the producers (around a kill, until everything acknowledged
@@ -44,10 +44,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Fresh state for `streams` streams and a server on `port`.
-    pub(crate) fn new(port: u16, streams: usize) -> Self {
+    /// Fresh state for `streams` streams and server nodes on `ports`.
+    pub(crate) fn new(ports: &[u16], streams: usize) -> Self {
         Self {
-            port: AtomicU16::new(port),
+            ports: ports.iter().map(|&p| AtomicU16::new(p)).collect(),
             stop_load: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             stop_worker: AtomicBool::new(false),
@@ -57,6 +57,16 @@ impl Shared {
             claims: AtomicU64::new(0),
             wake_offset: Mutex::new("-1".to_owned()),
         }
+    }
+
+    /// The current port of node `node` (modulo the number of nodes).
+    pub(crate) fn port(&self, node: usize) -> u16 {
+        self.ports[node % self.ports.len()].load(Ordering::SeqCst)
+    }
+
+    /// Records that node `node` now listens on `port` (after a restart).
+    pub(crate) fn set_port(&self, node: usize, port: u16) {
+        self.ports[node].store(port, Ordering::SeqCst);
     }
 
     /// Streams with an acknowledged append that no claim has reported yet.
@@ -111,15 +121,18 @@ pub(crate) struct ProducerLog {
 
 /// One producer: every `interval`, one append to a random stream, until
 /// told to stop; none while paused. Appends that get no answer are not
-/// retried (they are not acknowledged, so nothing is owed for them).
+/// retried (they are not acknowledged, so nothing is owed for them). It
+/// sends to node `node` and moves on to the next node after an append that
+/// got no answer.
 pub(crate) fn produce(
     shared: &Shared,
     streams: usize,
     seed: u64,
     interval: Duration,
+    mut node: usize,
 ) -> ProducerLog {
     let mut rng = Rng::new(seed);
-    let mut client = Client::new(shared.port.load(Ordering::SeqCst));
+    let mut client = Client::new(shared.port(node));
     let mut log = ProducerLog::default();
     let mut due = Instant::now();
     while !shared.stop_load.load(Ordering::SeqCst) {
@@ -136,25 +149,29 @@ pub(crate) fn produce(
         }
         due += interval;
         let stream = rng.range(0, streams as u64 - 1) as usize;
-        if !append(shared, &mut client, stream, &mut rng, &mut log) {
+        let port = shared.port(node);
+        if !append(shared, &mut client, port, stream, &mut rng, &mut log) {
+            node += 1;
             thread::sleep(RETRY_PAUSE);
         }
     }
     log
 }
 
-/// Appends one line to `stream`; an acknowledged append goes into `log`
-/// and raises `shared.appended`. Returns whether it was acknowledged.
+/// Appends one line to `stream` through the node on `port`; an acknowledged
+/// append goes into `log` and raises `shared.appended`. Returns whether it
+/// was acknowledged.
 pub(crate) fn append(
     shared: &Shared,
     client: &mut Client,
+    port: u16,
     stream: usize,
     rng: &mut Rng,
     log: &mut ProducerLog,
 ) -> bool {
     let body = format!("append {} to {stream}\n", rng.next_u64());
     let response = client.request(
-        shared.port.load(Ordering::SeqCst),
+        port,
         "POST",
         &stream_path(stream),
         &[("Content-Type", "text/plain")],
@@ -232,6 +249,11 @@ pub(crate) struct Worker<'a> {
     /// Stream path to index.
     index: HashMap<String, usize>,
     log: WorkerLog,
+    /// The node it talks to (modulo the number of nodes): the next one after
+    /// every claim round and after a request that got no answer, so with two
+    /// nodes its reads, claims and acks reach the node that delivers wakes
+    /// and the one that forwards to it.
+    node: usize,
 }
 
 impl<'a> Worker<'a> {
@@ -239,7 +261,8 @@ impl<'a> Worker<'a> {
     pub(crate) fn new(shared: &'a Shared, paths: &[String]) -> Self {
         Self {
             shared,
-            client: Client::new(shared.port.load(Ordering::SeqCst)),
+            client: Client::new(shared.port(0)),
+            node: 0,
             index: paths
                 .iter()
                 .enumerate()
@@ -263,8 +286,13 @@ impl<'a> Worker<'a> {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> anyhow::Result<Response> {
-        let port = self.shared.port.load(Ordering::SeqCst);
-        self.client.request(port, method, path, headers, body)
+        let port = self.shared.port(self.node);
+        let result = self.client.request(port, method, path, headers, body);
+        if result.is_err() {
+            // That node is down (killed and restarting): use the next one.
+            self.node += 1;
+        }
+        result
     }
 
     /// Runs until told to stop; returns what it saw.
@@ -295,6 +323,7 @@ impl<'a> Worker<'a> {
                         Ok((n, newest_ts)) => {
                             self.log.wake_events += n;
                             self.claim_and_ack((read_at, newest_ts));
+                            self.node += 1;
                         }
                         Err(e) => self
                             .log

@@ -48,6 +48,21 @@ pub(crate) fn drop_schema(schema: &str) {
     }
 }
 
+/// A schema dropped when the test ends (also when it fails).
+pub(crate) struct Schema(pub(crate) String);
+
+impl Schema {
+    pub(crate) fn new() -> Self {
+        Schema(unique_schema())
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        drop_schema(&self.0);
+    }
+}
+
 /// Options for a store in `schema` on the harness clock.
 pub(crate) fn options(schema: &str, clock: &Arc<ManualClock>) -> PostgresOptions {
     PostgresOptions {

@@ -11,7 +11,7 @@ use ds_storage::rules::ManualClock;
 use ds_storage::{AppendOutcome, AppendRequest, CreateRequest, ReadFrom, Storage, Tail};
 use ds_storage_postgres::{PostgresOptions, PostgresStorage};
 
-use crate::harness::{drop_schema, options, unique_schema, url};
+use crate::harness::{Schema, options, url};
 
 const TEXT: &str = "text/plain";
 
@@ -35,21 +35,6 @@ fn append_req(body: impl Into<Bytes>) -> AppendRequest {
         content_type: Some(TEXT.to_owned()),
         body: body.into(),
         ..AppendRequest::default()
-    }
-}
-
-/// A schema dropped when the test ends (also when it fails).
-struct Schema(String);
-
-impl Schema {
-    fn new() -> Self {
-        Schema(unique_schema())
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        drop_schema(&self.0);
     }
 }
 
@@ -308,7 +293,22 @@ async fn nodes_starting_at_once_migrate_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
+
+    // Migrations are idempotent: one applied again (as after a partial manual repair)
+    // changes nothing.
+    client
+        .batch_execute(&format!(
+            "DELETE FROM {}.ds_schema_version WHERE version = 2",
+            schema.0
+        ))
+        .await
+        .expect("forget version 2");
+    drop(
+        PostgresStorage::open(options(&schema.0, &clock))
+            .await
+            .expect("version 2 applies again"),
+    );
 
     // A schema newer than this build is refused, with a reason.
     client

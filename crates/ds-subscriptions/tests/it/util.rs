@@ -32,6 +32,8 @@ pub(crate) struct H<S: Storage = MemoryStorage> {
     pub(crate) engine: Arc<Subscriptions<S>>,
     pub(crate) streams: Arc<Notifying<S>>,
     pub(crate) app: Router,
+    /// The `Host` header of [`H::req`] ([`HOST`] unless a test sets another).
+    pub(crate) host: String,
 }
 
 pub(crate) struct Resp {
@@ -66,6 +68,7 @@ impl<S: Storage> H<S> {
             engine,
             streams,
             app,
+            host: HOST.to_owned(),
         }
     }
 
@@ -87,7 +90,7 @@ impl<S: Storage> H<S> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("/v1/stream/__ds{path}"))
-            .header("host", HOST);
+            .header("host", &self.host);
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
