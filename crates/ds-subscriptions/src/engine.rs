@@ -31,7 +31,7 @@ use ds_protocol::{Offset, StreamName};
 use ds_storage::{AppendOutcome, AppendRequest, Cluster, Storage, StreamInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 
 use crate::api::ApiError;
 use crate::config::SubscriptionsConfig;
@@ -158,6 +158,10 @@ struct Inner {
     log_bytes: usize,
     snapshot_bytes: usize,
     compact_bytes: usize,
+    /// Cluster mode, while no subscription exists: hands the run's change-feed task its
+    /// receiver once the first subscription arms the engine. Until then the node does not
+    /// follow the feed, so a deployment without subscriptions pays nothing per append.
+    feed: Option<oneshot::Sender<broadcast::Receiver<ds_storage::Change>>>,
 }
 
 impl Inner {
@@ -175,6 +179,7 @@ impl Inner {
             log_bytes: 0,
             snapshot_bytes: 0,
             compact_bytes,
+            feed: None,
         }
     }
 
@@ -524,6 +529,7 @@ impl<S: Storage> Subscriptions<S> {
                 log_bytes: loaded.log_bytes,
                 snapshot_bytes: loaded.snapshot_bytes,
                 compact_bytes,
+                feed: None,
             }),
             stopped: AtomicBool::new(false),
             armed: AtomicBool::new(armed),
@@ -812,8 +818,10 @@ impl<S: Storage> Subscriptions<S> {
         if let Some(outcome) = self.existing(id, &hash, root)? {
             return outcome;
         }
-        // Before the backfill reads tails: from here on every write reaches the hooks.
+        // Before the backfill reads tails: from here on every write reaches the hooks (and, in
+        // cluster mode, the change feed is followed).
         self.armed.store(true, Ordering::SeqCst);
+        self.follow_changes();
         let tails = self.backfill(&spec).await?;
         let now = now_ms();
         let (view, run) = {

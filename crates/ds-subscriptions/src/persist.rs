@@ -20,10 +20,12 @@
 //! In cluster mode (a store shared by several servers) only the holder of the `subscriptions`
 //! lease writes the log, but a holder that was paused longer than the lease's ttl may not know
 //! it lost it. Every log append of a cluster-mode engine therefore carries
-//! `Stream-Seq: {term:016x}{counter:016x}` (term = lease term, counter = a per-process counter
-//! that never goes back), and the store rejects a seq that is not greater than the last one on
-//! that stream. Lease terms only grow, so once a node with term `T` has appended anything to an
-//! epoch, no node with a smaller term can append to it again.
+//! `Stream-Seq: {term:016x}{run:016x}{counter:016x}` (term = lease term, run = this process's
+//! activation number, counter = a per-process counter that never goes back), and the store
+//! rejects a seq that is not greater than the last one on that stream. Lease terms only grow, so
+//! once a node with term `T` has appended anything to an epoch, no node with a smaller term can
+//! append to it again; the run does the same between two activations of one process under the
+//! same term (it lost the lease locally and took it back before anyone else did).
 //!
 //! Epoch numbers carry their term: a node with term `T` creates epochs only in
 //! `[T << 32, (T + 1) << 32)`, and a node that sees an epoch of a newer term knows it is stale
@@ -252,12 +254,16 @@ async fn replay<S: Storage>(storage: &S, epoch: u64) -> Result<Loaded> {
 #[derive(Debug, Clone)]
 pub(crate) struct Fencing {
     term: u64,
+    /// The activation of this process the seqs belong to: a node that lost its lease and took
+    /// it back with the same term (nobody else held it meanwhile) activates again with a larger
+    /// run, so a writer of its earlier activation still draining is fenced too.
+    run: u64,
     counter: Arc<AtomicU64>,
 }
 
 impl Fencing {
-    pub(crate) fn new(term: u64, counter: Arc<AtomicU64>) -> Fencing {
-        Fencing { term, counter }
+    pub(crate) fn new(term: u64, run: u64, counter: Arc<AtomicU64>) -> Fencing {
+        Fencing { term, run, counter }
     }
 
     /// The epochs this term may create: `[term << 32, (term + 1) << 32)`, so every epoch of a
@@ -268,10 +274,11 @@ impl Fencing {
         first..self.term.saturating_add(1).saturating_mul(1 << 32)
     }
 
-    /// The next seq: `{term:016x}{counter:016x}`, so byte order is (term, counter) order.
+    /// The next seq: `{term:016x}{run:016x}{counter:016x}`, so byte order is (term, run,
+    /// counter) order.
     pub(crate) fn next_seq(&self) -> String {
         let counter = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{counter:016x}", self.term)
+        format!("{:016x}{:016x}{counter:016x}", self.term, self.run)
     }
 
     /// Appends a fence marker to `epoch` with the next seq.
@@ -667,7 +674,7 @@ mod tests {
     use super::*;
 
     fn fencing(term: u64, counter: &Arc<AtomicU64>) -> Fencing {
-        Fencing::new(term, counter.clone())
+        Fencing::new(term, 1, counter.clone())
     }
 
     /// A cluster-mode writer of `epoch` for `term`, and whether it reported being fenced.
@@ -709,14 +716,19 @@ mod tests {
     }
 
     #[test]
-    fn seqs_sort_by_term_then_counter() {
+    fn seqs_sort_by_term_then_run_then_counter() {
         let counter = Arc::new(AtomicU64::new(u64::from(u32::MAX) + 5));
         let old = fencing(1, &counter).next_seq();
         let newer_term = fencing(2, &Arc::new(AtomicU64::new(0))).next_seq();
         let same_term_later = fencing(1, &counter).next_seq();
-        assert_eq!(old, "00000000000000010000000100000004");
+        assert_eq!(old, "000000000000000100000000000000010000000100000004");
         assert!(old < same_term_later && same_term_later < newer_term);
-        assert_eq!(newer_term.len(), 32);
+        assert_eq!(newer_term.len(), 48);
+        // The same term again in a later activation of the process: its first seq sorts
+        // above everything the earlier activation's writer can still produce.
+        let later_run = Fencing::new(1, 2, Arc::new(AtomicU64::new(0))).next_seq();
+        let earlier_run_still_writing = fencing(1, &counter).next_seq();
+        assert!(earlier_run_still_writing < later_run && later_run < newer_term);
     }
 
     #[tokio::test]
@@ -806,6 +818,36 @@ mod tests {
         assert!(flush(&tx).await.is_err(), "refused by Stream-Seq");
         assert!(*fenced.lock().expect("lock"));
         let after = read_all(&*storage, &epoch_name(old.epoch))
+            .await
+            .expect("read");
+        assert_eq!(after, fenced_log, "nothing appended after the fence");
+    }
+
+    #[tokio::test]
+    async fn a_later_activation_with_the_same_term_fences_the_earlier_one() {
+        // The node lost its lease locally and took it back before anyone else did: same term,
+        // same process counter, a later run. The earlier run's writer may still be draining.
+        let storage = Arc::new(MemoryStorage::default());
+        let counter = Arc::new(AtomicU64::new(0));
+        let first = activate_state(&*storage, &Fencing::new(4, 1, counter.clone()))
+            .await
+            .expect("activate");
+        let (tx, fenced, _stop) =
+            writer(&storage, first.epoch, Fencing::new(4, 1, counter.clone()));
+        tx.send(LogOp::Event(put_event("before"))).expect("send");
+        assert_eq!(flush(&tx).await, Ok(()));
+        Fencing::new(4, 2, counter.clone())
+            .fence(&*storage, first.epoch)
+            .await
+            .expect("the later run fences");
+        let fenced_log = read_all(&*storage, &epoch_name(first.epoch))
+            .await
+            .expect("read");
+        // The earlier run's counter has moved on meanwhile: the run still orders the seqs.
+        tx.send(LogOp::Event(put_event("after"))).expect("send");
+        assert!(flush(&tx).await.is_err(), "the earlier run is refused");
+        assert!(*fenced.lock().expect("lock"));
+        let after = read_all(&*storage, &epoch_name(first.epoch))
             .await
             .expect("read");
         assert_eq!(after, fenced_log, "nothing appended after the fence");

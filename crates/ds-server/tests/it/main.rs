@@ -3,6 +3,7 @@
 //! loopback sockets.
 
 mod bad_input;
+mod cluster;
 mod disk_full;
 mod limits;
 mod live;

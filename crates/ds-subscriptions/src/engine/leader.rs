@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use ds_storage::{Call, Change, Cluster, Storage};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::{
@@ -36,6 +36,12 @@ use crate::webhook;
 
 /// How long a failed rescan waits before trying again.
 const RESCAN_RETRY: Duration = Duration::from_secs(1);
+/// Activations in a row that may fail before the node lets the lease go.
+const MAX_FAILED_ACTIVATIONS: u32 = 3;
+/// How often the active node re-reads the tails of every stream, while subscriptions exist:
+/// the bound on the delay of a wake whose notification was lost (a node killed between its
+/// commit and its `NOTIFY`).
+const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 
 /// Builds a standby engine over a shared store and spawns its lease task.
 pub(super) fn open_standby<S: Storage>(
@@ -71,6 +77,21 @@ struct Held {
     term: u64,
     /// Until when it may act on its last successful renewal.
     until: Instant,
+    /// Not renewed since it activated.
+    fresh: bool,
+}
+
+impl Held {
+    /// How long a renewal sent at `sent` may take: until `until`, except right after a long
+    /// activation, when `until` may have passed and that one renewal still gets a quarter of
+    /// the ttl (the state log is fenced against a successor meanwhile).
+    fn renew_by(&self, sent: Instant, ttl: Duration) -> Instant {
+        if self.fresh {
+            self.until.max(sent + ttl / 4)
+        } else {
+            self.until
+        }
+    }
 }
 
 /// Keeps the lease and activates or deactivates the engine accordingly; on shutdown hands
@@ -92,6 +113,7 @@ async fn run_lease<S: Storage>(
     // already under way.
     let trusted_for = ttl.saturating_sub(ttl / 4);
     let mut held: Option<Held> = None;
+    let mut failed_activations = 0_u32;
     loop {
         let Some(engine) = weak.upgrade() else {
             return;
@@ -105,7 +127,10 @@ async fn run_lease<S: Storage>(
             held = None;
         }
         let sent = Instant::now();
-        let limit = held.as_ref().map_or(sent + ttl, |h| h.until);
+        let limit = held.as_ref().map_or(sent + ttl, |h| h.renew_by(sent, ttl));
+        // Activation reads the whole state and scans tails, which may use up much of the
+        // lease: renew at once afterwards instead of acting on the renewal sent before it.
+        let mut renew_now = false;
         let answer = tokio::select! {
             biased;
             () = wake.notified() => continue,
@@ -115,17 +140,36 @@ async fn run_lease<S: Storage>(
             Ok(Ok(Some(term))) => {
                 let until = sent + trusted_for;
                 match &mut held {
-                    Some(h) if h.term == term => h.until = until,
+                    Some(h) if h.term == term => {
+                        h.until = until;
+                        h.fresh = false;
+                    }
                     _ => {
                         if let Some(h) = held.take() {
                             // Lost and won again in between: the state may be stale.
                             engine.deactivate(h.run, "the lease changed hands meanwhile");
                         }
                         match engine.activate(&cluster, term).await {
-                            Ok(Some(run)) => held = Some(Held { run, term, until }),
+                            Ok(Some(run)) => {
+                                held = Some(Held {
+                                    run,
+                                    term,
+                                    until,
+                                    fresh: true,
+                                });
+                                failed_activations = 0;
+                                renew_now = true;
+                            }
                             Ok(None) => {}
                             Err(e) => {
-                                tracing::warn!(term, error = %e, "could not take over the subscription state; retrying");
+                                failed_activations += 1;
+                                tracing::warn!(term, error = %e, attempt = failed_activations, "could not take over the subscription state");
+                                if failed_activations >= MAX_FAILED_ACTIVATIONS {
+                                    failed_activations = 0;
+                                    drop(engine);
+                                    step_aside(&*cluster, &wake, ttl).await;
+                                    continue;
+                                }
                             }
                         }
                     }
@@ -141,6 +185,9 @@ async fn run_lease<S: Storage>(
             }
             Err(_) => tracing::warn!("renewing the subscriptions lease timed out"),
         }
+        if renew_now {
+            continue;
+        }
         let now = Instant::now();
         if let Some(h) = held.take_if(|h| now >= h.until) {
             engine.deactivate(h.run, "the lease could not be renewed in time");
@@ -153,6 +200,18 @@ async fn run_lease<S: Storage>(
             () = tokio::time::sleep_until(next) => {}
             () = wake.notified() => {}
         }
+    }
+}
+
+/// Lets the lease go after activations kept failing (holding it without serving blocks every
+/// node), and waits a lease before trying again so another node can take it.
+async fn step_aside(cluster: &dyn Cluster, wake: &Notify, ttl: Duration) {
+    if let Err(e) = cluster.release(LEASE).await {
+        tracing::warn!(error = %e, "could not release the subscriptions lease");
+    }
+    tokio::select! {
+        () = tokio::time::sleep(ttl) => {}
+        () = wake.notified() => {}
     }
 }
 
@@ -172,16 +231,16 @@ impl<S: Storage> Subscriptions<S> {
         // Subscribe before reading anything, so no change between the scan and the start of
         // the run is missed.
         let changes = cluster.changes();
-        let fencing = Fencing::new(term, self.seq_counter.clone());
+        let run = self.runs.fetch_add(1, Ordering::Relaxed) + 1;
+        let fencing = Fencing::new(term, run, self.seq_counter.clone());
         let loaded = persist::activate_state(&*self.storage, &fencing).await?;
         let scan = scan_streams(&*self.storage, &loaded.state, &self.cfg).await?;
-        let run = self.runs.fetch_add(1, Ordering::Relaxed) + 1;
         let epoch = loaded.epoch;
         let (log_tx, log_rx) = mpsc::unbounded_channel();
         let (job_tx, job_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(());
         let timer = Arc::new(Notify::new());
-        {
+        let feed = {
             let mut inner = self.lock();
             if self.stopped() {
                 return Ok(None);
@@ -198,13 +257,23 @@ impl<S: Storage> Subscriptions<S> {
                 log_bytes: loaded.log_bytes,
                 snapshot_bytes: loaded.snapshot_bytes,
                 compact_bytes: self.cfg.state_compact_bytes,
+                feed: None,
             };
             if !inner.state.subs.is_empty() {
                 self.armed.store(true, Ordering::SeqCst);
             }
             self.active.store(true, Ordering::SeqCst);
             resume(&mut inner, &scan.missing, &scan.names, now_ms());
-        }
+            // Decided under the lock that `follow_changes` takes after arming, so the first
+            // subscription either finds the run following the feed or hands it the receiver.
+            if self.armed.load(Ordering::SeqCst) {
+                Feed::Now(changes)
+            } else {
+                let (tx, rx) = oneshot::channel();
+                inner.feed = Some(tx);
+                Feed::Later(rx)
+            }
+        };
         let weak = Arc::downgrade(self);
         let fenced = weak.clone();
         let fence = WriterFence {
@@ -224,10 +293,23 @@ impl<S: Storage> Subscriptions<S> {
         ));
         tokio::spawn(run_jobs(weak.clone(), job_rx, Some(stop_rx.clone())));
         tokio::spawn(run_timer(weak.clone(), run, timer, Some(stop_rx.clone())));
-        tokio::spawn(run_changes(weak.clone(), run, changes, stop_rx.clone()));
+        tokio::spawn(run_changes(weak.clone(), run, feed, stop_rx.clone()));
         tokio::spawn(run_serve(weak, cluster.serve(LEASE), stop_rx));
         tracing::info!(term, run, epoch, "this node now serves subscriptions");
         Ok(Some(run))
+    }
+
+    /// Cluster mode: makes the current run follow the change feed if it was waiting for the
+    /// first subscription to do so. Synchronous, so the caller reads no tail before the feed
+    /// is followed.
+    pub(super) fn follow_changes(&self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let waiting = self.lock().feed.take();
+        if let Some(tx) = waiting {
+            let _ = tx.send(cluster.changes());
+        }
     }
 
     /// Ends run `run` if it is current: no more deliveries, timers or state writes from it,
@@ -318,26 +400,62 @@ fn refresh(inner: &mut Inner, scan: Scan, now: u64) {
     }
 }
 
+/// The change feed of a run: followed from the start when subscriptions exist, else handed
+/// over by the first one ([`Subscriptions::follow_changes`]).
+enum Feed {
+    Now(broadcast::Receiver<Change>),
+    Later(oneshot::Receiver<broadcast::Receiver<Change>>),
+}
+
 /// Feeds the stream changes of every node to run `run`.
 async fn run_changes<S: Storage>(
     weak: Weak<Subscriptions<S>>,
     run: u64,
-    mut changes: broadcast::Receiver<Change>,
+    feed: Feed,
     stop: watch::Receiver<()>,
 ) {
     let mut stop = Some(stop);
+    let mut changes = match feed {
+        Feed::Now(changes) => changes,
+        Feed::Later(handed) => tokio::select! {
+            biased;
+            () = stopped_run(&mut stop) => return,
+            handed = handed => match handed {
+                Ok(changes) => changes,
+                Err(_) => return,
+            },
+        },
+    };
+    let mut reconcile = tokio::time::interval_at(Instant::now() + RECONCILE_EVERY, RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let change = tokio::select! {
             biased;
             () = stopped_run(&mut stop) => return,
             change = changes.recv() => change,
+            _ = reconcile.tick() => Ok(Change::Resync),
         };
         let Some(engine) = weak.upgrade() else {
             return;
         };
         match change {
             Ok(Change::Tail { name, next }) => engine.stream_appended(&name, next),
-            Ok(Change::Gone { name }) => engine.stream_deleted(&name),
+            Ok(Change::Gone { name }) => {
+                if engine.hooks_idle() {
+                    continue;
+                }
+                // A deletion may be reported after the name was created again (each node
+                // notifies after its own commit): forget the stream only if it is still gone.
+                let now = tokio::select! {
+                    biased;
+                    () = stopped_run(&mut stop) => return,
+                    head = engine.storage().head(&name) => head,
+                };
+                match now {
+                    Ok(info) => engine.stream_appended(&name, info.next),
+                    Err(_) => engine.stream_deleted(&name),
+                }
+            }
             Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {
                 if !engine.hooks_idle() {
                     tokio::select! {

@@ -49,6 +49,11 @@ impl Hub {
         })
     }
 
+    /// How many nodes follow the change feed now.
+    pub(crate) fn followers(&self) -> usize {
+        self.changes.receiver_count()
+    }
+
     /// A node's coordination handle.
     pub(crate) fn node(self: &Arc<Self>, id: &str) -> Arc<Node> {
         Arc::new(Node {

@@ -481,3 +481,65 @@ async fn a_resync_rescans_the_tails_and_wakes_what_the_feed_missed() {
     let hit = rx.next(WAIT).await.expect("found by the rescan");
     assert_eq!(stream_of(&hit, "events/x")["tail_offset"], next.to_string());
 }
+
+#[tokio::test]
+async fn a_late_deletion_report_does_not_unlink_a_stream_that_exists_again() {
+    let hub = Hub::new();
+    let a = start_leader(&hub, "a", cfg(2_000, 5_000)).await;
+    let rx = Receiver::start(200, r#"{"done":true}"#).await;
+    a.h.create_stream("events/x", r#"{"e":0}"#).await;
+    let put =
+        a.h.put_sub("s", webhook_spec(&rx.url, "events/*", 30_000))
+            .await;
+    assert_eq!(put.status, StatusCode::CREATED);
+
+    // The report of a deletion that happened before the stream was created again arrives
+    // late: the stream is there, so its link stays.
+    hub.publish(Change::Gone {
+        name: name("events/x"),
+    });
+    let linked = || async {
+        let view = a.h.get_sub("s").await;
+        view["streams"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|l| l["path"] == "events/x"))
+    };
+    tokio::time::sleep(QUIET).await;
+    assert!(linked().await, "still linked after a stale deletion report");
+
+    // A real deletion is still applied.
+    hub.store.delete(&name("events/x")).await.expect("delete");
+    hub.publish(Change::Gone {
+        name: name("events/x"),
+    });
+    let gone =
+        a.h.wait_for(WAIT, || async { (!linked().await).then_some(()) })
+            .await;
+    assert!(gone.is_some(), "unlinked once the stream is really gone");
+}
+
+#[tokio::test]
+async fn the_active_node_follows_the_change_feed_only_once_a_subscription_exists() {
+    let hub = Hub::new();
+    let a = start_leader(&hub, "a", cfg(2_000, 5_000)).await;
+    let b = start(&hub, "b", cfg(2_000, 5_000)).await;
+    b.h.create_stream("events/x", r#"{"e":0}"#).await;
+    b.h.append("events/x", r#"{"e":1}"#).await;
+    assert_eq!(
+        hub.followers(),
+        0,
+        "no subscription: nobody follows the feed"
+    );
+
+    // The first subscription (made through the standby) starts it, before it reads tails.
+    let mut rx = Receiver::start(200, r#"{"done":true}"#).await;
+    let put =
+        b.h.put_sub("s", webhook_spec(&rx.url, "events/*", 30_000))
+            .await;
+    assert_eq!(put.status, StatusCode::CREATED);
+    assert_eq!(hub.followers(), 1, "the active node follows the feed");
+    let tail = b.h.append("events/x", r#"{"e":2}"#).await;
+    let hit = rx.next(WAIT).await.expect("woken for the standby's append");
+    assert_eq!(stream_of(&hit, "events/x")["tail_offset"], tail.to_string());
+    assert!(a.active() && !b.active());
+}
