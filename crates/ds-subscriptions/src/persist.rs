@@ -796,21 +796,19 @@ mod tests {
         assert_eq!(after, replayed);
     }
 
-    #[tokio::test]
-    async fn an_older_term_cannot_append_to_an_epoch_a_newer_term_fenced() {
+    /// An activation with `earlier(counter)` writes; `later` fences its epoch (and has not
+    /// deleted it yet: it is still replaying); the earlier writer's next append is refused and
+    /// it reports being fenced.
+    async fn assert_fenced_by(earlier: impl Fn(&Arc<AtomicU64>) -> Fencing, later: Fencing) {
         let storage = Arc::new(MemoryStorage::default());
-        let old_counter = Arc::new(AtomicU64::new(0));
-        let old = activate_state(&*storage, &fencing(1, &old_counter))
+        let counter = Arc::new(AtomicU64::new(0));
+        let old = activate_state(&*storage, &earlier(&counter))
             .await
             .expect("activate");
-        let (tx, fenced, _stop) = writer(&storage, old.epoch, fencing(1, &old_counter));
+        let (tx, fenced, _stop) = writer(&storage, old.epoch, earlier(&counter));
         tx.send(LogOp::Event(put_event("before"))).expect("send");
         assert_eq!(flush(&tx).await, Ok(()));
-        // A newer term fences the epoch and has not deleted it yet (it is still replaying).
-        fencing(2, &Arc::new(AtomicU64::new(0)))
-            .fence(&*storage, old.epoch)
-            .await
-            .expect("fence");
+        later.fence(&*storage, old.epoch).await.expect("fence");
         let fenced_log = read_all(&*storage, &epoch_name(old.epoch))
             .await
             .expect("read");
@@ -824,33 +822,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_older_term_cannot_append_to_an_epoch_a_newer_term_fenced() {
+        assert_fenced_by(
+            |counter| fencing(1, counter),
+            fencing(2, &Arc::new(AtomicU64::new(0))),
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_later_activation_with_the_same_term_fences_the_earlier_one() {
         // The node lost its lease locally and took it back before anyone else did: same term,
-        // same process counter, a later run. The earlier run's writer may still be draining.
-        let storage = Arc::new(MemoryStorage::default());
-        let counter = Arc::new(AtomicU64::new(0));
-        let first = activate_state(&*storage, &Fencing::new(4, 1, counter.clone()))
-            .await
-            .expect("activate");
-        let (tx, fenced, _stop) =
-            writer(&storage, first.epoch, Fencing::new(4, 1, counter.clone()));
-        tx.send(LogOp::Event(put_event("before"))).expect("send");
-        assert_eq!(flush(&tx).await, Ok(()));
-        Fencing::new(4, 2, counter.clone())
-            .fence(&*storage, first.epoch)
-            .await
-            .expect("the later run fences");
-        let fenced_log = read_all(&*storage, &epoch_name(first.epoch))
-            .await
-            .expect("read");
-        // The earlier run's counter has moved on meanwhile: the run still orders the seqs.
-        tx.send(LogOp::Event(put_event("after"))).expect("send");
-        assert!(flush(&tx).await.is_err(), "the earlier run is refused");
-        assert!(*fenced.lock().expect("lock"));
-        let after = read_all(&*storage, &epoch_name(first.epoch))
-            .await
-            .expect("read");
-        assert_eq!(after, fenced_log, "nothing appended after the fence");
+        // a later run, a fresh counter (lower than the earlier run's): the run orders the seqs.
+        assert_fenced_by(
+            |counter| Fencing::new(4, 1, counter.clone()),
+            Fencing::new(4, 2, Arc::new(AtomicU64::new(0))),
+        )
+        .await;
     }
 
     #[tokio::test]

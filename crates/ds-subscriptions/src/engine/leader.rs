@@ -495,12 +495,15 @@ async fn run_serve<S: Storage>(
         };
         tokio::spawn(crate::forward::answer(engine, call));
     }
+    // Also answers the calls the store claimed with room it reserved before the close:
+    // `recv` ends only once those are delivered or given up.
     calls.close();
-    if let Ok(first) = calls.try_recv() {
-        let refusal = crate::forward::not_serving().await;
-        let _ = first.reply.send(refusal.clone());
-        while let Ok(call) = calls.try_recv() {
-            let _ = call.reply.send(refusal.clone());
-        }
+    let mut refusal = None;
+    while let Some(call) = calls.recv().await {
+        let answer = match &refusal {
+            Some(answer) => Clone::clone(answer),
+            None => refusal.insert(crate::forward::not_serving().await).clone(),
+        };
+        let _ = call.reply.send(answer);
     }
 }
