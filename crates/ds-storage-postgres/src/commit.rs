@@ -2,6 +2,12 @@
 //! take everything queued (up to 512 operations and 16 MiB of bodies), apply it in one
 //! transaction and commit once.
 //!
+//! Normally one batch is in flight per node ([`Gate`]): what queues up while it commits is
+//! the next batch, so batches grow with the load and the database runs a few statements per
+//! batch rather than per append. A batch that takes longer than [`STALL`] (waiting on a row
+//! lock another node holds, or a slow flush) lets the next committer start, so one slow batch
+//! never holds up every stream of the node.
+//!
 //! A batch locks the rows of the streams it touches with one `SELECT ... ORDER BY name FOR
 //! UPDATE`: per-stream order comes from the row lock, never from a global lock, and every
 //! batch on every node locks in the same order, so batches do not deadlock each other. (A
@@ -18,7 +24,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use deadpool_postgres::{ClientWrapper, Object};
@@ -44,6 +50,12 @@ const MAX_BATCH_BYTES: usize = 16 << 20;
 /// How often a batch that lost a deadlock or serialization race is run again.
 const MAX_ATTEMPTS: u32 = 8;
 
+/// How long a committer waits for the batch in flight before starting one of its own.
+const STALL: Duration = Duration::from_millis(25);
+
+/// The turn to commit: held by the committer whose batch is in flight.
+pub(crate) type Gate = Arc<Mutex<()>>;
+
 /// One queued append.
 pub(crate) struct Op {
     pub(crate) name: StreamName,
@@ -66,28 +78,37 @@ pub(crate) fn queue(rx: mpsc::UnboundedReceiver<Op>) -> Queue {
     Arc::new(Mutex::new(Inbox { rx, held: None }))
 }
 
-/// One committer: takes what is queued, commits it, answers. Ends when the store is dropped.
-pub(crate) async fn committer(shared: Arc<Shared>, queue: Queue) {
+/// One committer: waits for an operation, then for its turn (the batch in flight committed,
+/// or has taken longer than [`STALL`]), takes what is queued by then, commits it, answers.
+/// Ends when the store is dropped.
+pub(crate) async fn committer(shared: Arc<Shared>, queue: Queue, gate: Gate) {
     loop {
-        let batch = {
+        let (batch, _turn) = {
+            // One committer gathers at a time; the others wait for the queue.
             let mut inbox = queue.lock().await;
-            let Some(batch) = take_batch(&mut inbox).await else {
+            let Some(first) = next_op(&mut inbox).await else {
                 return;
             };
-            batch
+            let turn = tokio::time::timeout(STALL, Arc::clone(&gate).lock_owned())
+                .await
+                .ok();
+            (take_batch(&mut inbox, first), turn)
         };
         run(&shared, batch).await;
     }
 }
 
-/// Waits for an operation, then takes what else is queued, up to [`MAX_BATCH`] operations
-/// and [`MAX_BATCH_BYTES`] of bodies (an operation larger than that goes alone). `None` once
-/// the queue is closed and drained.
-async fn take_batch(inbox: &mut Inbox) -> Option<Vec<Op>> {
-    let first = match inbox.held.take() {
-        Some(op) => op,
-        None => inbox.rx.recv().await?,
-    };
+/// Waits for the next operation; `None` once the queue is closed and drained.
+async fn next_op(inbox: &mut Inbox) -> Option<Op> {
+    match inbox.held.take() {
+        Some(op) => Some(op),
+        None => inbox.rx.recv().await,
+    }
+}
+
+/// Starts a batch with `first` and takes what else is queued, up to [`MAX_BATCH`] operations
+/// and [`MAX_BATCH_BYTES`] of bodies (an operation larger than that goes alone).
+fn take_batch(inbox: &mut Inbox, first: Op) -> Vec<Op> {
     let mut bytes = first.req.body.len();
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
@@ -102,7 +123,7 @@ async fn take_batch(inbox: &mut Inbox) -> Option<Vec<Op>> {
         bytes += len;
         batch.push(op);
     }
-    Some(batch)
+    batch
 }
 
 /// Commits one batch (running it again after a lost race) and answers its writers.
@@ -517,6 +538,12 @@ async fn update_streams(client: &ClientWrapper, dirty: &[&Work]) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The batches committers would take from `inbox` with no batch in flight.
+    async fn next_batch(inbox: &mut Inbox) -> Option<Vec<Op>> {
+        let first = next_op(inbox).await?;
+        Some(take_batch(inbox, first))
+    }
+
     fn op(len: usize) -> Op {
         let (reply, _) = oneshot::channel();
         Op {
@@ -540,7 +567,7 @@ mod tests {
         }
         drop(tx);
         let mut sizes = Vec::new();
-        while let Some(batch) = take_batch(&mut inbox).await {
+        while let Some(batch) = next_batch(&mut inbox).await {
             sizes.push(batch.iter().map(|o| o.req.body.len()).collect::<Vec<_>>());
         }
         assert_eq!(
@@ -564,10 +591,10 @@ mod tests {
         }
         drop(tx);
         assert_eq!(
-            take_batch(&mut inbox).await.map(|b| b.len()),
+            next_batch(&mut inbox).await.map(|b| b.len()),
             Some(MAX_BATCH)
         );
-        assert_eq!(take_batch(&mut inbox).await.map(|b| b.len()), Some(3));
-        assert!(take_batch(&mut inbox).await.is_none());
+        assert_eq!(next_batch(&mut inbox).await.map(|b| b.len()), Some(3));
+        assert!(next_batch(&mut inbox).await.is_none());
     }
 }

@@ -268,8 +268,13 @@ impl PostgresStorage {
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = commit::queue(rx);
+        let gate = commit::Gate::default();
         for _ in 0..opts.committers.max(1) {
-            tokio::spawn(commit::committer(Arc::clone(&shared), Arc::clone(&queue)));
+            tokio::spawn(commit::committer(
+                Arc::clone(&shared),
+                Arc::clone(&queue),
+                Arc::clone(&gate),
+            ));
         }
         let tasks = vec![
             tokio::spawn(live::listen(
