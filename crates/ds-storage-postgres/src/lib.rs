@@ -105,7 +105,9 @@ pub struct PostgresOptions {
     pub statement_timeout_ms: u64,
     /// Upper bound on payload bytes of one stream (`None` = unbounded).
     pub max_stream_bytes: Option<u64>,
-    /// Tasks committing append batches concurrently on this node.
+    /// Tasks committing append batches on this node. One batch is in flight at a time (what
+    /// queues meanwhile is the next batch); another committer starts only when the batch in
+    /// flight takes longer than 25 ms, so a batch waiting on a row lock does not stall the node.
     pub committers: usize,
     /// How often live readers' tails are re-read, in case a notification was lost.
     pub recheck_interval: Duration,
