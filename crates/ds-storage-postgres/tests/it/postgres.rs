@@ -108,6 +108,59 @@ async fn concurrent_appends_share_commits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_stuck_on_a_row_lock_does_not_hold_up_other_streams() {
+    // One batch is in flight per node; a batch that waits on a row lock (another node's
+    // transaction) must let the next one start, or every stream of the node would wait.
+    let schema = Schema::new();
+    let store = open(&schema, &clock()).await;
+    for s in ["stuck", "free"] {
+        store.create(&name(s), create_req()).await.expect("create");
+    }
+    let (mut other, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let conn = tokio::spawn(conn);
+    let locker = other.transaction().await.expect("begin");
+    locker
+        .execute(
+            &format!(
+                "SELECT 1 FROM \"{}\".ds_streams WHERE name = 'stuck' FOR UPDATE",
+                schema.0
+            ),
+            &[],
+        )
+        .await
+        .expect("lock the row");
+
+    let stuck = {
+        let store = store.clone();
+        tokio::spawn(async move { store.append(&name("stuck"), append_req("a")).await })
+    };
+    // Queued behind the stuck batch: it may wait the stall time, not the lock.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let free = tokio::time::timeout(
+        Duration::from_secs(2),
+        store.append(&name("free"), append_req("b")),
+    )
+    .await
+    .expect("an append to another stream is not held up by the stuck batch")
+    .expect("append");
+    assert!(matches!(free, AppendOutcome::Appended { .. }));
+    assert!(!stuck.is_finished(), "the stuck append waits for the lock");
+
+    locker.rollback().await.expect("release the lock");
+    let stuck = tokio::time::timeout(Duration::from_secs(5), stuck)
+        .await
+        .expect("the stuck append finishes once the lock is released")
+        .expect("task")
+        .expect("append");
+    assert!(matches!(stuck, AppendOutcome::Appended { .. }));
+    assert_eq!(read_all(&store, &name("stuck")).await, b"a");
+    drop(other);
+    let _ = conn.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reader_on_one_node_is_woken_by_appends_on_another() {
     let schema = Schema::new();
     let clock = clock();
