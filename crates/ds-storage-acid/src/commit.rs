@@ -744,24 +744,13 @@ impl Batch<'_> {
         let located = reader.locate(&source, anchor)?;
         let base = if f.sub_offset == 0 {
             anchor
-        } else if source.json {
-            if f.sub_offset > located.messages_to_boundary {
-                return Err(Error::SubOffsetOvershoot {
-                    sub_offset: f.sub_offset,
-                    available: located.messages_to_boundary,
-                }
-                .into());
-            }
-            reader.json_position(&source, anchor, f.sub_offset)?
         } else {
-            if f.sub_offset > located.bytes_to_boundary {
-                return Err(Error::SubOffsetOvershoot {
-                    sub_offset: f.sub_offset,
-                    available: located.bytes_to_boundary,
-                }
-                .into());
+            located.check_sub_offset(f.sub_offset, source.json)?;
+            if source.json {
+                reader.json_position(&source, anchor, f.sub_offset)?
+            } else {
+                Offset::new(anchor.seq + 1, anchor.byte + f.sub_offset)
             }
-            Offset::new(anchor.seq + 1, anchor.byte + f.sub_offset)
         };
         let expiry = fork_expiry(source.expiry, req.expiry);
         let link = ForkLink {

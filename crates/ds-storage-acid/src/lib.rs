@@ -81,8 +81,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cache::{Entry, Status};
 use crate::commit::Op;
-use crate::read::{Pieces, Reader};
+use crate::read::Reader;
 use crate::shard::{Shard, Shared};
+use ds_storage::Pieces;
 
 /// Where the shard databases live (`storage.acid_backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

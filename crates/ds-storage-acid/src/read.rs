@@ -7,12 +7,11 @@
 //! deleted while the read ran, and the read answers `NotFound` rather than a partial view.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use ds_protocol::Offset;
-use ds_storage::{Error, Result};
+use ds_storage::rules::{self, LocateStep, Located};
+use ds_storage::{Error, Pieces, Result};
 use redb::{ReadOnlyTable, ReadableDatabase};
 
 use crate::cache::Entry;
@@ -21,45 +20,6 @@ use crate::schema::{RECORD_HEADER, RECORDS, RecordHeader, decode_record};
 use crate::shard::Shared;
 
 type RecordTable = ReadOnlyTable<(u64, u64), &'static [u8]>;
-
-/// Payload pieces gathered into one buffer, handed out as slices of it (one allocation per
-/// chunk, not per message).
-#[derive(Debug, Default)]
-pub(crate) struct Pieces {
-    buf: Vec<u8>,
-    spans: Vec<Range<usize>>,
-}
-
-impl Pieces {
-    fn push(&mut self, data: &[u8]) {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(data);
-        self.spans.push(start..self.buf.len());
-    }
-
-    fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
-
-    /// Total payload bytes.
-    pub(crate) fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    pub(crate) fn finish(self) -> Vec<Bytes> {
-        let all = Bytes::from(self.buf);
-        self.spans.into_iter().map(|r| all.slice(r)).collect()
-    }
-}
-
-/// What lies at a position of a stream's view (used to resolve fork boundaries).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Located {
-    /// Bytes from the position to the end of its record (the next data boundary).
-    pub(crate) bytes_to_boundary: u64,
-    /// JSON messages from the position to the end of its append batch.
-    pub(crate) messages_to_boundary: u64,
-}
 
 /// Read transactions on the shards one operation touches, opened on first use.
 pub(crate) struct Reader<'a> {
@@ -221,32 +181,17 @@ impl<'a> Reader<'a> {
     /// Resolves `at` in `entry`'s view (inherited data included) for fork creation.
     pub(crate) fn locate(&mut self, entry: &Arc<Entry>, at: Offset) -> Result<Located> {
         let tail = entry.lock().tail;
-        if at.byte > tail.byte || at > tail {
-            return Err(Error::ForkOffsetBeyondTail { offset: at, tail });
-        }
         let base = entry.base;
-        if at.byte < base.byte {
-            let link = entry
-                .fork
-                .as_ref()
-                .ok_or(Error::ForkOffsetInvalid { offset: at })?;
-            let inner = self.locate(&link.source, at)?;
-            // Inherited records end where this stream's own data begins.
-            return Ok(Located {
-                bytes_to_boundary: inner.bytes_to_boundary.min(base.byte - at.byte),
-                messages_to_boundary: inner
-                    .messages_to_boundary
-                    .min(base.seq.saturating_sub(at.seq)),
-            });
-        }
-        if at.byte == tail.byte {
-            if at.seq != tail.seq {
-                return Err(Error::ForkOffsetInvalid { offset: at });
+        match rules::locate_step(at, tail, base)? {
+            LocateStep::At(located) => return Ok(located),
+            LocateStep::Inherited => {
+                let link = entry
+                    .fork
+                    .as_ref()
+                    .ok_or(Error::ForkOffsetInvalid { offset: at })?;
+                return Ok(self.locate(&link.source, at)?.inherited(base, at));
             }
-            return Ok(Located {
-                bytes_to_boundary: 0,
-                messages_to_boundary: 0,
-            });
+            LocateStep::Own => {}
         }
         if at.seq < base.seq || at.seq >= tail.seq {
             return Err(Error::ForkOffsetInvalid { offset: at });

@@ -600,22 +600,13 @@ impl FileStorage {
             let located = read::locate(&shared.pool, &src, anchor)?;
             if sub_offset == 0 {
                 Ok(anchor)
-            } else if src.json {
-                if sub_offset > located.messages_to_boundary {
-                    return Err(Error::SubOffsetOvershoot {
-                        sub_offset,
-                        available: located.messages_to_boundary,
-                    });
-                }
-                read::json_position(&shared.pool, &src, anchor, sub_offset)
             } else {
-                if sub_offset > located.bytes_to_boundary {
-                    return Err(Error::SubOffsetOvershoot {
-                        sub_offset,
-                        available: located.bytes_to_boundary,
-                    });
+                located.check_sub_offset(sub_offset, src.json)?;
+                if src.json {
+                    read::json_position(&shared.pool, &src, anchor, sub_offset)
+                } else {
+                    Ok(Offset::new(anchor.seq + 1, anchor.byte + sub_offset))
                 }
-                Ok(Offset::new(anchor.seq + 1, anchor.byte + sub_offset))
             }
         })
         .await

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use ds_protocol::Offset;
+use ds_storage::rules::{self, LocateStep, Located};
 use ds_storage::{Error, Result};
 
 use crate::io::{FsFile, OpenMode, read_exact_at};
@@ -241,15 +242,6 @@ fn read_error(e: io::Error) -> Error {
     crate::backend("read stream file", e)
 }
 
-/// What lies at a position of a stream's view (for fork boundaries).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Located {
-    /// Bytes from the position to the end of its record.
-    pub bytes_to_boundary: u64,
-    /// JSON messages from the position to the end of its append batch.
-    pub messages_to_boundary: u64,
-}
-
 /// A consistent view of a stream's own data, captured under its lock.
 struct Snapshot {
     tail: Offset,
@@ -277,33 +269,16 @@ fn cursor_at(pool: &FilePool, entry: &Entry, snap: &Snapshot) -> Result<UnitCurs
 /// Resolves `at` in `entry`'s view (inherited data included) for fork creation.
 pub(crate) fn locate(pool: &FilePool, entry: &Arc<Entry>, at: Offset) -> Result<Located> {
     let snap = snapshot(entry, at.byte);
-    let tail = snap.tail;
-    if at.byte > tail.byte || at > tail {
-        return Err(Error::ForkOffsetBeyondTail { offset: at, tail });
-    }
-    let base = entry.base;
-    if at.byte < base.byte {
-        let link = entry
-            .fork
-            .as_ref()
-            .ok_or(Error::ForkOffsetInvalid { offset: at })?;
-        let inner = locate(pool, &link.source, at)?;
-        // Inherited records end where this stream's own data begins.
-        return Ok(Located {
-            bytes_to_boundary: inner.bytes_to_boundary.min(base.byte - at.byte),
-            messages_to_boundary: inner
-                .messages_to_boundary
-                .min(base.seq.saturating_sub(at.seq)),
-        });
-    }
-    if at.byte == tail.byte {
-        if at.seq != tail.seq {
-            return Err(Error::ForkOffsetInvalid { offset: at });
+    match rules::locate_step(at, snap.tail, entry.base)? {
+        LocateStep::At(located) => return Ok(located),
+        LocateStep::Inherited => {
+            let link = entry
+                .fork
+                .as_ref()
+                .ok_or(Error::ForkOffsetInvalid { offset: at })?;
+            return Ok(locate(pool, &link.source, at)?.inherited(entry.base, at));
         }
-        return Ok(Located {
-            bytes_to_boundary: 0,
-            messages_to_boundary: 0,
-        });
+        LocateStep::Own => {}
     }
     let mut cursor = cursor_at(pool, entry, &snap)?;
     let unit = cursor

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
 use ds_protocol::{Expiry, Offset, StreamName, content_type, fork_expiry};
-use ds_storage::rules::{self, Clock, SystemClock, WriterState};
+use ds_storage::rules::{self, Clock, LocateStep, Located, SystemClock, WriterState};
 use ds_storage::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Error, ForkRequest, ReadChunk,
     ReadFrom, Result, Storage, StorageStats, StreamInfo, Tail,
@@ -157,15 +157,6 @@ fn lock(entry: &Entry) -> MutexGuard<'_, State> {
         .state
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// What lies at a position of a stream's view (used to resolve fork boundaries).
-#[derive(Debug, Clone, Copy)]
-struct Located {
-    /// Bytes from the position to the end of its record (the next data boundary).
-    bytes_to_boundary: u64,
-    /// JSON messages from the position to the end of its append batch.
-    messages_to_boundary: u64,
 }
 
 impl MemoryStorage {
@@ -329,36 +320,18 @@ impl Inner {
     /// Resolves `at` in `entry`'s view (inherited data included) for fork creation.
     fn locate(entry: &Arc<Entry>, at: Offset) -> Result<Located> {
         let st = lock(entry);
-        if at.byte > st.tail.byte || at > st.tail {
-            return Err(Error::ForkOffsetBeyondTail {
-                offset: at,
-                tail: st.tail,
-            });
-        }
-        if at.byte < st.base.byte {
-            let base = st.base;
-            drop(st);
-            let link = entry
-                .fork
-                .as_ref()
-                .ok_or(Error::ForkOffsetInvalid { offset: at })?;
-            let inner = Self::locate(&link.source, at)?;
-            // Inherited records end where this stream's own data begins.
-            return Ok(Located {
-                bytes_to_boundary: inner.bytes_to_boundary.min(base.byte - at.byte),
-                messages_to_boundary: inner
-                    .messages_to_boundary
-                    .min(base.seq.saturating_sub(at.seq)),
-            });
-        }
-        if at.byte == st.tail.byte {
-            if at.seq != st.tail.seq {
-                return Err(Error::ForkOffsetInvalid { offset: at });
+        match rules::locate_step(at, st.tail, st.base)? {
+            LocateStep::At(located) => return Ok(located),
+            LocateStep::Inherited => {
+                let base = st.base;
+                drop(st);
+                let link = entry
+                    .fork
+                    .as_ref()
+                    .ok_or(Error::ForkOffsetInvalid { offset: at })?;
+                return Ok(Self::locate(&link.source, at)?.inherited(base, at));
             }
-            return Ok(Located {
-                bytes_to_boundary: 0,
-                messages_to_boundary: 0,
-            });
+            LocateStep::Own => {}
         }
         let i = st.record_index(at.byte);
         let rec = &st.records[i];
@@ -542,22 +515,13 @@ impl Inner {
         let located = Self::locate(&source, anchor)?;
         let base = if f.sub_offset == 0 {
             anchor
-        } else if source.json {
-            if f.sub_offset > located.messages_to_boundary {
-                return Err(Error::SubOffsetOvershoot {
-                    sub_offset: f.sub_offset,
-                    available: located.messages_to_boundary,
-                });
-            }
-            self.json_position(&source, anchor, f.sub_offset)?
         } else {
-            if f.sub_offset > located.bytes_to_boundary {
-                return Err(Error::SubOffsetOvershoot {
-                    sub_offset: f.sub_offset,
-                    available: located.bytes_to_boundary,
-                });
+            located.check_sub_offset(f.sub_offset, source.json)?;
+            if source.json {
+                self.json_position(&source, anchor, f.sub_offset)?
+            } else {
+                Offset::new(anchor.seq + 1, anchor.byte + f.sub_offset)
             }
-            Offset::new(anchor.seq + 1, anchor.byte + f.sub_offset)
         };
         let link = ForkLink {
             source,

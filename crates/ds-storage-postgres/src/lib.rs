@@ -84,8 +84,9 @@ use tokio_postgres::NoTls;
 use crate::cluster::Hub;
 use crate::error::{backend, invalid};
 use crate::live::Registry;
-use crate::read::{Pieces, Reader};
+use crate::read::Reader;
 use crate::schema::to_db;
+use ds_storage::Pieces;
 
 /// The schema [`PostgresOptions::new`] puts the tables in.
 pub const DEFAULT_SCHEMA: &str = "durable_streams";

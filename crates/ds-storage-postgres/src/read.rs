@@ -12,56 +12,16 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::ops::Range;
 use std::pin::Pin;
 
-use bytes::Bytes;
 use deadpool_postgres::ClientWrapper;
 use ds_protocol::Offset;
-use ds_storage::{Error, Result};
+use ds_storage::rules::{self, LocateStep, Located};
+use ds_storage::{Error, Pieces, Result};
 
 use crate::db;
 use crate::error::backend;
 use crate::schema::{StreamRow, from_db, to_db};
-
-/// Payload pieces gathered into one buffer, handed out as slices of it (one allocation per
-/// chunk, not per message).
-#[derive(Debug, Default)]
-pub(crate) struct Pieces {
-    buf: Vec<u8>,
-    spans: Vec<Range<usize>>,
-}
-
-impl Pieces {
-    fn push(&mut self, data: &[u8]) {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(data);
-        self.spans.push(start..self.buf.len());
-    }
-
-    fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
-
-    /// Total payload bytes.
-    pub(crate) fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    pub(crate) fn finish(self) -> Vec<Bytes> {
-        let all = Bytes::from(self.buf);
-        self.spans.into_iter().map(|r| all.slice(r)).collect()
-    }
-}
-
-/// What lies at a position of a stream's view (used to resolve fork boundaries).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Located {
-    /// Bytes from the position to the end of its record (the next data boundary).
-    pub(crate) bytes_to_boundary: u64,
-    /// JSON messages from the position to the end of its append batch.
-    pub(crate) messages_to_boundary: u64,
-}
 
 /// Records one page of a read scans at most: the index range of a page is
 /// `seq >= next AND seq < min(tail, next + PAGE_ROWS)`.
@@ -249,34 +209,18 @@ impl<'a> Reader<'a> {
     /// Resolves `at` in `entry`'s view (inherited data included) for fork creation.
     pub(crate) fn locate<'r>(&'r mut self, entry: &'r StreamRow, at: Offset) -> Boxed<'r, Located> {
         Box::pin(async move {
-            let tail = entry.tail;
-            if at.byte > tail.byte || at > tail {
-                return Err(Error::ForkOffsetBeyondTail { offset: at, tail });
-            }
-            let base = entry.base;
-            if at.byte < base.byte {
-                let link = entry
-                    .fork
-                    .as_ref()
-                    .ok_or(Error::ForkOffsetInvalid { offset: at })?;
-                let source = self.source(link.source_id).await?;
-                let inner = self.locate(&source, at).await?;
-                // Inherited records end where this stream's own data begins.
-                return Ok(Located {
-                    bytes_to_boundary: inner.bytes_to_boundary.min(base.byte - at.byte),
-                    messages_to_boundary: inner
-                        .messages_to_boundary
-                        .min(base.seq.saturating_sub(at.seq)),
-                });
-            }
-            if at.byte == tail.byte {
-                if at.seq != tail.seq {
-                    return Err(Error::ForkOffsetInvalid { offset: at });
+            let (tail, base) = (entry.tail, entry.base);
+            match rules::locate_step(at, tail, base)? {
+                LocateStep::At(located) => return Ok(located),
+                LocateStep::Inherited => {
+                    let link = entry
+                        .fork
+                        .as_ref()
+                        .ok_or(Error::ForkOffsetInvalid { offset: at })?;
+                    let source = self.source(link.source_id).await?;
+                    return Ok(self.locate(&source, at).await?.inherited(base, at));
                 }
-                return Ok(Located {
-                    bytes_to_boundary: 0,
-                    messages_to_boundary: 0,
-                });
+                LocateStep::Own => {}
             }
             if at.seq < base.seq || at.seq >= tail.seq {
                 return Err(Error::ForkOffsetInvalid { offset: at });

@@ -527,22 +527,13 @@ async fn resolve_fork(
     let located = reader.locate(&source, anchor).await?;
     let base = if f.sub_offset == 0 {
         anchor
-    } else if source.json {
-        if f.sub_offset > located.messages_to_boundary {
-            return Err(Error::SubOffsetOvershoot {
-                sub_offset: f.sub_offset,
-                available: located.messages_to_boundary,
-            });
-        }
-        reader.json_position(&source, anchor, f.sub_offset).await?
     } else {
-        if f.sub_offset > located.bytes_to_boundary {
-            return Err(Error::SubOffsetOvershoot {
-                sub_offset: f.sub_offset,
-                available: located.bytes_to_boundary,
-            });
+        located.check_sub_offset(f.sub_offset, source.json)?;
+        if source.json {
+            reader.json_position(&source, anchor, f.sub_offset).await?
+        } else {
+            Offset::new(anchor.seq + 1, anchor.byte + f.sub_offset)
         }
-        Offset::new(anchor.seq + 1, anchor.byte + f.sub_offset)
     };
     // Taken now; if the create fails after this, the transaction rolls it back.
     db::execute(

@@ -24,7 +24,7 @@ pub use cluster::{Call, Change, Cluster};
 pub use error::{Error, Result};
 pub use types::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ExportMeta, ForkPoint, ForkRequest,
-    ProducerAck, ReadChunk, ReadFrom, StorageStats, StreamInfo, Tail,
+    Pieces, ProducerAck, ReadChunk, ReadFrom, StorageStats, StreamInfo, Tail,
 };
 
 use std::future::Future;

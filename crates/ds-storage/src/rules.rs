@@ -371,6 +371,96 @@ pub fn check_producer(
     })
 }
 
+/// What lies at a position of a stream's view: how far its record and its append batch reach
+/// (each backend finds it in its own records, through [`locate_step`], to resolve a fork's
+/// `Stream-Fork-Sub-Offset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Located {
+    /// Bytes from the position to the end of its record (the next data boundary).
+    pub bytes_to_boundary: u64,
+    /// JSON messages from the position to the end of its append batch.
+    pub messages_to_boundary: u64,
+}
+
+impl Located {
+    /// The tail: nothing follows it.
+    pub const AT_TAIL: Located = Located {
+        bytes_to_boundary: 0,
+        messages_to_boundary: 0,
+    };
+
+    /// A position `at` in data a fork inherits, as its source located it: inherited records
+    /// end where the fork's own data begins at `base`.
+    #[must_use]
+    pub fn inherited(self, base: Offset, at: Offset) -> Located {
+        Located {
+            bytes_to_boundary: self
+                .bytes_to_boundary
+                .min(base.byte.saturating_sub(at.byte)),
+            messages_to_boundary: self
+                .messages_to_boundary
+                .min(base.seq.saturating_sub(at.seq)),
+        }
+    }
+
+    /// Checks a `Stream-Fork-Sub-Offset` against what follows the position: messages of its
+    /// batch on a JSON stream, bytes of its record otherwise.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SubOffsetOvershoot`] when `sub_offset` reaches past that boundary.
+    pub fn check_sub_offset(self, sub_offset: u64, json: bool) -> Result<()> {
+        let available = if json {
+            self.messages_to_boundary
+        } else {
+            self.bytes_to_boundary
+        };
+        if sub_offset > available {
+            return Err(Error::SubOffsetOvershoot {
+                sub_offset,
+                available,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where resolving a fork position in a stream's view goes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocateStep {
+    /// Resolved without reading a record (the tail).
+    At(Located),
+    /// The position lies in data the stream inherits: locate it in the fork's source, then
+    /// apply [`Located::inherited`]. A stream that is no fork answers
+    /// [`Error::ForkOffsetInvalid`].
+    Inherited,
+    /// The position lies in the stream's own records: the backend reads the one holding it.
+    Own,
+}
+
+/// The checks every backend makes before looking at records when resolving `at` in a stream
+/// whose own data starts at `base` and whose tail is `tail`.
+///
+/// # Errors
+///
+/// [`Error::ForkOffsetBeyondTail`] past the tail, [`Error::ForkOffsetInvalid`] at the tail's
+/// byte with another sequence number.
+pub fn locate_step(at: Offset, tail: Offset, base: Offset) -> Result<LocateStep> {
+    if at.byte > tail.byte || at > tail {
+        return Err(Error::ForkOffsetBeyondTail { offset: at, tail });
+    }
+    if at.byte < base.byte {
+        return Ok(LocateStep::Inherited);
+    }
+    if at.byte == tail.byte {
+        if at.seq != tail.seq {
+            return Err(Error::ForkOffsetInvalid { offset: at });
+        }
+        return Ok(LocateStep::At(Located::AT_TAIL));
+    }
+    Ok(LocateStep::Own)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,5 +582,64 @@ mod tests {
         assert!(!is_expired(Expiry::Ttl(1), 1_000, 1_999));
         assert!(is_expired(Expiry::Ttl(1), 1_000, 2_000));
         assert!(!is_expired(Expiry::None, 0, u64::MAX));
+    }
+
+    #[test]
+    fn locate_steps_and_sub_offsets() {
+        let (base, tail) = (Offset::new(3, 30), Offset::new(6, 60));
+        for at in [Offset::new(7, 60), Offset::new(6, 61)] {
+            assert!(matches!(
+                locate_step(at, tail, base),
+                Err(Error::ForkOffsetBeyondTail { offset, tail: t }) if offset == at && t == tail
+            ));
+        }
+        assert!(matches!(
+            locate_step(Offset::new(1, 10), tail, base),
+            Ok(LocateStep::Inherited)
+        ));
+        assert!(matches!(
+            locate_step(tail, tail, base),
+            Ok(LocateStep::At(Located::AT_TAIL))
+        ));
+        assert!(matches!(
+            locate_step(Offset::new(5, 60), tail, base),
+            Err(Error::ForkOffsetInvalid { offset }) if offset == Offset::new(5, 60)
+        ));
+        assert!(matches!(
+            locate_step(Offset::new(4, 40), tail, base),
+            Ok(LocateStep::Own)
+        ));
+
+        let inner = Located {
+            bytes_to_boundary: 50,
+            messages_to_boundary: 9,
+        };
+        assert_eq!(
+            inner.inherited(base, Offset::new(1, 10)),
+            Located {
+                bytes_to_boundary: 20,
+                messages_to_boundary: 2
+            }
+        );
+        let here = Located {
+            bytes_to_boundary: 5,
+            messages_to_boundary: 2,
+        };
+        assert!(here.check_sub_offset(5, false).is_ok());
+        assert!(matches!(
+            here.check_sub_offset(6, false),
+            Err(Error::SubOffsetOvershoot {
+                sub_offset: 6,
+                available: 5
+            })
+        ));
+        assert!(here.check_sub_offset(2, true).is_ok());
+        assert!(matches!(
+            here.check_sub_offset(3, true),
+            Err(Error::SubOffsetOvershoot {
+                sub_offset: 3,
+                available: 2
+            })
+        ));
     }
 }

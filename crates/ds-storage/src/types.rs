@@ -223,3 +223,39 @@ pub struct StorageStats {
     /// Total time spent waiting for those syncs, in microseconds.
     pub sync_micros: Option<u64>,
 }
+
+/// Payload pieces a backend gathers for one read, copied into one buffer and handed out as
+/// slices of it ([`ReadChunk::pieces`]): one allocation per chunk, not per message.
+#[derive(Debug, Default)]
+pub struct Pieces {
+    buf: Vec<u8>,
+    spans: Vec<std::ops::Range<usize>>,
+}
+
+impl Pieces {
+    /// Adds one piece (a record's payload, or the part of it the read covers).
+    pub fn push(&mut self, data: &[u8]) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(data);
+        self.spans.push(start..self.buf.len());
+    }
+
+    /// Whether no piece was added.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Total payload bytes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The pieces, each a slice of the one buffer.
+    #[must_use]
+    pub fn finish(self) -> Vec<Bytes> {
+        let all = Bytes::from(self.buf);
+        self.spans.into_iter().map(|r| all.slice(r)).collect()
+    }
+}
