@@ -40,6 +40,7 @@ pub mod body;
 pub mod config;
 mod cors;
 pub mod error;
+mod h1;
 mod handlers;
 pub mod limits;
 mod live;

@@ -1,12 +1,13 @@
-//! The accept loop: plain TCP or rustls, HTTP/1.1 or HTTP/2 (chosen by ALPN) served by
-//! hyper-util, and the graceful shutdown sequence.
+//! The accept loop: plain TCP or rustls, HTTP/1.1 (served by [`crate::h1`]) or HTTP/2 (chosen
+//! by ALPN, served by hyper), and the graceful shutdown sequence.
 //!
 //! Shutdown, on the first SIGINT/SIGTERM (or the embedder's channel):
 //!
 //! 1. `/readyz` answers `503`; requests are still served for `server.shutdown_delay_secs`.
 //! 2. The listener closes: new connections are refused.
 //! 3. Long-polls answer at once and SSE responses end after their current event; every
-//!    connection is told to finish its in-flight requests and close (HTTP/2 sends GOAWAY).
+//!    connection finishes its in-flight request and closes (HTTP/2 sends GOAWAY); an HTTP/1.1
+//!    connection waiting for its next request closes at once.
 //! 4. The loop waits for connections to close, at most `server.drain_timeout_secs`; a second
 //!    signal stops waiting at once.
 //!
@@ -17,16 +18,17 @@
 //!   listener is not polled: new connections wait in the kernel's listen backlog and are
 //!   accepted, in order, as slots free up.
 //! - An HTTP/1.1 request head must arrive within `transport.connection.header_read_timeout_secs`
-//!   of the connection starting to wait for it (hyper's header read timeout), so a client
-//!   trickling header bytes, or idling between keep-alive requests, is cut off.
+//!   of the connection starting to wait for it, so a client trickling header bytes, or idling
+//!   between keep-alive requests, is cut off.
 //! - A connection on which no byte moves either way for
 //!   `transport.connection.idle_timeout_secs` is closed (a stalled upload, a client that stops
 //!   reading, an idle HTTP/2 connection). Live reads stay above it: long-polls answer sooner
 //!   and SSE sends keep-alive comments.
-//! - A request head past hyper's hard bounds (more bytes than twice `limits.max_header_bytes`
-//!   plus 16 KiB, or more fields than the larger of `limits.max_header_count` and 100) gets
-//!   hyper's bare `431` and the connection closes; a head within them reaches the router, which
-//!   answers `431` with a problem body past the configured limits.
+//! - A request head past the connection's hard bounds (more bytes than twice
+//!   `limits.max_header_bytes` plus 16 KiB, or more fields than the larger of
+//!   `limits.max_header_count` and 100) gets `431` with a problem body and the connection
+//!   closes; a head within them reaches the router, which answers `431` past the configured
+//!   limits and keeps the connection.
 
 use std::future::Future;
 use std::io;
@@ -40,12 +42,12 @@ use std::time::Duration;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tower::ServiceExt;
 
+use crate::h1;
 use crate::metrics::Metrics;
 use crate::proxy::ConnectionInfo;
 use crate::router::ShutdownToken;
@@ -80,13 +82,13 @@ pub(crate) struct ConnLimits {
     pub(crate) max_header_count: usize,
 }
 
-/// hyper's own limit on header fields when none is set (parsed on the stack; a larger limit
-/// moves the parse to the heap for every request).
-const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+/// The least hard bound on header fields (parsed on the stack; a larger limit moves the parse
+/// to the heap for every request).
+const MIN_HARD_MAX_HEADERS: usize = 100;
 
 impl ConnLimits {
-    /// hyper's hard bound on a request head in bytes (request line included): well above the
-    /// router's check, so heads near the limit get a problem body.
+    /// The hard bound on a request head in bytes (request line included): well above the
+    /// router's check, so heads near the limit get the router's answer and keep the connection.
     fn hard_head_bytes(self) -> usize {
         self.max_header_bytes
             .saturating_mul(2)
@@ -143,18 +145,17 @@ async fn os_signal() {
 }
 
 /// Per-connection context shared by the accept loop.
-struct ConnCtx<'a> {
+struct ConnCtx {
     router: Router,
     tls: Option<Arc<TlsReloader>>,
     metrics: Arc<Metrics>,
-    graceful: &'a GracefulShutdown,
     token: ShutdownToken,
     /// One permit per open connection (`server.max_connections`).
     slots: Arc<Semaphore>,
     limits: ConnLimits,
 }
 
-impl ConnCtx<'_> {
+impl ConnCtx {
     /// Serves one accepted connection on its own task.
     ///
     /// Plain and TLS connections are spawned as different futures: a task's allocation is the
@@ -163,7 +164,6 @@ impl ConnCtx<'_> {
     fn spawn(&self, tcp: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
         let guard = (self.metrics.connection(), slot);
         let router = self.router.clone();
-        let watcher = self.graceful.watcher();
         let token = self.token.clone();
         let limits = self.limits;
         let _ = tcp.set_nodelay(true);
@@ -186,7 +186,7 @@ impl ConnCtx<'_> {
                     active,
                     limits,
                 };
-                serve_io(TokioIo::new(tcp), conn, router, watcher, token).await;
+                serve_io(tcp, conn, router, token).await;
             });
             return;
         };
@@ -221,18 +221,13 @@ impl ConnCtx<'_> {
                 limits,
             };
             // Boxed: the serving state is allocated once the handshake state is gone.
-            Box::pin(serve_io(TokioIo::new(stream), conn, router, watcher, token)).await;
+            Box::pin(serve_io(stream, conn, router, token)).await;
         });
     }
 }
 
-/// The future of one request through the router, boxed (see [`serve_io`]).
-type RouterFuture = Pin<
-    Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
->;
-
-/// Grace, after the drain starts, for a connection that has not sent a single request (an
-/// HTTP/2 client that never sent its preface cannot be told to go away).
+/// Grace, after the drain starts, for an HTTP/2 connection that has not sent a single request
+/// (a client that never sent its preface cannot be told to go away).
 const SILENT_CONNECTION_GRACE: Duration = Duration::from_secs(1);
 
 /// What [`serve_io`] knows about its connection.
@@ -248,11 +243,11 @@ struct Conn {
 /// Serves one connection until it closes, goes idle (see [`idle_watch`]), or drains after
 /// shutdown.
 ///
-/// HTTP/1.1 is served by hyper's `http1` connection directly, HTTP/2 (chosen by ALPN) by its
-/// `http2` connection: each future holds only its own protocol's state.
-async fn serve_io<I>(io: I, conn: Conn, router: Router, watcher: Watcher, token: ShutdownToken)
+/// HTTP/1.1 is served by our own connection ([`crate::h1`]), HTTP/2 (chosen by ALPN) by
+/// hyper's `http2` connection.
+async fn serve_io<I>(io: I, conn: Conn, router: Router, token: ShutdownToken)
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Conn {
         info,
@@ -260,66 +255,94 @@ where
         active,
         limits,
     } = conn;
+    let served = async {
+        if h2 {
+            serve_h2(io, info, router, limits, &token).await;
+        } else {
+            let opts = h1::Options {
+                header_read_timeout: limits.header_read_timeout,
+                max_head_bytes: limits.hard_head_bytes(),
+                max_headers: limits.max_header_count.max(MIN_HARD_MAX_HEADERS),
+            };
+            h1::serve(io, opts, &token, move |mut req| {
+                req.extensions_mut().insert(info);
+                // Boxed: the connection's future holds a pointer, not the request's state, so
+                // an idle live-read connection does not carry it.
+                let fut: h1::ServiceFuture = Box::pin(router.clone().oneshot(req));
+                fut
+            })
+            .await;
+        }
+    };
+    tokio::select! {
+        () = served => {}
+        () = idle_watch(&active, limits.idle_timeout) => {
+            tracing::debug!(client.address = %info.peer, "closed an idle connection");
+        }
+    }
+}
+
+/// Serves an HTTP/2 connection with hyper; at shutdown it sends GOAWAY and finishes the
+/// requests in flight (a connection that never sent a request is closed after a grace).
+async fn serve_h2<I>(
+    io: I,
+    info: ConnectionInfo,
+    router: Router,
+    limits: ConnLimits,
+    token: &ShutdownToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let served = Arc::new(AtomicBool::new(false));
     let svc = {
         let served = Arc::clone(&served);
         hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             served.store(true, Ordering::Relaxed);
             req.extensions_mut().insert(info);
-            // Boxed: hyper keeps one allocation the size of this future for the connection's
-            // whole life (its in-flight slot). A pointer there, and the request's state freed
-            // once the response is ready, keeps that out of every idle live-read connection.
             let fut: RouterFuture = Box::pin(router.clone().oneshot(req));
             fut
         })
     };
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.hard_head_bytes()).unwrap_or(u32::MAX))
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut shutdown = token.on_live_reads_end();
+    let mut going_away = false;
     let silent_cut = async {
-        // Polled on every wake-up of the connection: one atomic load after the first poll.
         token.on_live_reads_end().await;
         tokio::time::sleep(SILENT_CONNECTION_GRACE).await;
         if served.load(Ordering::Relaxed) {
             std::future::pending::<()>().await;
         }
     };
-    let served_conn = async {
-        if h2 {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(limits.hard_head_bytes()).unwrap_or(u32::MAX))
-                .serve_connection(io, svc);
-            watcher.watch(conn).await
-        } else {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .max_header_size(limits.hard_head_bytes())
-                // No read to detect a client's EOF while a response streams: that read needs an
-                // 8 KiB buffer per connection, which idle SSE subscribers would all hold. A
-                // client that went away is noticed on the next write instead (SSE keep-alives
-                // every 15 s, long-polls end within their timeout).
-                .half_close(true);
-            if limits.max_header_count > HYPER_DEFAULT_MAX_HEADERS {
-                builder.max_headers(limits.max_header_count);
+    tokio::pin!(silent_cut);
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(client.address = %info.peer, error = %e, "connection ended with an error");
+                }
+                return;
             }
-            let conn = builder.serve_connection(io, svc);
-            watcher.watch(conn).await
-        }
-    };
-    tokio::select! {
-        res = served_conn => {
-            if let Err(e) = res {
-                tracing::debug!(client.address = %info.peer, error = %e, "connection ended with an error");
+            () = &mut shutdown, if !going_away => {
+                going_away = true;
+                conn.as_mut().graceful_shutdown();
             }
-        }
-        () = silent_cut => {
-            tracing::debug!(client.address = %info.peer, "closed a connection that sent no request");
-        }
-        () = idle_watch(&active, limits.idle_timeout) => {
-            tracing::debug!(client.address = %info.peer, "closed an idle connection");
+            () = &mut silent_cut => {
+                tracing::debug!(client.address = %info.peer, "closed a connection that sent no request");
+                return;
+            }
         }
     }
 }
+
+/// The future of one HTTP/2 request through the router, boxed: hyper keeps one allocation the
+/// size of this future per stream slot.
+type RouterFuture = Pin<
+    Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
+>;
 
 /// Checks of `active` per idle timeout: a connection is closed after between one and
 /// `1 + 1/IDLE_CHECKS` idle timeouts without a byte moving.
@@ -406,7 +429,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 }
 
 /// Accepts connections until `stop` resolves.
-async fn accept_until(listener: &TcpListener, ctx: &ConnCtx<'_>, stop: impl Future<Output = ()>) {
+async fn accept_until(listener: &TcpListener, ctx: &ConnCtx, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     loop {
         // A slot first: while every slot is taken the listener is not polled, and new
@@ -444,18 +467,17 @@ pub(crate) async fn serve(
     mut trigger: Trigger,
 ) {
     let reload = tls.as_ref().map(|t| spawn_reload_on_sighup(Arc::clone(t)));
-    let graceful = GracefulShutdown::new();
     let mut forced = false;
+    // One permit per open connection: all permits back means every connection has closed.
+    let max_open = u32::try_from(opts.max_connections.max(1)).unwrap_or(u32::MAX);
+    let slots = Arc::new(Semaphore::new(max_open as usize));
     {
         let ctx = ConnCtx {
             router,
             tls,
             metrics,
-            graceful: &graceful,
             token: token.clone(),
-            slots: Arc::new(Semaphore::new(
-                opts.max_connections.clamp(1, Semaphore::MAX_PERMITS),
-            )),
+            slots: Arc::clone(&slots),
             limits: opts.conn,
         };
         accept_until(&listener, &ctx, trigger.next()).await;
@@ -481,11 +503,11 @@ pub(crate) async fn serve(
     } else {
         tracing::info!(
             timeout_secs = opts.drain_timeout.as_secs_f64(),
-            open = graceful.count(),
+            open = max_open as usize - slots.available_permits(),
             "listener closed; draining connections"
         );
         tokio::select! {
-            () = graceful.shutdown() => tracing::info!("all connections drained"),
+            _ = slots.acquire_many(max_open) => tracing::info!("all connections drained"),
             () = tokio::time::sleep(opts.drain_timeout) => {
                 tracing::warn!("drain timeout reached; closing the remaining connections");
             }

@@ -427,7 +427,7 @@ async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
 const GET_HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
 
 #[tokio::test]
-async fn a_head_past_hypers_hard_bounds_gets_a_bare_431_and_a_closed_connection() {
+async fn a_head_past_the_hard_bounds_gets_431_and_a_closed_connection() {
     let mut cfg = Config::default();
     cfg.limits.max_header_bytes = 1024;
     let server = TestServer::start(cfg).await;
@@ -439,6 +439,10 @@ async fn a_head_past_hypers_hard_bounds_gets_a_bare_431_and_a_closed_connection(
         .expect("write");
     let res = read_response(&mut tcp).await;
     assert!(res.starts_with("HTTP/1.1 431"), "{res}");
+    assert!(
+        res.contains("application/problem+json") && res.contains("HEADERS_TOO_LARGE"),
+        "{res}"
+    );
     assert!(closed_within(&mut tcp, Duration::from_secs(2)).await);
     // Past the configured limit but within the hard bound: the router's problem body.
     let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
@@ -452,7 +456,7 @@ async fn a_head_past_hypers_hard_bounds_gets_a_bare_431_and_a_closed_connection(
         res.contains("application/problem+json") && res.contains("HEADERS_TOO_LARGE"),
         "{res}"
     );
-    // More than 100 fields: hyper's parser bound.
+    // More than 100 fields: the parser's bound.
     let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
     let fields = (0..101)
         .map(|i| format!("x-{i}: 1\r\n"))

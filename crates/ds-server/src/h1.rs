@@ -1,0 +1,1425 @@
+//! The server side of an HTTP/1.1 connection: request heads parsed with `httparse`, request
+//! bodies framed by `Content-Length` or chunked coding, responses written with vectored writes
+//! straight from the body's [`Bytes`] (HTTP/2 stays with hyper, see [`crate::transport`]).
+//!
+//! Why not hyper's `http1` connection: it keeps an 8 KiB read buffer and an 8 KiB write buffer
+//! for each connection's whole life, which is most of the memory of an idle SSE subscriber or
+//! long-poller; this connection holds no buffer while it waits on a live response. And on the
+//! append path it does less per request: one read, one vectored write of head and body, the
+//! head's fields sliced out of the read buffer without copies.
+//!
+//! What it does, per RFC 9112:
+//!
+//! - Keep-alive by default for HTTP/1.1, on `Connection: keep-alive` for HTTP/1.0; pipelined
+//!   requests are answered in order.
+//! - Request bodies by `Content-Length` or `Transfer-Encoding: chunked` (trailers are read and
+//!   dropped). Both at once, a coding other than chunked, or conflicting lengths are refused
+//!   with `400` and the connection closes (no request smuggling through an ambiguous length).
+//!   `Expect: 100-continue` gets its interim response before the body is read.
+//! - A body the handler did not read to its end closes the connection after the response.
+//! - Responses carry `Content-Length` when the body's size is known and chunked coding when it
+//!   is not (or are delimited by closing the connection for an HTTP/1.0 client); `HEAD`, `204`
+//!   and `304` responses have no body.
+//! - A head must arrive within `header_read_timeout` of the connection starting to wait for
+//!   it; a head past `max_head_bytes` or `max_headers` fields gets `431`, a malformed one
+//!   `400`, both with a problem body, and the connection closes.
+//! - At shutdown ([`ShutdownToken::end_live_reads`]) a connection waiting for a request closes,
+//!   and one answering a request closes after that response.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
+use http_body::Frame;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+use crate::router::ShutdownToken;
+
+/// Limits of one connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    /// Longest wait for a complete request head.
+    pub(crate) header_read_timeout: Duration,
+    /// Most bytes of a request head, request line included.
+    pub(crate) max_head_bytes: usize,
+    /// Most header fields of a request.
+    pub(crate) max_headers: usize,
+}
+
+/// The future of one request through the service.
+pub(crate) type ServiceFuture =
+    Pin<Box<dyn Future<Output = Result<Response, std::convert::Infallible>> + Send>>;
+
+/// Room reserved in the read buffer before a read.
+const READ_CHUNK: usize = 4 * 1024;
+/// Room reserved before a read of a large request body.
+const BODY_READ_CHUNK: usize = 64 * 1024;
+/// How long, and how many bytes, a connection closed with unread input drains (see
+/// `Connection::linger`).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+/// Header fields parsed on the stack; more (up to `max_headers`) are parsed into a `Vec`.
+const STACK_HEADERS: usize = 100;
+/// Longest chunk-size line (with extensions) and most trailer bytes of a chunked body.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// Most response body pieces, and bytes, gathered into one write.
+const MAX_WRITE_PIECES: usize = 64;
+const MAX_WRITE_BYTES: usize = 1024 * 1024;
+
+/// Serves requests on `io` with `svc` until the client closes, a request asks to close, an
+/// error ends the connection, or shutdown.
+pub(crate) async fn serve<I, F>(io: I, opts: Options, token: &ShutdownToken, svc: F)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send,
+    F: FnMut(Request<Body>) -> ServiceFuture,
+{
+    let mut conn = Connection {
+        io,
+        buf: BytesMut::new(),
+        wbuf: Vec::new(),
+        pieces: Vec::new(),
+        timer: None,
+        opts,
+        svc,
+    };
+    if let Err(e) = conn.run(token).await {
+        tracing::debug!(error = %e, "HTTP/1.1 connection ended with an error");
+    }
+}
+
+struct Connection<I, F> {
+    io: I,
+    /// Bytes read and not yet parsed (empty, without capacity, while a response waits).
+    buf: BytesMut,
+    /// The response head being written (freed while a body streams).
+    wbuf: Vec<u8>,
+    /// Response body pieces gathered for one write.
+    pieces: Vec<Bytes>,
+    /// The header read timer (see [`expire`]).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    opts: Options,
+    svc: F,
+}
+
+/// Why no request came.
+enum HeadError {
+    /// The client closed (or shutdown closed an idle connection): close quietly.
+    Closed,
+    /// Answer this, then close.
+    Answer(ApiError),
+    /// The head did not arrive in time, or the socket failed: close.
+    Io(io::Error),
+}
+
+/// How a request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed request head: the request without its body, and how the body is framed.
+struct Head {
+    req: Request<()>,
+    framing: Framing,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+impl<I, F> Connection<I, F>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send,
+    F: FnMut(Request<Body>) -> ServiceFuture,
+{
+    async fn run(&mut self, token: &ShutdownToken) -> io::Result<()> {
+        let mut shutdown = token.on_live_reads_end();
+        loop {
+            let head = match self.read_head(&mut shutdown).await {
+                Ok(head) => head,
+                Err(HeadError::Closed) => return Ok(()),
+                Err(HeadError::Io(e)) => return Err(e),
+                Err(HeadError::Answer(err)) => {
+                    let res = err.into_response();
+                    self.respond(res, false, false, false).await?;
+                    self.linger().await;
+                    return Ok(());
+                }
+            };
+            let Head {
+                req,
+                framing,
+                mut keep_alive,
+                expect_continue,
+            } = head;
+            let is_head = req.method() == Method::HEAD;
+            let http10 = req.version() == Version::HTTP_10;
+            let (parts, ()) = req.into_parts();
+            let mut unread = false;
+            let res = match framing {
+                Framing::Empty => self.call(Request::from_parts(parts, Body::empty())).await,
+                Framing::Length(n) if (self.buf.len() as u64) >= n => {
+                    // The whole body is here already (the usual small append): a slice of the
+                    // read buffer, no copy.
+                    let body = self.buf.split_to(usize::try_from(n).unwrap_or(0)).freeze();
+                    self.call(Request::from_parts(parts, Body::from(body)))
+                        .await
+                }
+                _ => {
+                    if expect_continue {
+                        self.io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                        self.io.flush().await?;
+                    }
+                    let (tx, rx) = mpsc::channel(2);
+                    let remaining = match framing {
+                        Framing::Length(n) => Some(n),
+                        _ => None,
+                    };
+                    let body = Body::new(StreamedBody { rx, remaining });
+                    let mut pump = Pump::new(framing, tx);
+                    let mut fut = (self.svc)(Request::from_parts(parts, body));
+                    let res = loop {
+                        tokio::select! {
+                            biased;
+                            res = &mut fut => break res,
+                            () = pump.step(&mut self.io, &mut self.buf), if pump.active() => {}
+                        }
+                    };
+                    if !pump.complete() {
+                        // The rest of the body is unread: the next request's start is unknown.
+                        keep_alive = false;
+                        unread = true;
+                    }
+                    res
+                }
+            };
+            let Ok(res) = res;
+            if token.live_reads_ended() {
+                keep_alive = false;
+            }
+            let keep_alive = self.respond(res, keep_alive, is_head, http10).await?;
+            if !keep_alive {
+                if unread {
+                    self.linger().await;
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Closes after an answer sent before the request was read to its end: sends FIN, then
+    /// reads and drops what the client still sends (for at most `LINGER`, or `LINGER_BYTES`),
+    /// so that closing with unread bytes does not reset the connection and destroy the answer
+    /// before the client has read it.
+    async fn linger(&mut self) {
+        if self.io.shutdown().await.is_err() {
+            return;
+        }
+        let mut dropped = 0usize;
+        let _ = tokio::time::timeout(LINGER, async {
+            while dropped < LINGER_BYTES {
+                self.buf.clear();
+                self.buf.reserve(BODY_READ_CHUNK);
+                match self.io.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => dropped += n,
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Runs the service on a request whose body is already complete. The read buffer is freed
+    /// if the answer is not ready at once (a live read waiting for data holds no buffer).
+    async fn call(&mut self, req: Request<Body>) -> Result<Response, std::convert::Infallible> {
+        let mut fut = (self.svc)(req);
+        let buf = &mut self.buf;
+        let mut released = false;
+        std::future::poll_fn(|cx| {
+            let polled = fut.as_mut().poll(cx);
+            if polled.is_pending() && !released {
+                released = true;
+                if buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
+            }
+            polled
+        })
+        .await
+    }
+
+    /// Reads and parses the next request head.
+    async fn read_head(
+        &mut self,
+        shutdown: &mut crate::router::LiveReadsEnd,
+    ) -> Result<Head, HeadError> {
+        let mut deadline = None;
+        loop {
+            if !self.buf.is_empty() {
+                match parse_head(&mut self.buf, self.opts) {
+                    Ok(Some(head)) => return Ok(head),
+                    Ok(None) => {}
+                    Err(e) => return Err(HeadError::Answer(e)),
+                }
+                if self.buf.len() > self.opts.max_head_bytes {
+                    return Err(HeadError::Answer(head_too_large(self.opts)));
+                }
+            }
+            self.buf.reserve(READ_CHUNK);
+            // The deadline starts when the connection first has to wait for this head.
+            let deadline = *deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + self.opts.header_read_timeout);
+            let waiting_idle = self.buf.is_empty();
+            let read = self.io.read_buf(&mut self.buf);
+            let n = tokio::select! {
+                biased;
+                res = read => res.map_err(HeadError::Io)?,
+                () = expire(&mut self.timer, deadline) => {
+                    return Err(HeadError::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request head not received within the header read timeout",
+                    )));
+                }
+                () = &mut *shutdown, if waiting_idle => return Err(HeadError::Closed),
+            };
+            if n == 0 {
+                return Err(if self.buf.is_empty() {
+                    HeadError::Closed
+                } else {
+                    HeadError::Io(io::ErrorKind::UnexpectedEof.into())
+                });
+            }
+        }
+    }
+
+    /// Writes `res`; returns whether the connection stays open.
+    async fn respond(
+        &mut self,
+        res: Response,
+        keep_alive: bool,
+        is_head: bool,
+        http10: bool,
+    ) -> io::Result<bool> {
+        let (parts, mut body) = res.into_parts();
+        let mut keep_alive = keep_alive
+            && !parts
+                .headers
+                .get(header::CONNECTION)
+                .is_some_and(|v| has_token(v.as_bytes(), b"close"));
+        let status = parts.status;
+        let bodiless = is_head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| parse_decimal(v.as_bytes()));
+        let out = if bodiless {
+            Out::None
+        } else if let Some(n) = declared {
+            Out::Length(n)
+        } else if let Some(n) = http_body::Body::size_hint(&body).exact() {
+            Out::Length(n)
+        } else if http10 {
+            keep_alive = false;
+            Out::UntilClose
+        } else {
+            Out::Chunked
+        };
+        let mut wbuf = std::mem::take(&mut self.wbuf);
+        wbuf.clear();
+        encode_head(
+            &mut wbuf,
+            &parts,
+            out,
+            declared.is_some(),
+            keep_alive,
+            http10,
+        );
+        drop(parts);
+        if matches!(out, Out::None) {
+            write_all_vectored(&mut self.io, &mut [IoSlice::new(&wbuf)]).await?;
+            self.io.flush().await?;
+            self.wbuf = wbuf;
+            return Ok(keep_alive);
+        }
+        let mut remaining = match out {
+            Out::Length(n) => Some(n),
+            _ => None,
+        };
+        let mut head = Some(wbuf);
+        let mut waited = None;
+        loop {
+            let gathered = std::future::poll_fn(|cx| {
+                Poll::Ready(gather(&mut self.pieces, &mut body, waited.take(), cx))
+            })
+            .await;
+            let Ok(Gathered { total, ended }) = gathered else {
+                // The response cannot be completed: cut the connection, so the client sees a
+                // short body rather than a well-formed wrong one.
+                return Ok(false);
+            };
+            if let Some(left) = remaining.as_mut() {
+                let total = total as u64;
+                if total > *left || (ended && total < *left) {
+                    tracing::warn!("response body length differs from its Content-Length");
+                    return Ok(false);
+                }
+                *left -= total;
+            }
+            let chunked = matches!(out, Out::Chunked);
+            self.write_batch(head.as_deref(), chunked, total, ended)
+                .await?;
+            if ended {
+                if let Some(h) = head.take() {
+                    self.wbuf = h;
+                }
+                return Ok(keep_alive && !matches!(out, Out::UntilClose));
+            }
+            if head.take().is_some() {
+                // The body streams on (a live read): hold no buffer while it waits.
+                if self.buf.is_empty() {
+                    self.buf = BytesMut::new();
+                }
+                self.pieces = Vec::new();
+            }
+            waited = Some(http_body_util::BodyExt::frame(&mut body).await);
+        }
+    }
+
+    /// Writes the response head (if not sent yet) and the gathered body pieces, in chunked
+    /// coding if `chunked` (with the last chunk if `ended`).
+    async fn write_batch(
+        &mut self,
+        head: Option<&[u8]>,
+        chunked: bool,
+        total: usize,
+        ended: bool,
+    ) -> io::Result<()> {
+        let mut size_line = [0u8; 20];
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(self.pieces.len() + 4);
+        if let Some(h) = head {
+            slices.push(IoSlice::new(h));
+        }
+        if chunked && total > 0 {
+            let n = encode_chunk_size(&mut size_line, total);
+            slices.push(IoSlice::new(&size_line[..n]));
+        }
+        for piece in &self.pieces {
+            slices.push(IoSlice::new(piece));
+        }
+        if chunked && total > 0 {
+            slices.push(IoSlice::new(b"\r\n"));
+        }
+        if chunked && ended {
+            slices.push(IoSlice::new(b"0\r\n\r\n"));
+        }
+        write_all_vectored(&mut self.io, &mut slices).await?;
+        drop(slices);
+        self.pieces.clear();
+        self.io.flush().await
+    }
+}
+
+/// Resolves once `deadline` has passed.
+///
+/// One timer per connection, armed lazily: each request only moves `deadline` (a clock read),
+/// and the timer, still set for an earlier deadline, is pushed out when it fires early. A timer
+/// registered and cancelled per request costs two operations on the runtime's timer wheel.
+async fn expire(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, deadline: tokio::time::Instant) {
+    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    if sleep.deadline() > deadline {
+        sleep.as_mut().reset(deadline);
+    }
+    loop {
+        sleep.as_mut().await;
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        sleep.as_mut().reset(deadline);
+    }
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy)]
+enum Out {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// What [`gather`] found ready.
+struct Gathered {
+    /// Bytes gathered.
+    total: usize,
+    /// The body ended.
+    ended: bool,
+}
+
+/// A frame of a response body, as polled.
+type Polled = Option<Result<Frame<Bytes>, axum::Error>>;
+
+/// Moves the data frames `body` has ready into `pieces` (after `waited`, a frame already
+/// awaited), up to one write's worth; registers `cx` for the next frame if it stopped on one
+/// not ready. An error of the body is logged and returned.
+fn gather(
+    pieces: &mut Vec<Bytes>,
+    body: &mut Body,
+    mut waited: Option<Polled>,
+    cx: &mut Context<'_>,
+) -> Result<Gathered, axum::Error> {
+    pieces.clear();
+    let mut total = 0usize;
+    loop {
+        let next = match waited.take() {
+            Some(frame) => frame,
+            None => match http_body::Body::poll_frame(Pin::new(&mut *body), cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    return Ok(Gathered {
+                        total,
+                        ended: false,
+                    });
+                }
+            },
+        };
+        match next {
+            None => return Ok(Gathered { total, ended: true }),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed");
+                return Err(e);
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                total += data.len();
+                pieces.push(data);
+                if pieces.len() >= MAX_WRITE_PIECES || total >= MAX_WRITE_BYTES {
+                    return Ok(Gathered {
+                        total,
+                        ended: false,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Writes every byte of `bufs`.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut bufs: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = io.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// The `431` of a head past the connection's bounds.
+fn head_too_large(opts: Options) -> ApiError {
+    ApiError::HeadersTooLarge {
+        detail: format!(
+            "the request head is larger than {} bytes or has more than {} fields",
+            opts.max_head_bytes, opts.max_headers
+        ),
+    }
+}
+
+fn malformed(detail: impl Into<String>) -> ApiError {
+    ApiError::bad_request("MALFORMED_REQUEST", detail)
+}
+
+/// Parses a request head at the start of `buf`; on success the head's bytes are taken out of
+/// `buf`. `Ok(None)`: the head is not complete yet.
+fn parse_head(buf: &mut BytesMut, opts: Options) -> Result<Option<Head>, ApiError> {
+    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut heap = Vec::new();
+    let fields: &mut [httparse::Header<'_>] = if opts.max_headers > STACK_HEADERS {
+        heap.resize(opts.max_headers, httparse::EMPTY_HEADER);
+        &mut heap
+    } else {
+        &mut stack[..opts.max_headers.max(1)]
+    };
+    let mut parsed = httparse::Request::new(fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(head_too_large(opts)),
+        Err(httparse::Error::Version) => {
+            return Err(malformed(
+                "only HTTP/1.0 and HTTP/1.1 are served on this connection",
+            ));
+        }
+        Err(e) => return Err(malformed(format!("malformed request head: {e}"))),
+    };
+    if len > opts.max_head_bytes {
+        return Err(head_too_large(opts));
+    }
+    // Positions of the head's pieces in `buf`, to slice them out of the frozen head.
+    let base = buf.as_ptr() as usize;
+    let range = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    let method = parsed.method.unwrap_or_default();
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| malformed("the request method is not a valid token"))?;
+    let path = range(parsed.path.unwrap_or_default().as_bytes());
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let fields: Vec<(HeaderName, std::ops::Range<usize>)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            HeaderName::from_bytes(h.name.as_bytes())
+                .map(|name| (name, range(h.value)))
+                .map_err(|_| malformed(format!("invalid header name {:?}", h.name)))
+        })
+        .collect::<Result<_, _>>()?;
+    let frozen = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(frozen.slice(path))
+        .map_err(|e| malformed(format!("invalid request target: {e}")))?;
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        let value = HeaderValue::from_maybe_shared(frozen.slice(value))
+            .map_err(|_| malformed(format!("invalid value of header {name}")))?;
+        headers.append(name, value);
+    }
+    let framing = body_framing(&headers)?;
+    let connection = headers.get_all(header::CONNECTION);
+    let keep_alive = if version == Version::HTTP_10 {
+        connection
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"keep-alive"))
+    } else {
+        !connection.iter().any(|v| has_token(v.as_bytes(), b"close"))
+    };
+    let expect_continue = version == Version::HTTP_11
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    Ok(Some(Head {
+        req,
+        framing,
+        keep_alive,
+        expect_continue,
+    }))
+}
+
+/// The request body's framing from its headers (RFC 9112 section 6.3), refusing every
+/// ambiguous case.
+fn body_framing(headers: &HeaderMap) -> Result<Framing, ApiError> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(malformed(
+                "a request may not carry both Transfer-Encoding and Content-Length",
+            ));
+        }
+        let last = codings
+            .last()
+            .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
+            .map(<[u8]>::trim_ascii);
+        return if last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
+            Ok(Framing::Chunked)
+        } else {
+            Err(malformed(
+                "a request's Transfer-Encoding must end with chunked",
+            ))
+        };
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let n = parse_decimal(part.trim_ascii())
+                .ok_or_else(|| malformed("Content-Length is not a number"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(malformed("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        None | Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+    })
+}
+
+/// A decimal without sign or spaces that fits a `u64`.
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
+}
+
+/// Whether a comma-separated header value holds `token` (ASCII case-insensitive).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Writes the status line and fields of a response into `w`.
+fn encode_head(
+    w: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    out: Out,
+    declared_length: bool,
+    keep_alive: bool,
+    http10: bool,
+) {
+    w.extend_from_slice(b"HTTP/1.1 ");
+    w.extend_from_slice(parts.status.as_str().as_bytes());
+    w.push(b' ');
+    w.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    w.extend_from_slice(b"\r\n");
+    // RFC 9110 section 8.6: no Content-Length in a 1xx or 204 response (axum adds one from
+    // the body's size).
+    let no_length = parts.status.is_informational() || parts.status == StatusCode::NO_CONTENT;
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || (no_length && name == header::CONTENT_LENGTH)
+        {
+            continue;
+        }
+        w.extend_from_slice(name.as_str().as_bytes());
+        w.extend_from_slice(b": ");
+        w.extend_from_slice(value.as_bytes());
+        w.extend_from_slice(b"\r\n");
+    }
+    match out {
+        Out::Length(n) if !declared_length => {
+            w.extend_from_slice(b"content-length: ");
+            let mut digits = [0u8; 20];
+            let len = encode_decimal(&mut digits, n);
+            w.extend_from_slice(&digits[..len]);
+            w.extend_from_slice(b"\r\n");
+        }
+        Out::Chunked => w.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if !keep_alive {
+        w.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        w.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        w.extend_from_slice(b"date: ");
+        with_date(|d| w.extend_from_slice(d));
+        w.extend_from_slice(b"\r\n");
+    }
+    w.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal at the start of `out`; returns its length.
+fn encode_decimal(out: &mut [u8; 20], mut n: u64) -> usize {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = tmp.len() - i;
+    out[..len].copy_from_slice(&tmp[i..]);
+    len
+}
+
+/// A chunk-size line (`<hex>\r\n`) at the start of `out`; returns its length.
+fn encode_chunk_size(out: &mut [u8; 20], n: usize) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = ((usize::BITS - n.leading_zeros()).div_ceil(4)).max(1) as usize;
+    for i in 0..digits {
+        out[digits - 1 - i] = HEX[(n >> (4 * i)) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
+/// Calls `f` with the current `Date` value (IMF-fixdate), formatted once per second per thread.
+fn with_date(f: impl FnOnce(&[u8])) {
+    use std::cell::RefCell;
+    thread_local! {
+        static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == 29 {
+                cached.1.copy_from_slice(text.as_bytes());
+                cached.0 = secs;
+            }
+        }
+        f(&cached.1);
+    });
+}
+
+/// A request body that arrives after its head, read by [`Pump`] while the service runs.
+struct StreamedBody {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    /// Bytes still to come, when the length is known.
+    remaining: Option<u64>,
+}
+
+impl http_body::Body for StreamedBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                if let Some(left) = self.remaining.as_mut() {
+                    *left = left.saturating_sub(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self.remaining {
+            Some(n) => http_body::SizeHint::with_exact(n),
+            None => http_body::SizeHint::default(),
+        }
+    }
+}
+
+/// Reads a request body off the connection into a [`StreamedBody`].
+struct Pump {
+    decoder: Decoder,
+    tx: Option<mpsc::Sender<io::Result<Bytes>>>,
+    /// The body was read to its end.
+    done: bool,
+}
+
+/// Where the body's framing is.
+enum Decoder {
+    Length(u64),
+    Chunked(ChunkState),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// Reading trailer lines; this many trailer bytes so far.
+    Trailers(usize),
+}
+
+/// One step of decoding.
+enum Decoded {
+    Data(Bytes),
+    End,
+    NeedMore,
+}
+
+impl Pump {
+    fn new(framing: Framing, tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
+        let decoder = match framing {
+            Framing::Length(n) => Decoder::Length(n),
+            Framing::Chunked => Decoder::Chunked(ChunkState::Size),
+            Framing::Empty => Decoder::Length(0),
+        };
+        Pump {
+            decoder,
+            tx: Some(tx),
+            done: false,
+        }
+    }
+
+    /// Whether [`step`](Self::step) has work: the body is unfinished and someone reads it.
+    fn active(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Whether the whole body was read off the connection.
+    fn complete(&self) -> bool {
+        self.done
+    }
+
+    /// Hands the next piece of the body to the reader, reading from `io` as needed.
+    /// Cancel-safe: bytes read stay in `buf` until a piece is handed over.
+    async fn step<I: AsyncRead + Unpin>(&mut self, io: &mut I, buf: &mut BytesMut) {
+        let Some(tx) = self.tx.as_ref() else {
+            return;
+        };
+        let Ok(permit) = tx.reserve().await else {
+            // The reader dropped the body.
+            self.tx = None;
+            return;
+        };
+        loop {
+            match decode(&mut self.decoder, &mut self.done, buf) {
+                Ok(Decoded::Data(data)) => {
+                    permit.send(Ok(data));
+                    if self.done {
+                        self.tx = None;
+                    }
+                    return;
+                }
+                Ok(Decoded::End) => {
+                    drop(permit);
+                    self.tx = None;
+                    return;
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => {
+                    permit.send(Err(e));
+                    self.tx = None;
+                    return;
+                }
+            }
+            let want = match self.decoder {
+                Decoder::Length(n) => usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .min(BODY_READ_CHUNK),
+                Decoder::Chunked(_) => BODY_READ_CHUNK,
+            };
+            buf.reserve(want.max(READ_CHUNK));
+            match io.read_buf(buf).await {
+                Ok(0) => {
+                    permit.send(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client closed before the end of the request body",
+                    )));
+                    self.tx = None;
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    permit.send(Err(e));
+                    self.tx = None;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Takes the next piece of a body out of `buf`; sets `done` once the body's end is read.
+fn decode(decoder: &mut Decoder, done: &mut bool, buf: &mut BytesMut) -> io::Result<Decoded> {
+    match decoder {
+        Decoder::Length(left) => {
+            if *left == 0 {
+                *done = true;
+                return Ok(Decoded::End);
+            }
+            if buf.is_empty() {
+                return Ok(Decoded::NeedMore);
+            }
+            let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+            *left -= take as u64;
+            if *left == 0 {
+                *done = true;
+            }
+            Ok(Decoded::Data(buf.split_to(take).freeze()))
+        }
+        Decoder::Chunked(state) => {
+            let step = decode_chunked(state, buf)?;
+            if matches!(step, Decoded::End) {
+                *done = true;
+            }
+            Ok(step)
+        }
+    }
+}
+
+fn bad_chunk(detail: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("malformed chunked body: {detail}"),
+    )
+}
+
+/// Decodes chunked coding (RFC 9112 section 7.1) from the front of `buf`.
+fn decode_chunked(state: &mut ChunkState, buf: &mut BytesMut) -> io::Result<Decoded> {
+    loop {
+        match *state {
+            ChunkState::Size => {
+                let Some(end) = find_crlf(buf) else {
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return Err(bad_chunk("chunk-size line too long"));
+                    }
+                    return Ok(Decoded::NeedMore);
+                };
+                if end > MAX_CHUNK_LINE {
+                    return Err(bad_chunk("chunk-size line too long"));
+                }
+                let line = &buf[..end];
+                let digits = line
+                    .split(|b| *b == b';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii();
+                if digits.is_empty() || digits.len() > 16 {
+                    return Err(bad_chunk("invalid chunk size"));
+                }
+                let mut size = 0u64;
+                for d in digits {
+                    let v = match d {
+                        b'0'..=b'9' => d - b'0',
+                        b'a'..=b'f' => d - b'a' + 10,
+                        b'A'..=b'F' => d - b'A' + 10,
+                        _ => return Err(bad_chunk("invalid chunk size")),
+                    };
+                    size = (size << 4) | u64::from(v);
+                }
+                let _ = buf.split_to(end + 2);
+                *state = if size == 0 {
+                    ChunkState::Trailers(0)
+                } else {
+                    ChunkState::Data(size)
+                };
+            }
+            ChunkState::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                let left = left - take as u64;
+                *state = if left == 0 {
+                    ChunkState::DataEnd
+                } else {
+                    ChunkState::Data(left)
+                };
+                return Ok(Decoded::Data(buf.split_to(take).freeze()));
+            }
+            ChunkState::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Decoded::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(bad_chunk("chunk data not followed by CRLF"));
+                }
+                let _ = buf.split_to(2);
+                *state = ChunkState::Size;
+            }
+            ChunkState::Trailers(seen) => {
+                let Some(end) = find_crlf(buf) else {
+                    if seen + buf.len() > MAX_TRAILER_BYTES {
+                        return Err(bad_chunk("trailers too large"));
+                    }
+                    return Ok(Decoded::NeedMore);
+                };
+                let _ = buf.split_to(end + 2);
+                if end == 0 {
+                    return Ok(Decoded::End);
+                }
+                if seen + end + 2 > MAX_TRAILER_BYTES {
+                    return Err(bad_chunk("trailers too large"));
+                }
+                *state = ChunkState::Trailers(seen + end + 2);
+            }
+        }
+    }
+}
+
+/// Position of the first CRLF in `buf`.
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    const OPTS: Options = Options {
+        header_read_timeout: Duration::from_secs(5),
+        max_head_bytes: 4096,
+        max_headers: 100,
+    };
+
+    /// The test service: `/echo` answers the request body; `/ignore` answers without reading
+    /// it; `/stream` answers "ab" then "cd" as a body of unknown size; anything else 200 "ok".
+    fn service(req: Request<Body>) -> ServiceFuture {
+        Box::pin(async move {
+            let path = req.uri().path().to_owned();
+            let res = match path.as_str() {
+                "/echo" => {
+                    let body = req.into_body().collect().await;
+                    match body {
+                        Ok(b) => Response::new(Body::from(b.to_bytes())),
+                        Err(_) => StatusCode::BAD_REQUEST.into_response(),
+                    }
+                }
+                "/ignore" => Response::new(Body::from("ignored")),
+                "/nocontent" => {
+                    let mut res = StatusCode::NO_CONTENT.into_response();
+                    res.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                    res
+                }
+                "/stream" => {
+                    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(2);
+                    tokio::spawn(async move {
+                        for part in ["ab", "cd"] {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            let _ = tx.send(Ok(Bytes::from_static(part.as_bytes()))).await;
+                        }
+                    });
+                    Response::new(Body::new(StreamedBody {
+                        rx,
+                        remaining: None,
+                    }))
+                }
+                _ => Response::new(Body::from("ok")),
+            };
+            Ok(res)
+        })
+    }
+
+    fn connect(opts: Options) -> (DuplexStream, tokio::task::JoinHandle<()>) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(async move {
+            let token = ShutdownToken::new();
+            serve(server, opts, &token, service).await;
+        });
+        (client, task)
+    }
+
+    /// Everything the server sends until it closes the connection.
+    async fn until_close(client: &mut DuplexStream) -> String {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut out))
+            .await
+            .expect("the server closed the connection")
+            .expect("read");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    /// Reads until `needle` has arrived.
+    async fn until(client: &mut DuplexStream, needle: &str) -> String {
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 4096];
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !String::from_utf8_lossy(&out).contains(needle) {
+                let n = client.read(&mut chunk).await.expect("read");
+                assert!(
+                    n > 0,
+                    "closed before {needle:?}: {}",
+                    String::from_utf8_lossy(&out)
+                );
+                out.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .expect("in time");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+        let (mut c, _task) = connect(OPTS);
+        c.write_all(
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nfirstGET /x HTTP/1.1\r\nhost: x\r\n\r\nPOST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\nconnection: close\r\n\r\nend",
+        )
+        .await
+        .expect("write");
+        let out = until_close(&mut c).await;
+        let bodies: Vec<&str> = out
+            .split("\r\n\r\n")
+            .skip(1)
+            .map(|s| &s[..s.find("HTTP/").unwrap_or(s.len())])
+            .collect();
+        assert_eq!(bodies, ["first", "ok", "end"], "{out}");
+        assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{out}");
+        assert!(
+            out.contains("content-length: 5\r\n") && out.contains("date: "),
+            "{out}"
+        );
+        assert!(out.matches("connection: close\r\n").count() == 1, "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_is_decoded_with_extensions_and_trailers() {
+        let (mut c, _task) = connect(OPTS);
+        c.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c.write_all(
+            b"6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\nGET /x HTTP/1.1\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let out = until_close(&mut c).await;
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(
+            out.contains("content-length: 11\r\n") && out.contains("\r\n\r\nhello world"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("\r\n\r\nok"),
+            "the pipelined request after the trailers: {out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn ambiguous_or_malformed_framing_is_a_400_problem_and_the_connection_closes() {
+        for head in [
+            "POST /echo HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\nabc",
+            "POST /echo HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+            "POST /echo HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+            "POST /echo HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n",
+            "GET /x HTTP/1.1\r\nbad header\r\n\r\n",
+            "GET /x HTTP/2.0\r\n\r\n",
+        ] {
+            let (mut c, _task) = connect(OPTS);
+            c.write_all(head.as_bytes()).await.expect("write");
+            let out = until_close(&mut c).await;
+            assert!(
+                out.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "{head:?}: {out}"
+            );
+            assert!(
+                out.contains("application/problem+json") && out.contains("MALFORMED_REQUEST"),
+                "{out}"
+            );
+            assert!(out.contains("connection: close\r\n"), "{out}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_malformed_chunk_fails_the_body_read_and_closes() {
+        let (mut c, _task) = connect(OPTS);
+        c.write_all(
+            b"POST /echo HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let out = until_close(&mut c).await;
+        assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+        assert!(out.contains("connection: close\r\n"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn expect_100_continue_gets_the_interim_response_before_the_body_is_sent() {
+        let (mut c, _task) = connect(OPTS);
+        c.write_all(b"POST /echo HTTP/1.1\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n")
+            .await
+            .expect("write");
+        let interim = until(&mut c, "\r\n\r\n").await;
+        assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+        c.write_all(b"body").await.expect("write");
+        let out = until(&mut c, "\r\n\r\nbody").await;
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn http_1_0_closes_unless_kept_alive_and_gets_no_chunked_coding() {
+        let (mut c, _task) = connect(OPTS);
+        c.write_all(b"GET /x HTTP/1.0\r\n\r\n")
+            .await
+            .expect("write");
+        let out = until_close(&mut c).await;
+        assert!(
+            out.contains("connection: close\r\n") && out.ends_with("ok"),
+            "{out}"
+        );
+
+        let (mut c, _task) = connect(OPTS);
+        c.write_all(b"GET /x HTTP/1.0\r\nconnection: keep-alive\r\n\r\nGET /stream HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+            .await
+            .expect("write");
+        let out = until_close(&mut c).await;
+        assert!(out.contains("connection: keep-alive\r\n"), "{out}");
+        assert!(!out.contains("transfer-encoding"), "{out}");
+        assert!(
+            out.ends_with("\r\n\r\nabcd"),
+            "a body of unknown size ends with the connection: {out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_size_is_chunked_and_head_has_no_body() {
+        let (mut c, _task) = connect(OPTS);
+        c.write_all(b"GET /stream HTTP/1.1\r\n\r\nHEAD /x HTTP/1.1\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let out = until_close(&mut c).await;
+        assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+        let body = &out[out.find("\r\n\r\n").expect("head") + 4..];
+        assert!(
+            body.starts_with("2\r\nab\r\n2\r\ncd\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("\r\n\r\n"),
+            "HEAD answers without a body: {out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_204_carries_no_content_length() {
+        let (mut c, _task) = connect(OPTS);
+        c.write_all(b"POST /nocontent HTTP/1.1\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let out = until_close(&mut c).await;
+        assert!(out.starts_with("HTTP/1.1 204 No Content\r\n"), "{out}");
+        assert!(!out.contains("content-length"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn an_unread_body_closes_the_connection_after_the_response() {
+        let (mut c, _task) = connect(OPTS);
+        c.write_all(b"POST /ignore HTTP/1.1\r\ncontent-length: 100\r\n\r\npartial")
+            .await
+            .expect("write");
+        let out = until_close(&mut c).await;
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK\r\n") && out.contains("connection: close\r\n"),
+            "{out}"
+        );
+        assert!(out.ends_with("ignored"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_head_past_the_bounds_is_431() {
+        let (mut c, _task) = connect(OPTS);
+        let big = format!("GET /x HTTP/1.1\r\nx-big: {}\r\n\r\n", "v".repeat(5000));
+        c.write_all(big.as_bytes()).await.expect("write");
+        let out = until_close(&mut c).await;
+        assert!(
+            out.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("HEADERS_TOO_LARGE"), "{out}");
+
+        let opts = Options {
+            max_headers: 3,
+            ..OPTS
+        };
+        let (mut c, _task) = connect(opts);
+        c.write_all(b"GET /x HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n")
+            .await
+            .expect("write");
+        let out = until_close(&mut c).await;
+        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_head_that_does_not_arrive_in_time_closes_the_connection() {
+        let opts = Options {
+            header_read_timeout: Duration::from_millis(100),
+            ..OPTS
+        };
+        let (mut c, task) = connect(opts);
+        c.write_all(b"GET /x HTTP/1.1\r\nhost")
+            .await
+            .expect("write");
+        let out = until_close(&mut c).await;
+        assert_eq!(out, "");
+        task.await.expect("the connection task ended");
+    }
+
+    #[test]
+    fn chunked_decoding_refuses_bad_sizes_and_missing_crlf() {
+        for input in [
+            &b"zz\r\n"[..],
+            b"-1\r\n",
+            b"11111111111111111\r\n",
+            b"3\r\nabcX\r\n",
+            b"\r\n",
+        ] {
+            let mut state = ChunkState::Size;
+            let mut buf = BytesMut::from(input);
+            let mut failed = false;
+            for _ in 0..4 {
+                match decode_chunked(&mut state, &mut buf) {
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                    Ok(Decoded::NeedMore | Decoded::End) => break,
+                    Ok(Decoded::Data(_)) => {}
+                }
+            }
+            assert!(failed, "{:?}", String::from_utf8_lossy(input));
+        }
+        let mut state = ChunkState::Size;
+        let mut buf = BytesMut::from(&b"A\r\n0123456789\r\n0\r\n\r\n"[..]);
+        assert!(
+            matches!(decode_chunked(&mut state, &mut buf), Ok(Decoded::Data(d)) if d.as_ref() == b"0123456789")
+        );
+        assert!(matches!(
+            decode_chunked(&mut state, &mut buf),
+            Ok(Decoded::End)
+        ));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn numbers_are_encoded_for_the_wire() {
+        let mut out = [0u8; 20];
+        let n = encode_decimal(&mut out, 0);
+        assert_eq!(&out[..n], b"0");
+        let n = encode_decimal(&mut out, u64::MAX);
+        assert_eq!(&out[..n], u64::MAX.to_string().as_bytes());
+        let n = encode_chunk_size(&mut out, 0x1a2f);
+        assert_eq!(&out[..n], b"1a2f\r\n");
+        let n = encode_chunk_size(&mut out, 1);
+        assert_eq!(&out[..n], b"1\r\n");
+        assert_eq!(parse_decimal(b"18446744073709551615"), None);
+        assert_eq!(parse_decimal(b"1234"), Some(1234));
+        assert_eq!(parse_decimal(b"12a"), None);
+    }
+}
