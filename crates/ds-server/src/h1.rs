@@ -1142,7 +1142,7 @@ mod tests {
             .await
             .expect("the server closed the connection")
             .expect("read");
-        String::from_utf8(out).expect("utf-8")
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     /// Reads until `needle` has arrived.
@@ -1369,6 +1369,50 @@ mod tests {
         let out = until_close(&mut c).await;
         assert_eq!(out, "");
         task.await.expect("the connection task ended");
+    }
+
+    /// Request-like byte soup: fragments of valid requests mixed with random bytes.
+    fn hostile_input() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let fragment = prop_oneof![
+            Just(b"POST /echo HTTP/1.1\r\n".to_vec()),
+            Just(b"GET /stream HTTP/1.1\r\n".to_vec()),
+            Just(b"HEAD /x HTTP/1.0\r\n".to_vec()),
+            Just(b"transfer-encoding: chunked\r\n".to_vec()),
+            Just(b"content-length: 3\r\n".to_vec()),
+            Just(b"expect: 100-continue\r\n".to_vec()),
+            Just(b"connection: close\r\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"5\r\nhello\r\n0\r\n\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..64),
+        ];
+        proptest::collection::vec(fragment, 0..24).prop_map(|parts| parts.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever a client sends, the connection answers well-formed responses or closes; it
+        /// never panics or hangs.
+        #[test]
+        fn hostile_input_gets_answers_or_a_close_never_a_panic_or_a_hang(input in hostile_input()) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let opts = Options { header_read_timeout: Duration::from_millis(200), ..OPTS };
+                let (mut c, task) = connect(opts);
+                c.write_all(&input).await.expect("write");
+                c.shutdown().await.expect("half-close");
+                let out = until_close(&mut c).await;
+                tokio::time::timeout(Duration::from_secs(5), task)
+                    .await
+                    .expect("the connection ended")
+                    .expect("no panic");
+                assert!(out.is_empty() || out.starts_with("HTTP/1.1 "), "{out:?}");
+            });
+        }
     }
 
     #[test]
