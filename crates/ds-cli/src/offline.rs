@@ -87,7 +87,8 @@ pub(crate) async fn open(cfg: &Config, command: &str, how: OpenFor) -> anyhow::R
             // A data dir keeps the shard count it was created with.
             let shard_count = ds_storage_acid::stored_shard_count(dir)
                 .with_context(|| format!("cannot read the acid data dir {}", dir.display()))?
-                .unwrap_or(cfg.storage.acid_shard_count);
+                .or(cfg.storage.acid_shard_count)
+                .unwrap_or(ds_storage_acid::DEFAULT_SHARD_COUNT);
             let opts = AcidOptions {
                 shard_count,
                 bulk_load: how.bulk,

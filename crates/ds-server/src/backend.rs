@@ -34,9 +34,25 @@ pub(crate) async fn serve_on_configured_backend(
             serve_with_subscriptions(cfg, storage, shutdown).await
         }
         StorageMode::Acid => {
+            let shard_count = match cfg.storage.acid_shard_count {
+                Some(n) => n,
+                // Unset: the data dir's own count, or the default for a new one.
+                None => ds_storage_acid::stored_shard_count(&cfg.storage.data_dir)
+                    .map_err(|e| {
+                        StartupError::new(
+                            Phase::StartServer,
+                            format!(
+                                "cannot read the acid data dir {}: {}",
+                                cfg.storage.data_dir.display(),
+                                error_chain(&e)
+                            ),
+                        )
+                    })?
+                    .unwrap_or(ds_storage_acid::DEFAULT_SHARD_COUNT),
+            };
             let opts = AcidOptions {
                 data_dir: cfg.storage.data_dir.clone(),
-                shard_count: cfg.storage.acid_shard_count,
+                shard_count,
                 backend: match cfg.storage.acid_backend {
                     AcidBackendMode::File => AcidBackend::File,
                     AcidBackendMode::InMemory => AcidBackend::InMemory,

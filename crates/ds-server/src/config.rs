@@ -421,8 +421,11 @@ pub struct StorageConfig {
     pub mode: StorageMode,
     /// Directory of the durable backends.
     pub data_dir: PathBuf,
-    /// Shards of the `acid` backend (a power of two in 1..=256).
-    pub acid_shard_count: u32,
+    /// Shards of the `acid` backend (a power of two in 1..=256), fixed when its data dir is
+    /// created. Unset: an existing data dir keeps its count and a new one gets
+    /// [`ds_storage_acid::DEFAULT_SHARD_COUNT`] (4). Set: a data dir created with another count
+    /// refuses to open.
+    pub acid_shard_count: Option<u32>,
     /// Where the `acid` backend keeps its databases: `file` or `in-memory`.
     pub acid_backend: AcidBackendMode,
     /// `[storage.postgres]`: the database of the `postgres` backend.
@@ -471,7 +474,7 @@ impl Default for StorageConfig {
         StorageConfig {
             mode: StorageMode::Memory,
             data_dir: PathBuf::from("./data/streams"),
-            acid_shard_count: 16,
+            acid_shard_count: None,
             acid_backend: AcidBackendMode::File,
             postgres: PostgresConfig::default(),
         }
@@ -1188,12 +1191,11 @@ impl Config {
             );
         }
         self.validate_limits()?;
-        if !(1..=256).contains(&self.storage.acid_shard_count)
-            || !self.storage.acid_shard_count.is_power_of_two()
+        if let Some(shards) = self.storage.acid_shard_count
+            && (!(1..=256).contains(&shards) || !shards.is_power_of_two())
         {
             return invalid(format!(
-                "storage.acid_shard_count {} must be a power of two in 1..=256",
-                self.storage.acid_shard_count
+                "storage.acid_shard_count {shards} must be a power of two in 1..=256"
             ));
         }
         if self.storage.mode == StorageMode::Postgres {

@@ -16,5 +16,6 @@ mod protocol;
 mod proxy;
 mod seed_config;
 mod shutdown;
+mod storage_config;
 mod tls;
 mod util;

@@ -262,7 +262,7 @@ fn the_readme_env_variables_map_to_their_toml_paths() {
         Some("x-client-identity")
     );
     assert_eq!(cfg.limits.max_stream_bytes, Some(1234));
-    assert_eq!(cfg.storage.acid_shard_count, 8);
+    assert_eq!(cfg.storage.acid_shard_count, Some(8));
 }
 
 #[test]
