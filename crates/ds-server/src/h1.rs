@@ -579,7 +579,10 @@ fn parse_head(buf: &mut BytesMut, opts: Options) -> Result<Option<Head>, ApiErro
     // Positions of the head's pieces in `buf`, to slice them out of the frozen head.
     let base = buf.as_ptr() as usize;
     let range = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
+        if s.is_empty() {
+            return 0..0;
+        }
+        let start = (s.as_ptr() as usize).wrapping_sub(base);
         start..start + s.len()
     };
     let method = parsed.method.unwrap_or_default();

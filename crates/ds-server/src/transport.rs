@@ -257,7 +257,8 @@ where
     } = conn;
     let served = async {
         if h2 {
-            serve_h2(io, info, router, limits, &token).await;
+            // Boxed: an HTTP/1.1 connection's task is not sized for hyper's HTTP/2 state.
+            Box::pin(serve_h2(io, info, router, limits, &token)).await;
         } else {
             let opts = h1::Options {
                 header_read_timeout: limits.header_read_timeout,
