@@ -10,7 +10,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use ds_protocol::NameLimits;
@@ -282,11 +281,11 @@ pub(crate) fn build_router_with_metrics<S: Storage>(
     let base = settings.base_path.clone();
     let edge = Arc::new(Edge {
         trust: settings.proxy.clone(),
-        spans: SpanSettings {
+        spans: Arc::new(SpanSettings {
             base_path: base.clone(),
             stream_names: settings.stream_names,
             metrics: Arc::clone(&metrics),
-        },
+        }),
         cors: Cors::new(&settings.cors_origins),
         reserved_prefix: format!("{base}/__ds"),
         header_limits: settings.header_limits,
@@ -322,13 +321,13 @@ pub(crate) fn build_router_with_metrics<S: Storage>(
     router
         .fallback(|| async { ApiError::NoRoute })
         .with_state(state)
-        .layer(middleware::from_fn_with_state(edge, edge_layer))
+        .layer(EdgeLayer(edge))
 }
 
 /// What every request passes through before routing (see [`edge_layer`]).
 struct Edge {
     trust: ProxyTrust,
-    spans: SpanSettings,
+    spans: Arc<SpanSettings>,
     cors: Cors,
     /// `{base}/__ds`: requests under it need the public origin.
     reserved_prefix: String,
@@ -361,33 +360,95 @@ impl Edge {
 /// (see [`Edge::admit`]), a CORS preflight is answered at once (anything else is routed), and
 /// the response gets the CORS and browser security headers.
 ///
-/// One layer instead of four: each `from_fn` layer boxes a future and clones the inner service
-/// per request, which showed in the append profile.
-async fn edge_layer(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -> Response {
-    let reserved = req.uri().path().starts_with(edge.reserved_prefix.as_str());
-    proxy::resolve_origin(&edge.trust, &mut req, reserved);
-    let decision = edge.cors.decide(req.method(), req.headers());
-    let preflight = req.method() == Method::OPTIONS;
-    let span = telemetry::RequestSpan::open(&edge.spans, &req);
-    let inner = async {
-        if let Err(refused) = edge.admit(&req) {
-            let mut res = refused.into_response();
-            edge.cors.apply(decision, res.headers_mut());
-            return res;
+/// A tower layer of its own rather than `axum::middleware::from_fn`: that clones the inner
+/// service and boxes it into a `Next` on every request, on top of boxing the future, and the
+/// moves of request and future state between those layers showed in the append profile. Here
+/// everything before the inner call runs synchronously in `call`, and one boxed future awaits
+/// the inner response and finishes it.
+#[derive(Clone)]
+struct EdgeLayer(Arc<Edge>);
+
+impl<S> tower::Layer<S> for EdgeLayer {
+    type Service = EdgeService<S>;
+
+    fn layer(&self, inner: S) -> EdgeService<S> {
+        EdgeService {
+            edge: Arc::clone(&self.0),
+            inner,
         }
-        if preflight {
-            let mut res = StatusCode::NO_CONTENT.into_response();
-            edge.cors.apply_preflight(decision, res.headers_mut());
-            res
-        } else {
-            let mut res = next.run(req).await;
-            edge.cors.apply(decision, res.headers_mut());
-            res
-        }
-    };
-    let mut res = span.run(inner).await;
-    security_headers(res.headers_mut());
-    res
+    }
+}
+
+/// The service of [`EdgeLayer`] around a route.
+#[derive(Clone)]
+struct EdgeService<S> {
+    edge: Arc<Edge>,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for EdgeService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), std::convert::Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let edge = Arc::clone(&self.edge);
+        let reserved = req.uri().path().starts_with(edge.reserved_prefix.as_str());
+        proxy::resolve_origin(&edge.trust, &mut req, reserved);
+        let decision = edge.cors.decide(req.method(), req.headers());
+        let span = telemetry::RequestSpan::open(Arc::clone(&edge.spans), &req);
+        let answer = match edge.admit(&req) {
+            Err(refused) => Answer::Now(refused.into_response(), decision),
+            Ok(()) if req.method() == Method::OPTIONS => {
+                let mut res = StatusCode::NO_CONTENT.into_response();
+                edge.cors.apply_preflight(decision, res.headers_mut());
+                Answer::Preflight(res)
+            }
+            Ok(()) => Answer::Routed(self.inner.call(req), decision),
+        };
+        Box::pin(async move {
+            let inner = async {
+                match answer {
+                    Answer::Preflight(res) => res,
+                    Answer::Now(mut res, decision) => {
+                        edge.cors.apply(decision, res.headers_mut());
+                        res
+                    }
+                    Answer::Routed(fut, decision) => {
+                        let Ok(mut res) = fut.await;
+                        edge.cors.apply(decision, res.headers_mut());
+                        res
+                    }
+                }
+            };
+            let mut res = span.run(inner).await;
+            security_headers(res.headers_mut());
+            Ok(res)
+        })
+    }
+}
+
+/// How [`EdgeService`] answers a request.
+enum Answer<F> {
+    /// Refused before routing (limits, rate); CORS headers still to add.
+    Now(Response, crate::cors::Decision),
+    /// A CORS preflight, answered here.
+    Preflight(Response),
+    /// Routed: the route's future; CORS headers still to add.
+    Routed(F, crate::cors::Decision),
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -122,18 +122,18 @@ fn version_str(v: Version) -> &'static str {
 }
 
 /// A request's span, opened before the request is handled.
-pub(crate) struct RequestSpan<'a> {
-    settings: &'a SpanSettings,
+pub(crate) struct RequestSpan {
+    settings: Arc<SpanSettings>,
     start: Instant,
     method: axum::http::Method,
     span: tracing::Span,
     exporting: bool,
 }
 
-impl<'a> RequestSpan<'a> {
+impl RequestSpan {
     /// Opens the span of `req`. Its fields are computed only when the span is enabled (a `warn`
     /// filter without OTLP export pays for none of them).
-    pub(crate) fn open(settings: &'a SpanSettings, req: &Request) -> Self {
+    pub(crate) fn open(settings: Arc<SpanSettings>, req: &Request) -> Self {
         let start = Instant::now();
         let method = req.method().clone();
         let mut exporting = false;
