@@ -324,7 +324,7 @@ pub(crate) fn build_router_with_metrics<S: Storage>(
         .layer(EdgeLayer(edge))
 }
 
-/// What every request passes through before routing (see [`edge_layer`]).
+/// What every request passes through before routing (see [`EdgeLayer`]).
 struct Edge {
     trust: ProxyTrust,
     spans: Arc<SpanSettings>,
