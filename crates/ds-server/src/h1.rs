@@ -37,8 +37,11 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 use http_body::Frame;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+
+use tokio::sync::{Notify, mpsc};
 
 use crate::error::ApiError;
 use crate::router::ShutdownToken;
@@ -146,12 +149,15 @@ where
         loop {
             let head = match self.read_head(&mut shutdown).await {
                 Ok(head) => head,
-                Err(HeadError::Closed) => return Ok(()),
+                Err(HeadError::Closed) => {
+                    self.close().await;
+                    return Ok(());
+                }
                 Err(HeadError::Io(e)) => return Err(e),
                 Err(HeadError::Answer(err)) => {
                     let res = err.into_response();
                     self.respond(res, false, false, false).await?;
-                    self.linger().await;
+                    self.close().await;
                     return Ok(());
                 }
             };
@@ -164,7 +170,6 @@ where
             let is_head = req.method() == Method::HEAD;
             let http10 = req.version() == Version::HTTP_10;
             let (parts, ()) = req.into_parts();
-            let mut unread = false;
             let res = match framing {
                 Framing::Empty => self.call(Request::from_parts(parts, Body::empty())).await,
                 Framing::Length(n) if (self.buf.len() as u64) >= n => {
@@ -175,17 +180,24 @@ where
                         .await
                 }
                 _ => {
-                    if expect_continue {
-                        self.io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-                        self.io.flush().await?;
-                    }
                     let (tx, rx) = mpsc::channel(2);
                     let remaining = match framing {
                         Framing::Length(n) => Some(n),
                         _ => None,
                     };
-                    let body = Body::new(StreamedBody { rx, remaining });
-                    let mut pump = Pump::new(framing, tx);
+                    let complete = Arc::new(AtomicBool::new(false));
+                    // `Expect: 100-continue`: the interim answer goes out when the handler
+                    // first reads the body, so a request refused without reading it (404,
+                    // 413, 429) is not uploaded first.
+                    let demand = expect_continue.then(|| Arc::new(Notify::new()));
+                    let body = Body::new(StreamedBody {
+                        rx,
+                        remaining,
+                        complete: Arc::clone(&complete),
+                        demand: demand.clone(),
+                        failed: false,
+                    });
+                    let mut pump = Pump::new(framing, tx, complete, demand);
                     let mut fut = (self.svc)(Request::from_parts(parts, body));
                     let res = loop {
                         tokio::select! {
@@ -194,10 +206,11 @@ where
                             () = pump.step(&mut self.io, &mut self.buf), if pump.active() => {}
                         }
                     };
+                    // An interim answer cut short by the response: finish it first.
+                    pump.finish_continue(&mut self.io).await?;
                     if !pump.complete() {
                         // The rest of the body is unread: the next request's start is unknown.
                         keep_alive = false;
-                        unread = true;
                     }
                     res
                 }
@@ -208,27 +221,26 @@ where
             }
             let keep_alive = self.respond(res, keep_alive, is_head, http10).await?;
             if !keep_alive {
-                if unread {
-                    self.linger().await;
-                }
+                self.close().await;
                 return Ok(());
             }
         }
     }
 
-    /// Closes after an answer sent before the request was read to its end: sends FIN, then
-    /// reads and drops what the client still sends (for at most `LINGER`, or `LINGER_BYTES`),
-    /// so that closing with unread bytes does not reset the connection and destroy the answer
-    /// before the client has read it.
-    async fn linger(&mut self) {
-        if self.io.shutdown().await.is_err() {
-            return;
-        }
+    /// Closes the connection cleanly: sends FIN (and TLS `close_notify`), then reads and drops
+    /// what the client still sends until it closes too (for at most `LINGER`, or
+    /// `LINGER_BYTES`). Closing with unread bytes would reset the connection and could destroy
+    /// the last answer before the client has read it (an early `413`, a request pipelined
+    /// after `Connection: close`).
+    async fn close(&mut self) {
         let mut dropped = 0usize;
         let _ = tokio::time::timeout(LINGER, async {
+            if self.io.shutdown().await.is_err() {
+                return;
+            }
             while dropped < LINGER_BYTES {
                 self.buf.clear();
-                self.buf.reserve(BODY_READ_CHUNK);
+                self.buf.reserve(READ_CHUNK);
                 match self.io.read_buf(&mut self.buf).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => dropped += n,
@@ -338,14 +350,9 @@ where
         };
         let mut wbuf = std::mem::take(&mut self.wbuf);
         wbuf.clear();
-        encode_head(
-            &mut wbuf,
-            &parts,
-            out,
-            declared.is_some(),
-            keep_alive,
-            http10,
-        );
+        // A HEAD answer keeps the length its GET would have (axum's `Content-Length`).
+        let head_length = if is_head { declared } else { None };
+        encode_head(&mut wbuf, &parts, out, head_length, keep_alive, http10);
         drop(parts);
         if matches!(out, Out::None) {
             write_all_vectored(&mut self.io, &mut [IoSlice::new(&wbuf)]).await?;
@@ -612,6 +619,12 @@ fn parse_head(buf: &mut BytesMut, opts: Options) -> Result<Option<Head>, ApiErro
             .map_err(|_| malformed(format!("invalid value of header {name}")))?;
         headers.append(name, value);
     }
+    if version == Version::HTTP_10 && headers.contains_key(header::TRANSFER_ENCODING) {
+        // RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+        return Err(malformed(
+            "an HTTP/1.0 request may not carry Transfer-Encoding",
+        ));
+    }
     let framing = body_framing(&headers)?;
     let connection = headers.get_all(header::CONNECTION);
     let keep_alive = if version == Version::HTTP_10 {
@@ -695,11 +708,16 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
 }
 
 /// Writes the status line and fields of a response into `w`.
+///
+/// The framing fields are ours: the handler's `Connection`, `Transfer-Encoding` and
+/// `Content-Length` are dropped and `out` written instead (`head_length` for a `HEAD` answer),
+/// so a response never carries two lengths or a length beside chunked coding, and a 1xx, 204
+/// or 304 carries none (RFC 9110 section 8.6; axum adds one from the body's size).
 fn encode_head(
     w: &mut Vec<u8>,
     parts: &http::response::Parts,
     out: Out,
-    declared_length: bool,
+    head_length: Option<u64>,
     keep_alive: bool,
     http10: bool,
 ) {
@@ -714,13 +732,10 @@ fn encode_head(
             .as_bytes(),
     );
     w.extend_from_slice(b"\r\n");
-    // RFC 9110 section 8.6: no Content-Length in a 1xx or 204 response (axum adds one from
-    // the body's size).
-    let no_length = parts.status.is_informational() || parts.status == StatusCode::NO_CONTENT;
     for (name, value) in &parts.headers {
         if name == header::CONNECTION
             || name == header::TRANSFER_ENCODING
-            || (no_length && name == header::CONTENT_LENGTH)
+            || name == header::CONTENT_LENGTH
         {
             continue;
         }
@@ -729,16 +744,20 @@ fn encode_head(
         w.extend_from_slice(value.as_bytes());
         w.extend_from_slice(b"\r\n");
     }
-    match out {
-        Out::Length(n) if !declared_length => {
-            w.extend_from_slice(b"content-length: ");
-            let mut digits = [0u8; 20];
-            let len = encode_decimal(&mut digits, n);
-            w.extend_from_slice(&digits[..len]);
-            w.extend_from_slice(b"\r\n");
-        }
-        Out::Chunked => w.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        _ => {}
+    let length = match out {
+        Out::Length(n) => Some(n),
+        Out::None => head_length,
+        Out::Chunked | Out::UntilClose => None,
+    };
+    if let Some(n) = length {
+        w.extend_from_slice(b"content-length: ");
+        let mut digits = [0u8; 20];
+        let len = encode_decimal(&mut digits, n);
+        w.extend_from_slice(&digits[..len]);
+        w.extend_from_slice(b"\r\n");
+    }
+    if matches!(out, Out::Chunked) {
+        w.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if !keep_alive {
         w.extend_from_slice(b"connection: close\r\n");
@@ -808,6 +827,13 @@ struct StreamedBody {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     /// Bytes still to come, when the length is known.
     remaining: Option<u64>,
+    /// Set by the pump once the body was read to its end: a channel closed before that is a
+    /// truncated body, not its end.
+    complete: Arc<AtomicBool>,
+    /// Told on the first read (`Expect: 100-continue`, see [`Pump`]).
+    demand: Option<Arc<Notify>>,
+    /// An error was returned: the body ends.
+    failed: bool,
 }
 
 impl http_body::Body for StreamedBody {
@@ -818,6 +844,12 @@ impl http_body::Body for StreamedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        if let Some(demand) = self.demand.take() {
+            demand.notify_one();
+        }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(Ok(data))) => {
                 if let Some(left) = self.remaining.as_mut() {
@@ -825,8 +857,18 @@ impl http_body::Body for StreamedBody {
                 }
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                self.failed = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) if self.complete.load(Ordering::Acquire) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                self.failed = true;
+                Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the request body ended before its end was read",
+                ))))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -845,7 +887,17 @@ struct Pump {
     tx: Option<mpsc::Sender<io::Result<Bytes>>>,
     /// The body was read to its end.
     done: bool,
+    /// Shared with the body: set with `done`, before the sender is dropped.
+    complete: Arc<AtomicBool>,
+    /// `Expect: 100-continue`: told when the body is first read; the interim answer goes out
+    /// before the first read from the connection.
+    demand: Option<Arc<Notify>>,
+    /// Bytes of the interim answer written so far.
+    continue_sent: usize,
 }
+
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Where the body's framing is.
 enum Decoder {
@@ -873,7 +925,12 @@ enum Decoded {
 }
 
 impl Pump {
-    fn new(framing: Framing, tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
+    fn new(
+        framing: Framing,
+        tx: mpsc::Sender<io::Result<Bytes>>,
+        complete: Arc<AtomicBool>,
+        demand: Option<Arc<Notify>>,
+    ) -> Self {
         let decoder = match framing {
             Framing::Length(n) => Decoder::Length(n),
             Framing::Chunked => Decoder::Chunked(ChunkState::Size),
@@ -883,7 +940,31 @@ impl Pump {
             decoder,
             tx: Some(tx),
             done: false,
+            complete,
+            demand,
+            continue_sent: 0,
         }
+    }
+
+    /// Writes what is left of an interim answer the pump started but a response overtook.
+    async fn finish_continue<I: AsyncWrite + Unpin>(&mut self, io: &mut I) -> io::Result<()> {
+        if self.continue_sent == 0 {
+            return Ok(());
+        }
+        self.write_continue(io).await
+    }
+
+    /// Writes the interim answer from wherever it stands (cancel-safe: progress is kept in
+    /// `continue_sent`).
+    async fn write_continue<I: AsyncWrite + Unpin>(&mut self, io: &mut I) -> io::Result<()> {
+        while self.continue_sent < CONTINUE.len() {
+            let n = io.write(&CONTINUE[self.continue_sent..]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.continue_sent += n;
+        }
+        io.flush().await
     }
 
     /// Whether [`step`](Self::step) has work: the body is unfinished and someone reads it.
@@ -898,7 +979,19 @@ impl Pump {
 
     /// Hands the next piece of the body to the reader, reading from `io` as needed.
     /// Cancel-safe: bytes read stay in `buf` until a piece is handed over.
-    async fn step<I: AsyncRead + Unpin>(&mut self, io: &mut I, buf: &mut BytesMut) {
+    async fn step<I: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut I, buf: &mut BytesMut) {
+        if let Some(demand) = self.demand.as_ref() {
+            if self.continue_sent == 0 {
+                demand.notified().await;
+            }
+            if let Err(e) = self.write_continue(io).await {
+                if let Some(tx) = self.tx.take() {
+                    let _ = tx.try_send(Err(e));
+                }
+                return;
+            }
+            self.demand = None;
+        }
         let Some(tx) = self.tx.as_ref() else {
             return;
         };
@@ -910,6 +1003,10 @@ impl Pump {
         loop {
             match decode(&mut self.decoder, &mut self.done, buf) {
                 Ok(Decoded::Data(data)) => {
+                    if self.done {
+                        // Before the sender goes: the reader must see the end as complete.
+                        self.complete.store(true, Ordering::Release);
+                    }
                     permit.send(Ok(data));
                     if self.done {
                         self.tx = None;
@@ -918,6 +1015,7 @@ impl Pump {
                 }
                 Ok(Decoded::End) => {
                     drop(permit);
+                    self.complete.store(true, Ordering::Release);
                     self.tx = None;
                     return;
                 }
@@ -1004,25 +1102,7 @@ fn decode_chunked(state: &mut ChunkState, buf: &mut BytesMut) -> io::Result<Deco
                 if end > MAX_CHUNK_LINE {
                     return Err(bad_chunk("chunk-size line too long"));
                 }
-                let line = &buf[..end];
-                let digits = line
-                    .split(|b| *b == b';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_ascii();
-                if digits.is_empty() || digits.len() > 16 {
-                    return Err(bad_chunk("invalid chunk size"));
-                }
-                let mut size = 0u64;
-                for d in digits {
-                    let v = match d {
-                        b'0'..=b'9' => d - b'0',
-                        b'a'..=b'f' => d - b'a' + 10,
-                        b'A'..=b'F' => d - b'A' + 10,
-                        _ => return Err(bad_chunk("invalid chunk size")),
-                    };
-                    size = (size << 4) | u64::from(v);
-                }
+                let size = chunk_size(&buf[..end])?;
                 let _ = buf.split_to(end + 2);
                 *state = if size == 0 {
                     ChunkState::Trailers(0)
@@ -1060,6 +1140,9 @@ fn decode_chunked(state: &mut ChunkState, buf: &mut BytesMut) -> io::Result<Deco
                     }
                     return Ok(Decoded::NeedMore);
                 };
+                if end > 0 && !is_trailer_field(&buf[..end]) {
+                    return Err(bad_chunk("malformed trailer field"));
+                }
                 let _ = buf.split_to(end + 2);
                 if end == 0 {
                     return Ok(Decoded::End);
@@ -1071,6 +1154,51 @@ fn decode_chunked(state: &mut ChunkState, buf: &mut BytesMut) -> io::Result<Deco
             }
         }
     }
+}
+
+/// The size of a chunk-size line (without its CRLF), strictly: hex digits, then optional
+/// spaces or tabs and `;` extensions free of control characters (RFC 9112 section 7.1.1). No
+/// leading whitespace and no bare CR or LF, which a proxy in front could read as a line end of
+/// its own.
+fn chunk_size(line: &[u8]) -> io::Result<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(bad_chunk("invalid chunk size"));
+    }
+    let rest = &line[digits..];
+    let ext = rest.trim_ascii_start();
+    if !(ext.is_empty() || ext.starts_with(b";"))
+        || rest[..rest.len() - ext.len()]
+            .iter()
+            .any(|b| !matches!(b, b' ' | b'\t'))
+        || ext.iter().any(|b| b.is_ascii_control() && *b != b'\t')
+    {
+        return Err(bad_chunk("invalid chunk extension"));
+    }
+    Ok(line[..digits].iter().fold(0u64, |size, d| {
+        // Every byte here is a hex digit (`is_ascii_hexdigit` above).
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => d - b'A' + 10,
+        };
+        (size << 4) | u64::from(v)
+    }))
+}
+
+/// Whether a trailer line (without its CRLF) is a well-formed field: a token name, a colon,
+/// and a value without control characters other than tabs.
+fn is_trailer_field(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|b| *b == b':') else {
+        return false;
+    };
+    colon > 0
+        && line[..colon]
+            .iter()
+            .all(|b| b.is_ascii_graphic() && !b"\"(),/:;<=>?@[\\]{}".contains(b))
+        && line[colon + 1..]
+            .iter()
+            .all(|b| !b.is_ascii_control() || *b == b'\t')
 }
 
 /// Position of the first CRLF in `buf`.
@@ -1121,6 +1249,9 @@ mod tests {
                     Response::new(Body::new(StreamedBody {
                         rx,
                         remaining: None,
+                        complete: Arc::new(AtomicBool::new(true)),
+                        demand: None,
+                        failed: false,
                     }))
                 }
                 _ => Response::new(Body::from("ok")),
@@ -1224,6 +1355,7 @@ mod tests {
             "POST /echo HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n",
             "GET /x HTTP/1.1\r\nbad header\r\n\r\n",
             "GET /x HTTP/2.0\r\n\r\n",
+            "POST /echo HTTP/1.0\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n0\r\n\r\n",
         ] {
             let (mut c, _task) = connect(OPTS);
             c.write_all(head.as_bytes()).await.expect("write");
@@ -1264,6 +1396,20 @@ mod tests {
         c.write_all(b"body").await.expect("write");
         let out = until(&mut c, "\r\n\r\nbody").await;
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn no_interim_response_when_the_handler_answers_without_reading_the_body() {
+        let (mut c, _task) = connect(OPTS);
+        c.write_all(b"POST /ignore HTTP/1.1\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n")
+            .await
+            .expect("write");
+        let out = until(&mut c, "ignored").await;
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK\r\n"),
+            "no 100 Continue first: {out}"
+        );
+        assert!(out.contains("connection: close\r\n"), "{out}");
     }
 
     #[tokio::test]
@@ -1421,7 +1567,15 @@ mod tests {
     #[test]
     fn chunked_decoding_refuses_bad_sizes_and_missing_crlf() {
         for input in [
-            &b"zz\r\n"[..],
+            &b"2;\nxx\r\n"[..],
+            b"\n5\r\n",
+            b"  5\r\n",
+            b"5 x\r\n",
+            b"5;a\rb\r\n",
+            b"0\r\nX: a\nGET / HTTP/1.1\r\n\r\n",
+            b"0\r\nno-colon\r\n\r\n",
+            b"0\r\n: empty name\r\n\r\n",
+            b"zz\r\n",
             b"-1\r\n",
             b"11111111111111111\r\n",
             b"3\r\nabcX\r\n",
@@ -1443,7 +1597,8 @@ mod tests {
             assert!(failed, "{:?}", String::from_utf8_lossy(input));
         }
         let mut state = ChunkState::Size;
-        let mut buf = BytesMut::from(&b"A\r\n0123456789\r\n0\r\n\r\n"[..]);
+        let mut buf =
+            BytesMut::from(&b"A \t;name=value;x\r\n0123456789\r\n0\r\nx-t: 1\r\n\r\n"[..]);
         assert!(
             matches!(decode_chunked(&mut state, &mut buf), Ok(Decoded::Data(d)) if d.as_ref() == b"0123456789")
         );

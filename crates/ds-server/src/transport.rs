@@ -85,6 +85,9 @@ pub(crate) struct ConnLimits {
 /// The least hard bound on header fields (parsed on the stack; a larger limit moves the parse
 /// to the heap for every request).
 const MIN_HARD_MAX_HEADERS: usize = 100;
+/// The most header fields a connection parses, whatever `limits.max_header_count` says (a
+/// header map holds at most 32,768 entries, and the parse allocates room for all of them).
+const MAX_HARD_MAX_HEADERS: usize = 8192;
 
 impl ConnLimits {
     /// The hard bound on a request head in bytes (request line included): well above the
@@ -263,7 +266,9 @@ where
             let opts = h1::Options {
                 header_read_timeout: limits.header_read_timeout,
                 max_head_bytes: limits.hard_head_bytes(),
-                max_headers: limits.max_header_count.max(MIN_HARD_MAX_HEADERS),
+                max_headers: limits
+                    .max_header_count
+                    .clamp(MIN_HARD_MAX_HEADERS, MAX_HARD_MAX_HEADERS),
             };
             h1::serve(io, opts, &token, move |mut req| {
                 req.extensions_mut().insert(info);
