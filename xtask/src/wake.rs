@@ -701,6 +701,8 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
     let interval = Duration::from_secs(PRODUCERS as u64) / options.rate.max(1);
     let producer_seeds: Vec<u64> = (0..PRODUCERS).map(|_| rng.next_u64()).collect();
     let mut kills: Vec<Kill> = Vec::new();
+    // Each kill's time on the wall clock, to tell wake events stamped before it.
+    let mut kill_clocks: Vec<u64> = Vec::new();
     let mut slowest_restart = Duration::ZERO;
     let mut slowest_recovery = Duration::ZERO;
     // The appends of the coordinating thread, just before each kill.
@@ -753,7 +755,7 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
             let delay = Duration::from_micros(rng.range(0, 600));
             let mut burst_acked = 0;
             let burst_ref = &burst;
-            let at = thread::scope(|inner| -> Result<Instant> {
+            let (at, at_unix_ms) = thread::scope(|inner| -> Result<(Instant, u64)> {
                 let (ready_tx, ready) = std::sync::mpsc::channel();
                 let appender = inner.spawn(move || {
                     let burst = burst_ref;
@@ -773,6 +775,9 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
                 let _ = ready.recv();
                 thread::sleep(delay);
                 let at = Instant::now();
+                let at_unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
                 run.servers[victim].stop()?;
                 let log = appender
                     .join()
@@ -780,12 +785,13 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
                 burst_acked = log.appends.len();
                 triggers.appends.extend(log.appends);
                 triggers.violations.extend(log.violations);
-                Ok(at)
+                Ok((at, at_unix_ms))
             })?;
             kills.push(Kill {
                 at,
                 recovered_at: None,
             });
+            kill_clocks.push(at_unix_ms);
             let (server, port) = run.launcher.restart(victim, run.ports[victim])?;
             run.servers[victim] = server;
             run.ports[victim] = port;
@@ -882,8 +888,8 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
         }
     }
 
-    for kill in &mut kills {
-        kill.recovered_at = worker.claims.iter().map(|c| c.at).find(|&at| at > kill.at);
+    for (kill, &at_unix_ms) in kills.iter_mut().zip(&kill_clocks) {
+        kill.recovered_at = analysis::recovery(&worker.claims, kill.at, at_unix_ms);
     }
     let mut appends = Vec::new();
     for log in producers.into_iter().chain([triggers]) {

@@ -68,6 +68,18 @@ pub(crate) struct Kill {
     pub(crate) recovered_at: Option<Instant>,
 }
 
+/// When delivery worked again after a kill at `at` (`at_unix_ms` on the server's clock): the
+/// first claim after it that was not led by a wake event stamped before it. A claim of an event
+/// the killed leader stamped just before dying shows nothing about the new leader (with two
+/// nodes, the survivor takes over only when the lease runs out, about 2 s later).
+pub(crate) fn recovery(claims: &[Claim], at: Instant, at_unix_ms: u64) -> Option<Instant> {
+    claims
+        .iter()
+        .filter(|c| c.at > at && c.events.is_none_or(|(_, ts)| ts >= at_unix_ms))
+        .map(|c| c.at)
+        .min()
+}
+
 impl Kill {
     /// Whether an append acknowledged at `acked` and covered at `covered`
     /// was disturbed by this kill: the kill fell between the two, or the
@@ -280,6 +292,33 @@ mod tests {
         assert_eq!(c.lost.len(), 1);
         assert!(c.lost[0].starts_with("s2 up to"), "{:?}", c.lost);
         assert_eq!(c.disturbed.count, 0);
+    }
+
+    #[test]
+    fn recovery_ignores_claims_of_events_stamped_before_the_kill() {
+        let t0 = Instant::now();
+        let claim = |at: u64, ts: Option<u64>| Claim {
+            at: t0 + ms(at),
+            pending: Vec::new(),
+            events: ts.map(|ts| (t0 + ms(at), ts)),
+        };
+        // Killed at 100 ms (unix 1,000,100): the claim at 150 ms was led by an event the
+        // killed leader stamped at 1,000,090; the one at 2,100 ms by the new leader's.
+        let claims = [
+            claim(50, Some(1_000_040)),
+            claim(150, Some(1_000_090)),
+            claim(2_100, Some(1_002_050)),
+        ];
+        assert_eq!(
+            super::recovery(&claims, t0 + ms(100), 1_000_100),
+            Some(t0 + ms(2_100))
+        );
+        // A claim without events (a poll) counts as it always did.
+        let claims = [claim(150, None), claim(2_100, Some(1_002_050))];
+        assert_eq!(
+            super::recovery(&claims, t0 + ms(100), 1_000_100),
+            Some(t0 + ms(150))
+        );
     }
 
     #[test]
