@@ -26,9 +26,9 @@
 //!   and SSE sends keep-alive comments.
 //! - A request head past the connection's hard bounds (more bytes than twice
 //!   `limits.max_header_bytes` plus 16 KiB, or more fields than the larger of
-//!   `limits.max_header_count` and 100) gets `431` with a problem body and the connection
-//!   closes; a head within them reaches the router, which answers `431` past the configured
-//!   limits and keeps the connection.
+//!   `limits.max_header_count` and 100, at most 8,192) gets `431` with a problem body and the
+//!   connection closes; a head within them reaches the router, which answers `431` past the
+//!   configured limits and keeps the connection.
 
 use std::future::Future;
 use std::io;
