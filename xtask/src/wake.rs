@@ -775,9 +775,7 @@ fn drive(run: &mut Run<'_>, options: &Options, seed: u64) -> Result<Report> {
                 let _ = ready.recv();
                 thread::sleep(delay);
                 let at = Instant::now();
-                let at_unix_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                let at_unix_ms = load::unix_ms();
                 run.servers[victim].stop()?;
                 let log = appender
                     .join()

@@ -305,7 +305,8 @@ async fn serve_h2<I>(
         hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             served.store(true, Ordering::Relaxed);
             req.extensions_mut().insert(info);
-            let fut: RouterFuture = Box::pin(router.clone().oneshot(req));
+            // Boxed: hyper keeps one allocation the size of this future per stream slot.
+            let fut: h1::ServiceFuture = Box::pin(router.clone().oneshot(req));
             fut
         })
     };
@@ -343,12 +344,6 @@ async fn serve_h2<I>(
         }
     }
 }
-
-/// The future of one HTTP/2 request through the router, boxed: hyper keeps one allocation the
-/// size of this future per stream slot.
-type RouterFuture = Pin<
-    Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
->;
 
 /// Checks of `active` per idle timeout: a connection is closed after between one and
 /// `1 + 1/IDLE_CHECKS` idle timeouts without a byte moving.
