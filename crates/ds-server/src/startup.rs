@@ -113,13 +113,61 @@ pub fn check_tls(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, Star
 /// Runs the server until `shutdown` completes (or SIGINT/SIGTERM when it is `None`).
 ///
 /// The TLS phases run before the backend opens storage, so a bad certificate is reported
-/// without touching the data directory.
+/// without touching the data directory. Before storage opens, the process's soft open-file
+/// limit is raised to its hard limit ([`raise_open_file_limit`]).
 pub async fn serve(
     cfg: Config,
     shutdown: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> Result<(), StartupError> {
     check_tls(&cfg)?;
+    raise_open_file_limit();
     crate::backend::serve_on_configured_backend(cfg, shutdown).await
+}
+
+/// Raises the soft open-file limit (`RLIMIT_NOFILE`) to the hard limit, as servers holding
+/// many connections and files do (the soft limit is often 1,024 while the hard one is far
+/// higher), and returns the soft limit in force afterwards (`None` where it is unlimited or
+/// cannot be read). The file backends size their pool of open stream files from it (see
+/// `ds_storage_file::default_max_open_files`). A failure to raise it is logged and leaves
+/// the limit as it was.
+pub fn raise_open_file_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        /// Linux refuses a soft limit above `fs.nr_open` (1,048,576 by default), which an
+        /// unlimited hard limit would ask for.
+        const UNLIMITED_CAP: u64 = 1 << 20;
+        let limit = getrlimit(Resource::Nofile);
+        let target = limit.maximum.unwrap_or(UNLIMITED_CAP);
+        match limit.current {
+            Some(current) if current < target => {
+                let raised = Rlimit {
+                    current: Some(target),
+                    maximum: limit.maximum,
+                };
+                match setrlimit(Resource::Nofile, raised) {
+                    Ok(()) => {
+                        tracing::debug!(from = current, to = target, "raised the open-file limit");
+                        Some(target)
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            limit = current,
+                            hard = target,
+                            error = %e,
+                            "cannot raise the open-file limit"
+                        );
+                        Some(current)
+                    }
+                }
+            }
+            current => current,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 /// Serves `storage` with `cfg` until shutdown: builds the TLS context, binds, builds the

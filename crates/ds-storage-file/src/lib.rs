@@ -3,11 +3,11 @@
 //! [`FileStorage`] keeps a shared write-ahead log (WAL) and one file per stream under
 //! [`FileOptions::data_dir`]. A single committer thread applies every change in **group
 //! commits**: it takes all queued requests, validates them in order with the shared protocol
-//! rules, appends their records to the WAL with one write, and then (file-durable) one
-//! `fdatasync`. Each record carries a stream's data *and* its new producer, `Stream-Seq` and
-//! closure state, so the two can never disagree after a crash. After the commit the same bytes
-//! are written to the streams' own files (read by catch-up reads), the new tails are published
-//! to live readers, and the requests are answered. (A stream created without data gets its file
+//! rules, writes their records to the streams' own files (read by catch-up reads), appends the
+//! same bytes to the WAL with one write, and then (file-durable) calls `fdatasync` once. Each
+//! record carries a stream's data *and* its new producer, `Stream-Seq` and closure state, so
+//! the two can never disagree after a crash. After the commit the new tails are published to
+//! live readers, and the requests are answered. (A stream created without data gets its file
 //! with its next record, or from the next checkpoint: a create then costs no inode.)
 //! Background checkpoints fsync the stream files and drop old WAL segments; recovery on
 //! [`FileStorage::open`] replays the WAL tail and leaves its own checkpoint to the background.
@@ -37,7 +37,8 @@
 //!   earlier than it would have. Absolute expiry (`Stream-Expires-At`) is exact.
 //! - Reads, heads and live readers only ever see committed data.
 //!
-//! Open descriptors: at most [`FileOptions::max_open_files`] stream files, plus the current WAL
+//! Open descriptors: at most [`FileOptions::max_open_files`] stream files (by default half the
+//! process's soft `RLIMIT_NOFILE`, see [`default_max_open_files`]), plus the current WAL
 //! segment, the `LOCK` file and whatever operations are in flight hold for a moment. Running
 //! out of descriptors (`EMFILE`) closes pooled files and retries; clients never see it.
 //!
@@ -120,7 +121,7 @@ pub struct FileOptions {
     pub clock: Arc<dyn Clock>,
     /// file-fast: how often the WAL is fsynced in the background (default 100 ms).
     pub fsync_interval: Duration,
-    /// Most stream files kept open at once (default 256).
+    /// Most stream files kept open at once (default [`default_max_open_files`]).
     pub max_open_files: usize,
     /// WAL size at which a new segment starts and a checkpoint runs (default 64 MiB). Bounds
     /// how much WAL recovery replays.
@@ -136,10 +137,30 @@ impl FileOptions {
             max_stream_bytes: None,
             clock: Arc::new(SystemClock),
             fsync_interval: Duration::from_millis(100),
-            max_open_files: 256,
+            max_open_files: default_max_open_files(),
             wal_segment_bytes: 64 * 1024 * 1024,
         }
     }
+}
+
+/// The default of [`FileOptions::max_open_files`]: half the process's soft open-file limit
+/// (`RLIMIT_NOFILE`), at least 256 and at most 16,384; 256 where the limit cannot be read.
+///
+/// The other half is left to connections and everything else the process opens. A pool
+/// smaller than the set of streams being written keeps reopening files: writes spread over
+/// 1,000 streams with 256 pooled files cost an `open` and a `close` per append (the LRU
+/// order makes every access a miss), about half of the committer's system calls.
+#[must_use]
+pub fn default_max_open_files() -> usize {
+    const FLOOR: u64 = 256;
+    const CEILING: u64 = 16_384;
+    #[cfg(unix)]
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    #[cfg(not(unix))]
+    let soft = 2 * FLOOR;
+    usize::try_from((soft / 2).clamp(FLOOR, CEILING)).unwrap_or(256)
 }
 
 impl std::fmt::Debug for FileOptions {

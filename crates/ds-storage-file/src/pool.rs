@@ -3,7 +3,8 @@
 //! A million streams must not need a million descriptors: at most `max_open_files` stream
 //! files stay open, the least recently used is closed when another is needed, and running out
 //! of descriptors (`EMFILE`/`ENFILE`) closes pooled files and retries instead of failing the
-//! request. Handles are reference counted, so a file evicted while a read or write is using it
+//! request. Eviction closes the oldest sixteenth of the pool at once (one pass over it, not one
+//! per eviction), and the files are closed after the pool's lock is released. Handles are reference counted, so a file evicted while a read or write is using it
 //! stays open until that operation finishes; the pool's bound is therefore `max_open_files`
 //! plus the operations in flight.
 
@@ -75,9 +76,15 @@ impl FilePool {
             return Ok(Arc::clone(pooled));
         }
         inner.files.insert(id, (Arc::clone(&file), tick));
-        while inner.files.len() > self.capacity {
-            Self::evict_lru(&mut inner);
-        }
+        let over = inner.files.len().saturating_sub(self.capacity);
+        let evicted = if over > 0 {
+            Self::evict_oldest(&mut inner, over + self.capacity / 16)
+        } else {
+            Vec::new()
+        };
+        drop(inner);
+        // Closed here, outside the lock.
+        drop(evicted);
         Ok(file)
     }
 
@@ -108,12 +115,11 @@ impl FilePool {
                         // Close a quarter of the pool at once, so a burst of opens does not
                         // evict one file per failed open.
                         let n = inner.files.len().div_ceil(4);
-                        for _ in 0..n {
-                            Self::evict_lru(&mut inner);
-                        }
-                        n
+                        Self::evict_oldest(&mut inner, n)
                     };
-                    if evicted == 0 {
+                    let none = evicted.is_empty();
+                    drop(evicted);
+                    if none {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                 }
@@ -122,15 +128,25 @@ impl FilePool {
         }
     }
 
-    fn evict_lru(inner: &mut PoolInner) {
-        if let Some(oldest) = inner
+    /// Takes the `n` least recently used files out of the pool (all of them if it holds no
+    /// more) and returns them, so the caller closes them after releasing the lock.
+    fn evict_oldest(inner: &mut PoolInner, n: usize) -> Vec<Arc<dyn FsFile>> {
+        let mut by_age: Vec<(u64, u64)> = inner
             .files
             .iter()
-            .min_by_key(|(_, (_, used))| *used)
-            .map(|(id, _)| *id)
-        {
-            inner.files.remove(&oldest);
+            .map(|(id, (_, used))| (*used, *id))
+            .collect();
+        let n = n.min(by_age.len());
+        if n == 0 {
+            return Vec::new();
         }
+        if n < by_age.len() {
+            by_age.select_nth_unstable(n - 1);
+        }
+        by_age[..n]
+            .iter()
+            .filter_map(|(_, id)| inner.files.remove(id).map(|(file, _)| file))
+            .collect()
     }
 
     /// Forgets the file of a stream (deleted, or its file replaced).
@@ -141,5 +157,70 @@ impl FilePool {
     /// How many files the pool holds open.
     pub(crate) fn len(&self) -> usize {
         self.lock().files.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::SimFs;
+
+    /// A pool over a simulated disk holding the stream files of ids `0..n`.
+    fn pool_with_files(capacity: usize, n: u64) -> FilePool {
+        let sim = SimFs::new(1);
+        let fs = sim.process();
+        let root = PathBuf::from("/data");
+        for id in 0..n {
+            let path = layout::stream_file(&root, id);
+            fs.create_dir_all(path.parent().expect("fan-out dir"))
+                .expect("dir");
+            fs.open(&path, OpenMode::Truncate).expect("create");
+        }
+        FilePool::new(fs, root, capacity)
+    }
+
+    #[test]
+    fn eviction_closes_the_least_recently_used_files_in_one_pass() {
+        let pool = pool_with_files(32, 200);
+        let hot = pool.get(7, OpenMode::Existing).expect("hot file");
+        let mut evictions = 0;
+        for id in 0..200 {
+            let before = pool.len();
+            if id != 7 {
+                pool.get(id, OpenMode::Existing).expect("open");
+            }
+            let after = pool.len();
+            assert!(after <= 32, "{after} files pooled");
+            if after < before {
+                // 33 files, less the overflow and a sixteenth of the capacity (2).
+                assert_eq!(after, 30, "one eviction pass takes three files");
+                evictions += 1;
+            }
+            // The hot file is used between every two others, so it is never the oldest.
+            let again = pool.get(7, OpenMode::Existing).expect("hot file");
+            assert!(
+                Arc::ptr_eq(&hot, &again),
+                "the hot file was evicted at {id}"
+            );
+        }
+        assert!(evictions > 50, "{evictions} eviction passes");
+        // The newest files stay pooled; the oldest went first.
+        let inner = pool.lock();
+        assert!(inner.files.contains_key(&199));
+        assert!(inner.files.contains_key(&198));
+        assert!(!inner.files.contains_key(&0));
+        assert!(!inner.files.contains_key(&100));
+    }
+
+    #[test]
+    fn eviction_takes_at_most_what_the_pool_holds() {
+        let pool = pool_with_files(4, 3);
+        for id in 0..3 {
+            pool.get(id, OpenMode::Existing).expect("open");
+        }
+        let mut inner = pool.lock();
+        assert_eq!(FilePool::evict_oldest(&mut inner, 10).len(), 3);
+        assert!(inner.files.is_empty());
+        assert!(FilePool::evict_oldest(&mut inner, 1).is_empty());
     }
 }

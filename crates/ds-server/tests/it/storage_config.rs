@@ -1,4 +1,5 @@
-//! The storage section of the configuration against real data dirs: the acid shard count.
+//! The storage section of the configuration against real data dirs (the acid shard count),
+//! and the open-file limit the file backends size their descriptor pool from.
 
 use std::path::Path;
 use std::time::Duration;
@@ -76,4 +77,26 @@ async fn an_unset_acid_shard_count_keeps_an_existing_store_and_gives_a_new_one_f
         .await
         .expect_err("mismatch");
     assert!(err.contains("more shards than 4"), "{err}");
+}
+
+/// The server raises its soft open-file limit to the hard one, and the file backends size
+/// their pool of open stream files from the raised limit (half of it, within 256..=16,384).
+#[cfg(unix)]
+#[test]
+fn the_open_file_limit_is_raised_and_sizes_the_file_pool() {
+    use rustix::process::{Resource, getrlimit};
+    let raised = startup::raise_open_file_limit();
+    let limit = getrlimit(Resource::Nofile);
+    assert_eq!(raised, limit.current);
+    if let (Some(current), Some(hard)) = (limit.current, limit.maximum) {
+        assert_eq!(current, hard, "the soft limit is raised to the hard one");
+    }
+    let soft = limit.current.unwrap_or(u64::MAX);
+    let expected = usize::try_from((soft / 2).clamp(256, 16_384)).expect("fits");
+    assert_eq!(ds_storage_file::default_max_open_files(), expected);
+    assert_eq!(
+        ds_storage_file::FileOptions::new("/tmp/x", ds_storage_file::Durability::Durable)
+            .max_open_files,
+        expected
+    );
 }
