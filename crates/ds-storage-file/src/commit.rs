@@ -425,7 +425,8 @@ impl Batch {
         let mut enc = Encoder::begin(&mut self.buf, header, messages);
         meta(&mut enc);
         let range = enc.finish(messages);
-        let rec = record::decode(&self.buf[range.clone()]).expect("a record just encoded decodes");
+        let rec = record::decode_encoded(&self.buf[range.clone()])
+            .expect("a record just encoded decodes");
         let d = self.drafts.get_mut(&entry.id).expect("drafted above");
         if let Some(ix) = d.s.apply(&rec, pos, range.len() as u64) {
             d.new_index.push(ix);
@@ -893,10 +894,20 @@ impl Committer {
                 if let Some(create) = &d.unwritten {
                     file.write_all_at(create, 0)?;
                 }
+                // Records encoded back to back (a stream's appends of one batch, unless other
+                // streams' records came between them) go to the file in one write.
                 let mut pos = d.write_from;
-                for r in &d.writes {
-                    file.write_all_at(&b.buf[r.clone()], pos)?;
-                    pos += r.len() as u64;
+                let mut i = 0;
+                while i < d.writes.len() {
+                    let start = d.writes[i].start;
+                    let mut end = d.writes[i].end;
+                    i += 1;
+                    while i < d.writes.len() && d.writes[i].start == end {
+                        end = d.writes[i].end;
+                        i += 1;
+                    }
+                    file.write_all_at(&b.buf[start..end], pos)?;
+                    pos += (end - start) as u64;
                 }
                 Ok(())
             })();

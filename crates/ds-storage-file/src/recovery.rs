@@ -572,7 +572,7 @@ fn append_marker(
         segment,
     };
     let range = Encoder::begin(&mut buf, header, &[]).finish(&[]);
-    let rec = record::decode(&buf[range.clone()]).expect("a record just encoded decodes");
+    let rec = record::decode_encoded(&buf[range.clone()]).expect("a record just encoded decodes");
     let pos = st.s.file_len;
     let file = shared.pool.get(entry.id, OpenMode::Existing).map_err(op)?;
     file.write_all_at(&buf[range.clone()], pos).map_err(op)?;
