@@ -222,7 +222,7 @@ pub async fn run_with<S: Storage>(
     let settings = RouterSettings::from_config(&cfg);
     let token = ShutdownToken::new();
     let metrics = Arc::new(Metrics::default());
-    let router = build_router_with_metrics(
+    let (router, stream) = build_router_with_metrics(
         Arc::clone(&storage),
         settings,
         token.clone(),
@@ -273,7 +273,16 @@ pub async fn run_with<S: Storage>(
             max_header_count: cfg.limits.max_header_count,
         },
     };
-    transport::serve(listener, tls, router, metrics, token, opts, trigger).await;
+    transport::serve(
+        listener,
+        tls,
+        transport::Routes { router, stream },
+        metrics,
+        token,
+        opts,
+        trigger,
+    )
+    .await;
     if let Some(on_drained) = extras.on_drained {
         on_drained.await;
     }

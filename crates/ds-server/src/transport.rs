@@ -50,7 +50,7 @@ use tower::ServiceExt;
 use crate::h1;
 use crate::metrics::Metrics;
 use crate::proxy::ConnectionInfo;
-use crate::router::ShutdownToken;
+use crate::router::{ShutdownToken, StreamRoute};
 use crate::tls::TlsReloader;
 
 /// How long a client may take to finish the TLS handshake.
@@ -147,9 +147,28 @@ async fn os_signal() {
     }
 }
 
+/// What requests are served by: the stream route, and the router for everything else.
+#[derive(Clone)]
+pub(crate) struct Routes {
+    pub(crate) router: Router,
+    pub(crate) stream: StreamRoute,
+}
+
+impl Routes {
+    /// The answer to `req`: through the stream route if it is a stream request, otherwise
+    /// through the router.
+    fn call(&self, req: axum::extract::Request) -> h1::ServiceFuture {
+        if self.stream.owns(&req) {
+            self.stream.call(req)
+        } else {
+            Box::pin(self.router.clone().oneshot(req))
+        }
+    }
+}
+
 /// Per-connection context shared by the accept loop.
 struct ConnCtx {
-    router: Router,
+    routes: Routes,
     tls: Option<Arc<TlsReloader>>,
     metrics: Arc<Metrics>,
     token: ShutdownToken,
@@ -166,7 +185,7 @@ impl ConnCtx {
     /// handshake for its whole life (it showed as 4 KiB per idle SSE subscriber).
     fn spawn(&self, tcp: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
         let guard = (self.metrics.connection(), slot);
-        let router = self.router.clone();
+        let routes = self.routes.clone();
         let token = self.token.clone();
         let limits = self.limits;
         let _ = tcp.set_nodelay(true);
@@ -189,7 +208,7 @@ impl ConnCtx {
                     active,
                     limits,
                 };
-                serve_io(tcp, conn, router, token).await;
+                serve_io(tcp, conn, routes, token).await;
             });
             return;
         };
@@ -224,7 +243,7 @@ impl ConnCtx {
                 limits,
             };
             // Boxed: the serving state is allocated once the handshake state is gone.
-            Box::pin(serve_io(stream, conn, router, token)).await;
+            Box::pin(serve_io(stream, conn, routes, token)).await;
         });
     }
 }
@@ -248,7 +267,7 @@ struct Conn {
 ///
 /// HTTP/1.1 is served by our own connection ([`crate::h1`]), HTTP/2 (chosen by ALPN) by
 /// hyper's `http2` connection.
-async fn serve_io<I>(io: I, conn: Conn, router: Router, token: ShutdownToken)
+async fn serve_io<I>(io: I, conn: Conn, routes: Routes, token: ShutdownToken)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -261,7 +280,7 @@ where
     let served = async {
         if h2 {
             // Boxed: an HTTP/1.1 connection's task is not sized for hyper's HTTP/2 state.
-            Box::pin(serve_h2(io, info, router, limits, &token)).await;
+            Box::pin(serve_h2(io, info, routes, limits, &token)).await;
         } else {
             let opts = h1::Options {
                 header_read_timeout: limits.header_read_timeout,
@@ -274,8 +293,7 @@ where
                 req.extensions_mut().insert(info);
                 // Boxed: the connection's future holds a pointer, not the request's state, so
                 // an idle live-read connection does not carry it.
-                let fut: h1::ServiceFuture = Box::pin(router.clone().oneshot(req));
-                fut
+                routes.call(req)
             })
             .await;
         }
@@ -293,7 +311,7 @@ where
 async fn serve_h2<I>(
     io: I,
     info: ConnectionInfo,
-    router: Router,
+    routes: Routes,
     limits: ConnLimits,
     token: &ShutdownToken,
 ) where
@@ -306,8 +324,7 @@ async fn serve_h2<I>(
             served.store(true, Ordering::Relaxed);
             req.extensions_mut().insert(info);
             // Boxed: hyper keeps one allocation the size of this future per stream slot.
-            let fut: h1::ServiceFuture = Box::pin(router.clone().oneshot(req));
-            fut
+            routes.call(req.map(axum::body::Body::new))
         })
     };
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -457,11 +474,11 @@ async fn accept_until(listener: &TcpListener, ctx: &ConnCtx, stop: impl Future<O
     }
 }
 
-/// Serves `router` on `listener` until shutdown, then drains (see the module docs).
+/// Serves `routes` on `listener` until shutdown, then drains (see the module docs).
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<Arc<TlsReloader>>,
-    router: Router,
+    routes: Routes,
     metrics: Arc<Metrics>,
     token: ShutdownToken,
     opts: ServeOptions,
@@ -474,7 +491,7 @@ pub(crate) async fn serve(
     let slots = Arc::new(Semaphore::new(max_open as usize));
     {
         let ctx = ConnCtx {
-            router,
+            routes,
             tls,
             metrics,
             token: token.clone(),
