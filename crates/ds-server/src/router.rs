@@ -1,7 +1,7 @@
 //! The axum router: health endpoints, `/metrics`, the reserved `__ds` namespace, and the
 //! stream routes mounted at `http.stream_base_path`, wrapped in proxy trust and request spans.
 //! The server's own connections take stream requests to the same handler through
-//! [`StreamRoute`], without the router's per-request work, and get the same answers.
+//! `StreamRoute`, without the router's per-request work, and get the same answers.
 
 use std::future::Future;
 use std::sync::Arc;
