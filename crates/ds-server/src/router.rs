@@ -336,7 +336,6 @@ pub(crate) fn build_router_with_metrics<S: Storage>(
             },
         },
         prefix: format!("{base}/"),
-        reserved: edge.reserved_prefix.clone(),
         root: base.is_empty(),
     };
     let router = router
@@ -361,8 +360,6 @@ pub(crate) struct StreamRoute {
     edge: EdgeService<StreamService>,
     /// `{base}/`.
     prefix: String,
-    /// `{base}/__ds`.
-    reserved: String,
     /// The base path is `/`: the health and metrics paths are under it too.
     root: bool,
 }
@@ -382,7 +379,7 @@ impl StreamRoute {
             return false;
         };
         let reserved = path
-            .strip_prefix(self.reserved.as_str())
+            .strip_prefix(self.edge.edge.reserved_prefix.as_str())
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
         let health = self.root && matches!(path, "/healthz" | "/readyz" | "/metrics");
         !(name.is_empty() || reserved || health)

@@ -4,9 +4,10 @@
 //! files stay open, the least recently used is closed when another is needed, and running out
 //! of descriptors (`EMFILE`/`ENFILE`) closes pooled files and retries instead of failing the
 //! request. Eviction closes the oldest sixteenth of the pool at once (one pass over it, not one
-//! per eviction), and the files are closed after the pool's lock is released. Handles are reference counted, so a file evicted while a read or write is using it
-//! stays open until that operation finishes; the pool's bound is therefore `max_open_files`
-//! plus the operations in flight.
+//! per eviction), and the files are closed after the pool's lock is released. Handles are
+//! reference counted, so a file evicted while a read or write is using it stays open until
+//! that operation finishes; the pool's bound is therefore `max_open_files` plus the
+//! operations in flight.
 
 use std::collections::HashMap;
 use std::io;
