@@ -56,17 +56,20 @@ fn trim_json_ws(text: &str) -> &[u8] {
 
 /// Frames messages as one JSON array for a read response: the pieces `[`, m0, `,`, m1, ...,
 /// `]`. Message bytes are not copied (brackets and commas are static). No messages → `[]`.
+///
+/// The pieces are [`Bytes`], or any piece type that bytes convert into (a storage backend's
+/// piece that may also be a run of a file).
 #[must_use]
-pub fn array_pieces(messages: &[Bytes]) -> Vec<Bytes> {
+pub fn array_pieces<P: Clone + From<Bytes>>(messages: &[P]) -> Vec<P> {
     let mut pieces = Vec::with_capacity(messages.len() * 2 + 1);
-    pieces.push(Bytes::from_static(b"["));
+    pieces.push(Bytes::from_static(b"[").into());
     for (i, message) in messages.iter().enumerate() {
         if i > 0 {
-            pieces.push(Bytes::from_static(b","));
+            pieces.push(Bytes::from_static(b",").into());
         }
         pieces.push(message.clone());
     }
-    pieces.push(Bytes::from_static(b"]"));
+    pieces.push(Bytes::from_static(b"]").into());
     pieces
 }
 

@@ -2,7 +2,9 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -10,6 +12,9 @@ use axum::http::HeaderMap;
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
+use tokio::task::JoinHandle;
+
+use ds_storage::ReadPiece;
 
 use crate::error::ApiError;
 
@@ -39,6 +44,83 @@ impl PiecesBody {
             return Body::from(pieces.pop_front().unwrap_or_default());
         }
         Body::new(self)
+    }
+}
+
+/// Marks a request whose connection can send runs of files itself (`sendfile` on a plain TCP
+/// socket, see `h1`): a catch-up read may then answer with file regions ([`FilePieces`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SendsFiles;
+
+/// A response extension holding the pieces of a body that has runs of files, for the
+/// connection that marked the request with [`SendsFiles`]: it sends them with `sendfile` and
+/// drops the body unread. The body ([`FileBody`]) holds the same pieces and reads the runs
+/// itself, so a response that goes anywhere else is still whole.
+#[derive(Debug, Clone)]
+pub(crate) struct FilePieces(pub(crate) Arc<[ReadPiece]>);
+
+/// A response body of [`ReadPiece`]s that reads its file regions on the blocking pool when it
+/// is polled (the fallback when they are not sent with `sendfile`). Its exact length is known.
+#[derive(Debug)]
+pub(crate) struct FileBody {
+    pieces: Arc<[ReadPiece]>,
+    next: usize,
+    reading: Option<JoinHandle<io::Result<Bytes>>>,
+    remaining: u64,
+}
+
+impl FileBody {
+    /// A body of these pieces, in order.
+    pub(crate) fn new(pieces: Arc<[ReadPiece]>) -> Self {
+        let remaining = pieces.iter().map(ReadPiece::len).sum();
+        FileBody {
+            pieces,
+            next: 0,
+            reading: None,
+            remaining,
+        }
+    }
+}
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        loop {
+            if let Some(reading) = self.reading.as_mut() {
+                let read = std::task::ready!(Pin::new(reading).poll(cx));
+                self.reading = None;
+                let data = read.map_err(io::Error::other).and_then(|r| r)?;
+                self.remaining -= data.len() as u64;
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            let Some(piece) = self.pieces.get(self.next).cloned() else {
+                return Poll::Ready(None);
+            };
+            self.next += 1;
+            match piece {
+                ReadPiece::Bytes(b) if b.is_empty() => {}
+                ReadPiece::Bytes(b) => {
+                    self.remaining -= b.len() as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                ReadPiece::File(region) => {
+                    self.reading = Some(tokio::task::spawn_blocking(move || region.read()));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
     }
 }
 
@@ -129,4 +211,50 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> Result
     } else {
         first
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use ds_storage::FileRegion;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_body_reads_its_regions_in_order() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(&data).expect("write");
+        let file = Arc::new(f.reopen().expect("reopen"));
+        let pieces: Arc<[ReadPiece]> = vec![
+            ReadPiece::Bytes(Bytes::from_static(b"[")),
+            ReadPiece::File(FileRegion::new(Arc::clone(&file), 7, 150_000)),
+            ReadPiece::Bytes(Bytes::new()),
+            ReadPiece::File(FileRegion::new(file, 0, 3)),
+            ReadPiece::Bytes(Bytes::from_static(b"]")),
+        ]
+        .into();
+        let body = FileBody::new(pieces);
+        assert_eq!(http_body::Body::size_hint(&body).exact(), Some(150_005));
+        let got = body.collect().await.expect("body").to_bytes();
+        let mut expected = b"[".to_vec();
+        expected.extend_from_slice(&data[7..150_007]);
+        expected.extend_from_slice(&data[..3]);
+        expected.push(b']');
+        assert!(got == expected, "the pieces in order");
+    }
+
+    #[tokio::test]
+    async fn a_file_body_whose_file_is_short_fails() {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(&[1; 100]).expect("write");
+        let file = Arc::new(f.reopen().expect("reopen"));
+        let pieces: Arc<[ReadPiece]> = vec![ReadPiece::File(FileRegion::new(file, 50, 100))].into();
+        let err = FileBody::new(pieces)
+            .collect()
+            .await
+            .expect_err("short file");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
 }

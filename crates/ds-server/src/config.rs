@@ -253,6 +253,10 @@ pub struct LimitsConfig {
     pub max_stream_name_segments: usize,
     /// Largest catch-up read response, in bytes (at least one JSON message is always sent).
     pub max_read_chunk_bytes: usize,
+    /// Largest catch-up read response sent straight from stream files with `sendfile` (file
+    /// modes, plain HTTP/1.1), in bytes. Runs of a file cost no memory, so this bounds only
+    /// how long one response is; bytes read into memory still keep to `max_read_chunk_bytes`.
+    pub max_sendfile_chunk_bytes: u64,
     /// Most header fields in one request (`431` beyond).
     pub max_header_count: usize,
     /// Most bytes of header fields in one request, counting names, values and 4 bytes per
@@ -307,6 +311,7 @@ impl Default for LimitsConfig {
             max_stream_name_bytes: 1024,
             max_stream_name_segments: 16,
             max_read_chunk_bytes: 1024 * 1024,
+            max_sendfile_chunk_bytes: 32 * 1024 * 1024,
             max_header_count: 100,
             max_header_bytes: 16 * 1024,
             max_live_readers: 10_000,
@@ -1174,9 +1179,10 @@ impl Config {
         if self.limits.max_stream_bytes == Some(0)
             || self.limits.max_request_body_bytes == 0
             || self.limits.max_read_chunk_bytes == 0
+            || self.limits.max_sendfile_chunk_bytes == 0
         {
             return invalid(
-                "limits.max_stream_bytes, limits.max_request_body_bytes and limits.max_read_chunk_bytes must be positive"
+                "limits.max_stream_bytes, limits.max_request_body_bytes, limits.max_read_chunk_bytes and limits.max_sendfile_chunk_bytes must be positive"
                     .to_owned(),
             );
         }

@@ -25,6 +25,10 @@
 //!   `400`, both with a problem body, and the connection closes.
 //! - At shutdown ([`ShutdownToken::end_live_reads`]) a connection waiting for a request closes,
 //!   and one answering a request closes after that response.
+//!
+//! On a plain TCP socket ([`SendFile`]), requests are marked [`SendsFiles`], and a response
+//! carrying [`FilePieces`] (a catch-up read of a file-backed stream) has its runs of files sent
+//! with `sendfile`: the page cache goes to the socket without a copy through the process.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -43,6 +47,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use tokio::sync::{Notify, mpsc};
 
+use ds_storage::{FileRegion, ReadPiece};
+
+use crate::body::{FilePieces, SendsFiles};
 use crate::error::ApiError;
 use crate::router::ShutdownToken;
 
@@ -78,11 +85,66 @@ const MAX_TRAILER_BYTES: usize = 16 * 1024;
 const MAX_WRITE_PIECES: usize = 64;
 const MAX_WRITE_BYTES: usize = 1024 * 1024;
 
+/// A connection that may send runs of a file itself, without copying them through the
+/// process: `sendfile` on a plain TCP socket. The defaults say it cannot (TLS, tests).
+pub(crate) trait SendFile {
+    /// Whether [`poll_send_file`](SendFile::poll_send_file) works on this connection.
+    fn can_send_file(&self) -> bool {
+        false
+    }
+
+    /// Sends at most `len` bytes of `file` from `pos`; returns how many went out (0: the file
+    /// ended).
+    fn poll_send_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        pos: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        let _ = (cx, file, pos, len);
+        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl SendFile for tokio::net::TcpStream {
+    fn can_send_file(&self) -> bool {
+        true
+    }
+
+    fn poll_send_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        pos: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.poll_write_ready(cx))?;
+            let mut at = pos;
+            let sent = self.try_io(tokio::io::Interest::WRITABLE, || {
+                rustix::fs::sendfile(&*self, file, Some(&mut at), len).map_err(io::Error::from)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+impl SendFile for tokio::net::TcpStream {}
+
+impl<T> SendFile for tokio_rustls::server::TlsStream<T> {}
+
 /// Serves requests on `io` with `svc` until the client closes, a request asks to close, an
 /// error ends the connection, or shutdown.
 pub(crate) async fn serve<I, F>(io: I, opts: Options, token: &ShutdownToken, svc: F)
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send,
+    I: AsyncRead + AsyncWrite + SendFile + Unpin + Send,
     F: FnMut(Request<Body>) -> ServiceFuture,
 {
     let mut conn = Connection {
@@ -141,7 +203,7 @@ struct Head {
 
 impl<I, F> Connection<I, F>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send,
+    I: AsyncRead + AsyncWrite + SendFile + Unpin + Send,
     F: FnMut(Request<Body>) -> ServiceFuture,
 {
     async fn run(&mut self, token: &ShutdownToken) -> io::Result<()> {
@@ -169,7 +231,10 @@ where
             } = head;
             let is_head = req.method() == Method::HEAD;
             let http10 = req.version() == Version::HTTP_10;
-            let (parts, ()) = req.into_parts();
+            let (mut parts, ()) = req.into_parts();
+            if self.io.can_send_file() {
+                parts.extensions.insert(SendsFiles);
+            }
             let res = match framing {
                 Framing::Empty => self.call(Request::from_parts(parts, Body::empty())).await,
                 Framing::Length(n) if (self.buf.len() as u64) >= n => {
@@ -321,7 +386,7 @@ where
         is_head: bool,
         http10: bool,
     ) -> io::Result<bool> {
-        let (parts, mut body) = res.into_parts();
+        let (mut parts, mut body) = res.into_parts();
         let mut keep_alive = keep_alive
             && !parts
                 .headers
@@ -353,7 +418,20 @@ where
         // A HEAD answer keeps the length its GET would have (axum's `Content-Length`).
         let head_length = if is_head { declared } else { None };
         encode_head(&mut wbuf, &parts, out, head_length, keep_alive, http10);
+        let files = parts.extensions.remove::<FilePieces>();
         drop(parts);
+        if let (Out::Length(n), Some(FilePieces(pieces))) = (out, files)
+            && self.io.can_send_file()
+        {
+            drop(body);
+            if pieces.iter().map(ReadPiece::len).sum::<u64>() != n {
+                tracing::warn!("response body length differs from its Content-Length");
+                return Ok(false);
+            }
+            self.send_pieces(&wbuf, &pieces).await?;
+            self.wbuf = wbuf;
+            return Ok(keep_alive);
+        }
         if matches!(out, Out::None) {
             write_all_vectored(&mut self.io, &mut [IoSlice::new(&wbuf)]).await?;
             self.io.flush().await?;
@@ -402,6 +480,51 @@ where
             }
             waited = Some(http_body_util::BodyExt::frame(&mut body).await);
         }
+    }
+
+    /// Writes a response head and a body of [`ReadPiece`]s: bytes with vectored writes (the
+    /// head with the bytes after it), runs of files with `sendfile`.
+    async fn send_pieces(&mut self, head: &[u8], pieces: &[ReadPiece]) -> io::Result<()> {
+        let mut head = Some(head);
+        let mut i = 0;
+        while i < pieces.len() {
+            let mut slices: Vec<IoSlice<'_>> = Vec::new();
+            if let Some(h) = head.take() {
+                slices.push(IoSlice::new(h));
+            }
+            while let Some(ReadPiece::Bytes(b)) = pieces.get(i)
+                && slices.len() < MAX_WRITE_PIECES
+            {
+                slices.push(IoSlice::new(b));
+                i += 1;
+            }
+            write_all_vectored(&mut self.io, &mut slices).await?;
+            drop(slices);
+            if let Some(ReadPiece::File(region)) = pieces.get(i) {
+                self.send_region(region).await?;
+                i += 1;
+            }
+        }
+        if let Some(h) = head {
+            write_all_vectored(&mut self.io, &mut [IoSlice::new(h)]).await?;
+        }
+        self.io.flush().await
+    }
+
+    /// Sends a run of a file with `sendfile`.
+    async fn send_region(&mut self, region: &FileRegion) -> io::Result<()> {
+        let (mut pos, end) = (region.pos(), region.pos() + region.len());
+        while pos < end {
+            let want = usize::try_from(end - pos).unwrap_or(usize::MAX);
+            let n = std::future::poll_fn(|cx| self.io.poll_send_file(cx, region.file(), pos, want))
+                .await?;
+            if n == 0 {
+                // The file is shorter than the region: the response cannot be completed.
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            pos += n as u64;
+        }
+        Ok(())
     }
 
     /// Writes the response head (if not sent yet) and the gathered body pieces, in chunked
@@ -1212,6 +1335,8 @@ mod tests {
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
+    impl SendFile for DuplexStream {}
+
     const OPTS: Options = Options {
         header_read_timeout: Duration::from_secs(5),
         max_head_bytes: 4096,
@@ -1623,5 +1748,198 @@ mod tests {
         assert_eq!(parse_decimal(b"18446744073709551615"), None);
         assert_eq!(parse_decimal(b"1234"), Some(1234));
         assert_eq!(parse_decimal(b"12a"), None);
+    }
+
+    /// A file of `len` bytes (a known pattern) and its contents.
+    fn pattern_file(len: usize) -> (tempfile::NamedTempFile, Vec<u8>) {
+        use std::io::Write;
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(&data).expect("write");
+        (f, data)
+    }
+
+    /// Serves one accepted TCP connection with a service that answers every request with
+    /// `pieces` as [`FilePieces`] and an empty body, declaring `declared` bytes; records
+    /// whether each request was marked [`SendsFiles`].
+    async fn tcp_server(
+        pieces: Arc<[ReadPiece]>,
+        declared: u64,
+        marked: Arc<AtomicBool>,
+    ) -> (tokio::net::TcpStream, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let token = ShutdownToken::new();
+            serve(tcp, OPTS, &token, move |req: Request<Body>| {
+                let pieces = Arc::clone(&pieces);
+                marked.store(
+                    req.extensions().get::<SendsFiles>().is_some(),
+                    Ordering::SeqCst,
+                );
+                Box::pin(async move {
+                    let mut res = Response::new(Body::empty());
+                    res.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(declared));
+                    res.extensions_mut().insert(FilePieces(pieces));
+                    Ok(res)
+                })
+            })
+            .await;
+        });
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        (client, task)
+    }
+
+    /// Reads one response with a `Content-Length` body from `client`; returns head and body.
+    async fn read_response(client: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+        let mut buf = Vec::new();
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = client.read(&mut chunk).await.expect("read");
+            assert!(
+                n > 0,
+                "closed before the head: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8(buf[..head_end].to_vec()).expect("head");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .expect("content-length")
+            .trim()
+            .parse()
+            .expect("length");
+        let mut body = buf[head_end..].to_vec();
+        while body.len() < len {
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = client.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed after {} of {len} body bytes", body.len());
+            body.extend_from_slice(&chunk[..n]);
+        }
+        (head, body)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn runs_of_files_go_out_with_sendfile_on_tcp() {
+        let (file, data) = pattern_file(3 * 1024 * 1024);
+        let shared = Arc::new(file.reopen().expect("reopen"));
+        let region =
+            |pos: u64, len: u64| ReadPiece::File(FileRegion::new(Arc::clone(&shared), pos, len));
+        // Bytes before, between and after two runs of the file; the body itself is empty, so
+        // only the sendfile path can produce these bytes.
+        let pieces: Arc<[ReadPiece]> = vec![
+            ReadPiece::Bytes(Bytes::from_static(b"<")),
+            region(10, 2 * 1024 * 1024),
+            ReadPiece::Bytes(Bytes::from_static(b"|")),
+            ReadPiece::Bytes(Bytes::from_static(b"|")),
+            region(5, 100_000),
+            ReadPiece::Bytes(Bytes::from_static(b">")),
+        ]
+        .into();
+        let mut expected = b"<".to_vec();
+        expected.extend_from_slice(&data[10..10 + 2 * 1024 * 1024]);
+        expected.extend_from_slice(b"||");
+        expected.extend_from_slice(&data[5..100_005]);
+        expected.extend_from_slice(b">");
+        let marked = Arc::new(AtomicBool::new(false));
+        let (mut client, task) =
+            tcp_server(pieces, expected.len() as u64, Arc::clone(&marked)).await;
+        for _ in 0..2 {
+            client
+                .write_all(b"GET /s HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .expect("send");
+            let (head, body) = read_response(&mut client).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert!(body == expected, "the body is the pieces in order");
+            assert!(marked.load(Ordering::SeqCst), "a TCP request is marked");
+        }
+        drop(client);
+        task.await.expect("server");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn file_pieces_that_do_not_add_up_to_the_length_close_the_connection() {
+        let (file, _) = pattern_file(1024);
+        let shared = Arc::new(file.reopen().expect("reopen"));
+        let pieces: Arc<[ReadPiece]> =
+            vec![ReadPiece::File(FileRegion::new(shared, 0, 1000))].into();
+        let (mut client, task) = tcp_server(pieces, 999, Arc::new(AtomicBool::new(false))).await;
+        client
+            .write_all(b"GET /s HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("send");
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        assert!(
+            got.is_empty(),
+            "nothing is sent: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        drop(client);
+        task.await.expect("server");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_region_past_the_end_of_its_file_cuts_the_response_short() {
+        let (file, _) = pattern_file(1024);
+        let shared = Arc::new(file.reopen().expect("reopen"));
+        let pieces: Arc<[ReadPiece]> =
+            vec![ReadPiece::File(FileRegion::new(shared, 512, 4096))].into();
+        let (mut client, task) = tcp_server(pieces, 4096, Arc::new(AtomicBool::new(false))).await;
+        client
+            .write_all(b"GET /s HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("send");
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        let text = String::from_utf8_lossy(&got);
+        let head_end = text.find("\r\n\r\n").expect("head sent") + 4;
+        assert!(text.contains("content-length: 4096"), "{text}");
+        assert_eq!(
+            got.len() - head_end,
+            512,
+            "what the file has, then the close"
+        );
+        drop(client);
+        task.await.expect("server");
+    }
+
+    #[tokio::test]
+    async fn requests_on_connections_without_sendfile_are_not_marked() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let marked = Arc::new(AtomicBool::new(true));
+        let seen = Arc::clone(&marked);
+        let task = tokio::spawn(async move {
+            let token = ShutdownToken::new();
+            serve(server, OPTS, &token, move |req: Request<Body>| {
+                seen.store(
+                    req.extensions().get::<SendsFiles>().is_some(),
+                    Ordering::SeqCst,
+                );
+                service(req)
+            })
+            .await;
+        });
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let answer = until_close(&mut client).await;
+        assert!(answer.ends_with("ok"), "{answer}");
+        assert!(!marked.load(Ordering::SeqCst));
+        task.await.expect("server");
     }
 }

@@ -42,6 +42,9 @@ pub struct RouterSettings {
     pub max_body_bytes: u64,
     /// Largest catch-up read chunk.
     pub read_chunk_bytes: usize,
+    /// Largest catch-up read chunk sent from files with `sendfile` (see
+    /// [`LimitsConfig::max_sendfile_chunk_bytes`](crate::config::LimitsConfig::max_sendfile_chunk_bytes)).
+    pub sendfile_chunk_bytes: u64,
     /// Long-poll wait before `204`.
     pub long_poll_timeout: Duration,
     /// SSE connection lifetime before the server closes it.
@@ -86,6 +89,7 @@ impl RouterSettings {
             },
             max_body_bytes: cfg.limits.effective_max_body_bytes(cfg.storage.mode),
             read_chunk_bytes: cfg.limits.max_read_chunk_bytes,
+            sendfile_chunk_bytes: cfg.limits.max_sendfile_chunk_bytes,
             long_poll_timeout: Duration::from_secs(cfg.transport.connection.long_poll_timeout_secs),
             sse_reconnect_interval: Duration::from_secs(
                 cfg.transport.connection.sse_reconnect_interval_secs,

@@ -269,7 +269,7 @@ struct Conn {
 /// hyper's `http2` connection.
 async fn serve_io<I>(io: I, conn: Conn, routes: Routes, token: ShutdownToken)
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + h1::SendFile + Unpin + Send + 'static,
 {
     let Conn {
         info,
@@ -443,6 +443,26 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: h1::SendFile> h1::SendFile for Tracked<T> {
+    fn can_send_file(&self) -> bool {
+        self.inner.can_send_file()
+    }
+
+    fn poll_send_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        pos: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        let res = self.inner.poll_send_file(cx, file, pos, len);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.active.store(true, Ordering::Relaxed);
+        }
+        res
     }
 }
 

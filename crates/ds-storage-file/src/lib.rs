@@ -84,12 +84,11 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
 use ds_protocol::{Expiry, Offset, StreamName, fork_expiry};
 use ds_storage::rules::{self, Clock, SystemClock, WriterState};
 use ds_storage::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Error, ForkRequest, ReadChunk,
-    ReadFrom, Result, Storage, StorageStats, StreamInfo, Tail,
+    ReadFrom, ReadPiece, Result, Storage, StorageStats, StreamInfo, Tail,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -702,12 +701,15 @@ impl FileStorage {
         }
     }
 
-    async fn read_stream(
+    /// A read whose pieces are `P`: [`bytes::Bytes`], or [`ReadPiece`]s (large runs of a binary
+    /// stream as file regions, within `max_file_bytes`; see `Storage::read_regions`).
+    async fn read_stream<P: read::Piece>(
         &self,
         name: &StreamName,
         from: ReadFrom,
         max_bytes: usize,
-    ) -> Result<ReadChunk> {
+        max_file_bytes: u64,
+    ) -> Result<ReadChunk<P>> {
         let entry = self.live(name, "read").await?;
         let now = self.shared().now();
         let (start, tail, touch) = {
@@ -748,10 +750,11 @@ impl FileStorage {
         } else {
             let shared = Arc::clone(self.shared());
             let target = Arc::clone(&entry);
-            let read = tokio::task::spawn_blocking(move || -> Result<(Vec<Bytes>, Offset)> {
+            let read = tokio::task::spawn_blocking(move || -> Result<(Vec<P>, Offset)> {
                 let mut pieces = Vec::new();
                 let mut bytes = max_bytes.max(1);
                 let mut units = usize::MAX;
+                let total = max_file_bytes.max(bytes as u64);
                 let next = read::read_view(
                     &shared.pool,
                     &target,
@@ -760,6 +763,7 @@ impl FileStorage {
                     &mut Budget {
                         bytes: &mut bytes,
                         units: &mut units,
+                        total,
                     },
                     &mut pieces,
                 )?;
@@ -826,7 +830,18 @@ impl Storage for FileStorage {
     }
 
     async fn read(&self, name: &StreamName, from: ReadFrom, max_bytes: usize) -> Result<ReadChunk> {
-        self.read_stream(name, from, max_bytes).await
+        self.read_stream(name, from, max_bytes, 0).await
+    }
+
+    async fn read_regions(
+        &self,
+        name: &StreamName,
+        from: ReadFrom,
+        max_bytes: usize,
+        max_file_bytes: u64,
+    ) -> Result<ReadChunk<ReadPiece>> {
+        self.read_stream(name, from, max_bytes, max_file_bytes)
+            .await
     }
 
     async fn head(&self, name: &StreamName) -> Result<StreamInfo> {

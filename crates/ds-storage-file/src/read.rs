@@ -10,7 +10,13 @@
 //! of at least [`RECYCLE_MIN`] come from a small set of recycled buffers: a fresh allocation
 //! that large is a fresh `mmap`, and zeroing and faulting in its pages cost more than the
 //! `pread` itself. Smaller blocks are allocated to size, so a slow client holding a slice of
-//! one pins only that block, not a whole recycled [`BIG_BLOCK`] buffer. Record heads are
+//! one pins only that block, not a whole recycled [`BIG_BLOCK`] buffer.
+//!
+//! A read for a server that sends from files ([`ReadPiece`], `Storage::read_regions`) answers
+//! a binary stream's payload runs of at least [`REGION_MIN`] bytes as regions of the stream
+//! file instead of reading them: only the record heads around them are read, in
+//! [`HEAD_BLOCK`]s, and the server's `sendfile` moves the payload from the page cache to the
+//! socket without it ever being copied into the process. Smaller runs are read as above. Record heads are
 //! trusted (they were checksummed when written or recovered); data past the length captured
 //! under the stream's lock is never looked at, so a read never sees a record the committer is
 //! still writing.
@@ -21,7 +27,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use ds_protocol::Offset;
 use ds_storage::rules::{self, LocateStep, Located};
-use ds_storage::{Error, Result};
+use ds_storage::{Error, FileRegion, ReadPiece, Result};
 
 use crate::io::{FsFile, OpenMode, read_exact_at};
 use crate::pool::FilePool;
@@ -38,6 +44,13 @@ pub(crate) const BIG_BLOCK: usize = 1024 * 1024 + 64 * 1024;
 
 /// Room for record heads when a block is sized to a read's remaining payload budget.
 const HEAD_SLACK: usize = 64 * 1024;
+
+/// Smallest payload run answered as a file region (a region read): below this, copying the
+/// bytes costs less than a `sendfile` call of their own.
+pub(crate) const REGION_MIN: u64 = 32 * 1024;
+
+/// Block read for a record head while a region read is stepping over large payloads.
+const HEAD_BLOCK: usize = 4 * 1024;
 
 /// Smallest block read into a recycled [`BIG_BLOCK`] buffer. A slice of a block keeps the
 /// whole buffer alive until it is dropped (after a possibly slow client got the response),
@@ -121,7 +134,7 @@ pub(crate) struct Unit {
 }
 
 /// Walks the units of a stream file from a sparse-index entry.
-struct UnitCursor {
+pub(crate) struct UnitCursor {
     file: Arc<dyn FsFile>,
     end: u64,
     pos: u64,
@@ -131,6 +144,9 @@ struct UnitCursor {
     block: Bytes,
     /// File bytes the read still expects to need from here (sizes the next block).
     want: usize,
+    /// Read heads in [`HEAD_BLOCK`]s: the payloads around them are not read (a region read
+    /// stepping over large payloads).
+    small_blocks: bool,
 }
 
 impl UnitCursor {
@@ -144,6 +160,7 @@ impl UnitCursor {
             block_start: 0,
             block: Bytes::new(),
             want: BLOCK,
+            small_blocks: false,
         }
     }
 
@@ -159,7 +176,12 @@ impl UnitCursor {
             return read_block(&*self.file, pos, len);
         }
         let avail = usize::try_from(self.end.saturating_sub(pos)).unwrap_or(usize::MAX);
-        let size = avail.min(self.want.clamp(BLOCK, BIG_BLOCK)).max(len);
+        let want = if self.small_blocks {
+            HEAD_BLOCK
+        } else {
+            self.want.clamp(BLOCK, BIG_BLOCK)
+        };
+        let size = avail.min(want).max(len);
         self.block = read_block(&*self.file, pos, size)?;
         self.block_start = pos;
         Ok(self.block.slice(0..len))
@@ -227,6 +249,17 @@ impl UnitCursor {
         self.bytes(unit.payload_pos + skip, take as usize)
     }
 
+    /// A region of the file for `take` bytes from `skip` into `unit`, when that is at least
+    /// [`REGION_MIN`] and the file has an operating-system handle.
+    fn region(&mut self, unit: &Unit, skip: u64, take: u64) -> Option<FileRegion> {
+        if take < REGION_MIN {
+            return None;
+        }
+        let file = self.file.shared_file()?;
+        self.small_blocks = true;
+        Some(FileRegion::new(file, unit.payload_pos + skip, take))
+    }
+
     /// Advances to the unit containing byte `byte`.
     fn seek(&mut self, byte: u64) -> io::Result<Option<Unit>> {
         while let Some(unit) = self.next_unit()? {
@@ -235,6 +268,93 @@ impl UnitCursor {
             }
         }
         Ok(None)
+    }
+}
+
+/// What a read hands out: [`Bytes`] (a plain read), or [`ReadPiece`]s (a region read).
+pub(crate) trait Piece: Sized + Send + 'static {
+    /// Whether this read answers large runs as file regions.
+    const REGIONS: bool;
+
+    /// A piece that is bytes.
+    fn bytes(b: Bytes) -> Self;
+
+    /// The piece for up to `avail` bytes from `skip` into `unit` (a binary stream's data)
+    /// that `budget` allows, with its length; `None` when the budget is spent.
+    fn binary(
+        cursor: &mut UnitCursor,
+        unit: &Unit,
+        skip: u64,
+        avail: u64,
+        budget: &mut Budget<'_>,
+    ) -> io::Result<Option<(Self, u64)>>;
+
+    /// Whether `budget` can take nothing more.
+    fn spent(budget: &Budget<'_>) -> bool;
+}
+
+impl Piece for Bytes {
+    const REGIONS: bool = false;
+
+    fn bytes(b: Bytes) -> Self {
+        b
+    }
+
+    fn binary(
+        cursor: &mut UnitCursor,
+        unit: &Unit,
+        skip: u64,
+        avail: u64,
+        budget: &mut Budget<'_>,
+    ) -> io::Result<Option<(Self, u64)>> {
+        if *budget.bytes == 0 {
+            return Ok(None);
+        }
+        let take = avail.min(*budget.bytes as u64);
+        *budget.bytes -= take as usize;
+        Ok(Some((cursor.payload(unit, skip, take)?, take)))
+    }
+
+    fn spent(budget: &Budget<'_>) -> bool {
+        *budget.bytes == 0
+    }
+}
+
+impl Piece for ReadPiece {
+    const REGIONS: bool = true;
+
+    fn bytes(b: Bytes) -> Self {
+        ReadPiece::Bytes(b)
+    }
+
+    fn binary(
+        cursor: &mut UnitCursor,
+        unit: &Unit,
+        skip: u64,
+        avail: u64,
+        budget: &mut Budget<'_>,
+    ) -> io::Result<Option<(Self, u64)>> {
+        let take = avail.min(budget.total);
+        if let Some(region) = cursor.region(unit, skip, take) {
+            budget.total -= take;
+            return Ok(Some((ReadPiece::File(region), take)));
+        }
+        // Read into memory: within both budgets.
+        let take = take.min(*budget.bytes as u64);
+        if take == 0 {
+            return Ok(None);
+        }
+        cursor.small_blocks = false;
+        *budget.bytes -= take as usize;
+        budget.total -= take;
+        Ok(Some((
+            ReadPiece::Bytes(cursor.payload(unit, skip, take)?),
+            take,
+        )))
+    }
+
+    fn spent(budget: &Budget<'_>) -> bool {
+        budget.total == 0 || (*budget.bytes == 0 && budget.total < REGION_MIN)
     }
 }
 
@@ -304,7 +424,7 @@ pub(crate) fn json_position(
     let tail = entry.lock().s.tail;
     let mut budget = usize::MAX;
     let mut units = count as usize;
-    let mut pieces = Vec::new();
+    let mut pieces = Vec::<Bytes>::new();
     read_view(
         pool,
         entry,
@@ -313,6 +433,7 @@ pub(crate) fn json_position(
         &mut Budget {
             bytes: &mut budget,
             units: &mut units,
+            total: u64::MAX,
         },
         &mut pieces,
     )?;
@@ -322,21 +443,23 @@ pub(crate) fn json_position(
 
 /// What a read may still take.
 pub(crate) struct Budget<'a> {
-    /// Payload bytes.
+    /// Payload bytes read into memory.
     pub bytes: &'a mut usize,
     /// Units (messages or appends).
     pub units: &'a mut usize,
+    /// Payload bytes in all, file regions included (a region read; at least `bytes`).
+    pub total: u64,
 }
 
 /// Reads `entry`'s view from `from` up to `limit` (a byte position; `None` = the tail),
 /// pushing pieces into `out` while the budget lasts. Returns the next position.
-pub(crate) fn read_view(
+pub(crate) fn read_view<P: Piece>(
     pool: &FilePool,
     entry: &Arc<Entry>,
     from: Offset,
     limit: Option<u64>,
     budget: &mut Budget<'_>,
-    out: &mut Vec<Bytes>,
+    out: &mut Vec<P>,
 ) -> Result<Offset> {
     let snap = snapshot(entry, from.byte);
     let tail = snap.tail;
@@ -355,7 +478,7 @@ pub(crate) fn read_view(
         if next.byte < base.byte || end <= base.byte {
             return Ok(if next.byte == base.byte { base } else { next });
         }
-        if *budget.bytes == 0 {
+        if P::spent(budget) {
             return Ok(base);
         }
         let snap = snapshot(entry, base.byte);
@@ -365,14 +488,14 @@ pub(crate) fn read_view(
 }
 
 /// Reads this stream's own data (positions at or after its base).
-fn read_own(
+fn read_own<P: Piece>(
     pool: &FilePool,
     entry: &Entry,
     snap: &Snapshot,
     from: Offset,
     end: u64,
     budget: &mut Budget<'_>,
-    out: &mut Vec<Bytes>,
+    out: &mut Vec<P>,
 ) -> Result<Offset> {
     let tail = snap.tail;
     if from.byte >= end {
@@ -391,6 +514,9 @@ fn read_own(
     };
     let mut cursor = cursor_at(pool, entry, snap)?;
     cursor.want = want(budget);
+    // A region read of a binary stream starts by reading heads only; the first small payload
+    // turns the large blocks back on.
+    cursor.small_blocks = P::REGIONS && !entry.json;
     let mut unit = cursor
         .seek(from.byte)
         .map_err(read_error)?
@@ -409,15 +535,17 @@ fn read_own(
             if (*budget.bytes as u64) < avail && !out.is_empty() {
                 break;
             }
-            out.push(cursor.payload(&unit, 0, unit.len).map_err(read_error)?);
+            out.push(P::bytes(
+                cursor.payload(&unit, 0, unit.len).map_err(read_error)?,
+            ));
             *budget.bytes = budget.bytes.saturating_sub(avail as usize);
         } else {
-            if *budget.bytes == 0 {
+            let Some((piece, take)) =
+                P::binary(&mut cursor, &unit, skip, avail, budget).map_err(read_error)?
+            else {
                 break;
-            }
-            let take = avail.min(*budget.bytes as u64);
-            out.push(cursor.payload(&unit, skip, take).map_err(read_error)?);
-            *budget.bytes -= take as usize;
+            };
+            out.push(piece);
             if take < avail {
                 pos = Offset::new(unit.seq, pos.byte + take);
                 break;

@@ -23,8 +23,9 @@ pub mod testkit;
 pub use cluster::{Call, Change, Cluster};
 pub use error::{Error, Result};
 pub use types::{
-    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ExportMeta, ForkPoint, ForkRequest,
-    Pieces, ProducerAck, ReadChunk, ReadFrom, StorageStats, StreamInfo, Tail,
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ExportMeta, FileRegion, ForkPoint,
+    ForkRequest, Pieces, ProducerAck, ReadChunk, ReadFrom, ReadPiece, StorageStats, StreamInfo,
+    Tail,
 };
 
 use std::future::Future;
@@ -66,6 +67,31 @@ pub trait Storage: Send + Sync + 'static {
         from: ReadFrom,
         max_bytes: usize,
     ) -> impl Future<Output = Result<ReadChunk>> + Send;
+
+    /// [`read`](Storage::read), for a server that can send runs of a file without reading them
+    /// into memory (`sendfile`): a backend that keeps a binary stream's data in files may answer
+    /// its larger runs as [`ReadPiece::File`] regions.
+    ///
+    /// The bytes it reads into memory stay within `max_bytes`, as for `read`; runs answered as
+    /// regions cost no memory and count only against `max_file_bytes`, the bound of the whole
+    /// answer (when it is larger than `max_bytes`). With `max_file_bytes` at most `max_bytes`
+    /// the answer (where it starts and ends, the flags, the bytes the pieces add up to) is
+    /// exactly what `read` returns; with more, it may go on further along the stream. A JSON
+    /// stream's pieces are always [`ReadPiece::Bytes`], one per message. The default calls
+    /// `read`.
+    fn read_regions(
+        &self,
+        name: &StreamName,
+        from: ReadFrom,
+        max_bytes: usize,
+        max_file_bytes: u64,
+    ) -> impl Future<Output = Result<ReadChunk<ReadPiece>>> + Send {
+        let _ = max_file_bytes;
+        async move {
+            let chunk = self.read(name, from, max_bytes).await?;
+            Ok(chunk.map_pieces(ReadPiece::Bytes))
+        }
+    }
 
     /// The stream's metadata. Does not reset a sliding TTL.
     fn head(&self, name: &StreamName) -> impl Future<Output = Result<StreamInfo>> + Send;

@@ -113,8 +113,11 @@ pub enum ReadFrom {
 }
 
 /// One chunk of a read.
+///
+/// Its pieces are [`Bytes`] for [`Storage::read`](crate::Storage::read), and [`ReadPiece`]s
+/// (bytes, or runs of a file) for [`Storage::read_regions`](crate::Storage::read_regions).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadChunk {
+pub struct ReadChunk<P = Bytes> {
     /// Internal id of this incarnation of the stream (changes when a name is re-created).
     pub stream_id: u64,
     /// The stream's content type.
@@ -124,7 +127,7 @@ pub struct ReadChunk {
     /// Where the next read continues.
     pub next: Offset,
     /// The data: for JSON streams one entry per message; otherwise byte pieces to concatenate.
-    pub pieces: Vec<Bytes>,
+    pub pieces: Vec<P>,
     /// `next` is the stream's tail at the time of the read.
     pub up_to_date: bool,
     /// The stream is closed and `next` is its final offset.
@@ -144,6 +147,208 @@ impl ReadChunk {
         self.pieces.iter().all(Bytes::is_empty)
     }
 }
+
+impl<P> ReadChunk<P> {
+    /// The same chunk with each piece mapped by `f`.
+    pub fn map_pieces<Q>(self, f: impl FnMut(P) -> Q) -> ReadChunk<Q> {
+        ReadChunk {
+            stream_id: self.stream_id,
+            content_type: self.content_type,
+            start: self.start,
+            next: self.next,
+            pieces: self.pieces.into_iter().map(f).collect(),
+            up_to_date: self.up_to_date,
+            closed: self.closed,
+        }
+    }
+}
+
+impl ReadChunk<ReadPiece> {
+    /// Number of payload bytes in the chunk.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.pieces.iter().map(ReadPiece::len).sum()
+    }
+
+    /// Whether the chunk carries no data.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.pieces.iter().all(|p| p.len() == 0)
+    }
+
+    /// Whether every piece is in memory (no [`ReadPiece::File`]).
+    #[must_use]
+    pub fn all_bytes(&self) -> bool {
+        self.pieces.iter().all(|p| matches!(p, ReadPiece::Bytes(_)))
+    }
+
+    /// The chunk as a plain [`ReadChunk`] when every piece is in memory; itself otherwise.
+    ///
+    /// # Errors
+    ///
+    /// Some piece is a [`ReadPiece::File`]: the chunk is handed back unchanged.
+    pub fn in_memory(self) -> std::result::Result<ReadChunk, Self> {
+        let pieces: Option<Vec<Bytes>> = self
+            .pieces
+            .iter()
+            .map(|p| match p {
+                ReadPiece::Bytes(b) => Some(b.clone()),
+                ReadPiece::File(_) => None,
+            })
+            .collect();
+        match pieces {
+            Some(pieces) => Ok(ReadChunk {
+                pieces,
+                stream_id: self.stream_id,
+                content_type: self.content_type,
+                start: self.start,
+                next: self.next,
+                up_to_date: self.up_to_date,
+                closed: self.closed,
+            }),
+            None => Err(self),
+        }
+    }
+
+    /// The chunk with every piece in memory: file regions are read (blocking I/O).
+    ///
+    /// # Errors
+    ///
+    /// A file region could not be read in full.
+    pub fn into_bytes(self) -> std::io::Result<ReadChunk> {
+        let mut failed = None;
+        let chunk = self.map_pieces(|p| match p {
+            ReadPiece::Bytes(b) => b,
+            ReadPiece::File(r) => r.read().unwrap_or_else(|e| {
+                failed.get_or_insert(e);
+                Bytes::new()
+            }),
+        });
+        failed.map_or(Ok(chunk), Err)
+    }
+}
+
+/// A piece of a [`Storage::read_regions`](crate::Storage::read_regions) answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadPiece {
+    /// Bytes in memory.
+    Bytes(Bytes),
+    /// A run of a file, for a server to send straight from the file (`sendfile`).
+    File(FileRegion),
+}
+
+impl ReadPiece {
+    /// Its length in bytes.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        match self {
+            ReadPiece::Bytes(b) => b.len() as u64,
+            ReadPiece::File(r) => r.len(),
+        }
+    }
+
+    /// Whether it holds no bytes.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Bytes> for ReadPiece {
+    fn from(b: Bytes) -> Self {
+        ReadPiece::Bytes(b)
+    }
+}
+
+/// `len` bytes of a file from `pos`, which the backend promises never change while the file is
+/// open: committed data of an append-only file.
+///
+/// The region holds its own handle of the file, so it stays readable after the backend closes
+/// its handle or deletes the stream (an unlinked file lives on while a handle is open).
+#[derive(Debug, Clone)]
+pub struct FileRegion {
+    file: std::sync::Arc<std::fs::File>,
+    pos: u64,
+    len: u64,
+}
+
+impl FileRegion {
+    /// The region of `file` from `pos`, `len` bytes long.
+    #[must_use]
+    pub fn new(file: std::sync::Arc<std::fs::File>, pos: u64, len: u64) -> Self {
+        FileRegion { file, pos, len }
+    }
+
+    /// The file.
+    #[must_use]
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// Where the region starts in the file.
+    #[must_use]
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Its length in bytes.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it holds no bytes.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads the region into memory (blocking I/O): what a server does when it cannot send
+    /// the region from the file itself.
+    ///
+    /// # Errors
+    ///
+    /// The read failed, or the file ends before the region does (`UnexpectedEof`).
+    pub fn read(&self) -> std::io::Result<Bytes> {
+        let len = usize::try_from(self.len)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
+        let mut buf = vec![0; len];
+        read_exact_at(&self.file, &mut buf, self.pos)?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], pos: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, pos)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &std::fs::File, mut buf: &mut [u8], mut pos: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match std::os::windows::fs::FileExt::seek_read(file, buf, pos) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                pos += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Regions are equal when they are the same run of the same open file.
+impl PartialEq for FileRegion {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.file, &other.file)
+            && self.pos == other.pos
+            && self.len == other.len
+    }
+}
+
+impl Eq for FileRegion {}
 
 /// A stream's metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use ds_protocol::StreamName;
 use ds_storage::{
-    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Error, ReadChunk, ReadFrom, Result,
-    Storage, StreamInfo, Tail,
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Error, ReadChunk, ReadFrom,
+    ReadPiece, Result, Storage, StreamInfo, Tail,
 };
 use tokio::sync::watch;
 
@@ -88,6 +88,19 @@ impl<S: Storage> Storage for Notifying<S> {
     async fn read(&self, name: &StreamName, from: ReadFrom, max_bytes: usize) -> Result<ReadChunk> {
         hidden(name)?;
         self.inner.read(name, from, max_bytes).await
+    }
+
+    async fn read_regions(
+        &self,
+        name: &StreamName,
+        from: ReadFrom,
+        max_bytes: usize,
+        max_file_bytes: u64,
+    ) -> Result<ReadChunk<ReadPiece>> {
+        hidden(name)?;
+        self.inner
+            .read_regions(name, from, max_bytes, max_file_bytes)
+            .await
     }
 
     async fn head(&self, name: &StreamName) -> Result<StreamInfo> {

@@ -1,15 +1,18 @@
 //! `GET`: catch-up reads, and the entry to live reads (sections 5.6 to 5.8, 8 and 10).
 
+use std::sync::Arc;
+
+use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use ds_protocol::{OffsetParam, content_type, etag, json};
-use ds_storage::{ReadChunk, ReadFrom, Storage};
+use ds_protocol::{Offset, OffsetParam, content_type, etag, json};
+use ds_storage::{ReadChunk, ReadFrom, ReadPiece, Storage};
 
 use super::{
     Query, header_str, set_closed, set_content_type, set_no_store, set_offset, stream_name,
 };
-use crate::body::PiecesBody;
+use crate::body::{FileBody, FilePieces, PiecesBody, SendsFiles};
 use crate::error::ApiError;
 use crate::live;
 use crate::router::App;
@@ -25,13 +28,14 @@ pub(super) async fn read<S: Storage>(app: &App<S>, req: Request) -> Result<Respo
         .map_err(|e| ApiError::bad_request("INVALID_OFFSET", e.to_string()))?;
     match q.live.as_deref() {
         None => {
-            let if_none_match =
-                header_str(req.headers(), &header::IF_NONE_MATCH)?.map(str::to_owned);
+            let if_none_match = header_str(req.headers(), &header::IF_NONE_MATCH)?;
+            let sends_files = req.extensions().get::<SendsFiles>().is_some();
             catch_up(
                 app,
                 &name,
                 offset.unwrap_or(OffsetParam::Start),
-                if_none_match.as_deref(),
+                if_none_match,
+                sends_files,
             )
             .await
         }
@@ -61,26 +65,89 @@ pub(crate) fn read_from(offset: OffsetParam) -> ReadFrom {
     }
 }
 
+/// A catch-up read's answer: bytes, or (for a connection that [`SendsFiles`]) pieces that may
+/// be runs of files.
+enum Answer {
+    Bytes(ReadChunk),
+    Pieces(ReadChunk<ReadPiece>),
+}
+
+impl Answer {
+    fn chunk_len(&self) -> u64 {
+        match self {
+            Answer::Bytes(c) => c.len() as u64,
+            Answer::Pieces(c) => c.len(),
+        }
+    }
+
+    fn meta(&self) -> (u64, Offset, Offset, bool) {
+        match self {
+            Answer::Bytes(c) => (c.stream_id, c.start, c.next, c.closed),
+            Answer::Pieces(c) => (c.stream_id, c.start, c.next, c.closed),
+        }
+    }
+
+    fn into_response(self) -> Response {
+        match self {
+            Answer::Bytes(c) => data_response(c),
+            Answer::Pieces(c) => match c.in_memory() {
+                Ok(c) => data_response(c),
+                Err(c) => file_response(c),
+            },
+        }
+    }
+}
+
+/// A `200` whose body has runs of files: sent with `sendfile` by a connection that
+/// [`SendsFiles`] ([`FilePieces`]), read by the body ([`FileBody`]) anywhere else.
+fn file_response(c: ReadChunk<ReadPiece>) -> Response {
+    let pieces: Arc<[ReadPiece]> = if content_type::is_json(&c.content_type) {
+        json::array_pieces(&c.pieces).into()
+    } else {
+        c.pieces.into()
+    };
+    // The headers of the same chunk without its pieces; the body is replaced.
+    let mut res = data_response(ReadChunk {
+        pieces: Vec::new(),
+        stream_id: c.stream_id,
+        content_type: c.content_type,
+        start: c.start,
+        next: c.next,
+        up_to_date: c.up_to_date,
+        closed: c.closed,
+    });
+    *res.body_mut() = Body::new(FileBody::new(Arc::clone(&pieces)));
+    res.extensions_mut().insert(FilePieces(pieces));
+    res
+}
+
 async fn catch_up<S: Storage>(
     app: &App<S>,
     name: &ds_protocol::StreamName,
     offset: OffsetParam,
     if_none_match: Option<&str>,
+    sends_files: bool,
 ) -> Result<Response, ApiError> {
-    let chunk = app
-        .storage
-        .read(name, read_from(offset), app.settings.read_chunk_bytes)
-        .await?;
-    if !chunk.is_empty() {
-        app.metrics.record_read(chunk.len());
+    let (from, max) = (read_from(offset), app.settings.read_chunk_bytes);
+    let answer = if sends_files {
+        let files = app.settings.sendfile_chunk_bytes;
+        Answer::Pieces(app.storage.read_regions(name, from, max, files).await?)
+    } else {
+        Answer::Bytes(app.storage.read(name, from, max).await?)
+    };
+    let len = answer.chunk_len();
+    if len > 0 {
+        app.metrics
+            .record_read(usize::try_from(len).unwrap_or(usize::MAX));
     }
     if offset == OffsetParam::Now {
         // The tail position changes with every append: never cached, no ETag (section 8).
-        let mut res = data_response(chunk);
+        let mut res = answer.into_response();
         set_no_store(res.headers_mut());
         return Ok(res);
     }
-    let tag = etag::etag(chunk.stream_id, chunk.start, chunk.next, chunk.closed);
+    let (stream_id, start, next, closed) = answer.meta();
+    let tag = etag::etag(stream_id, start, next, closed);
     if let Some(inm) = if_none_match
         && etag::if_none_match(inm, &tag)
     {
@@ -91,7 +158,7 @@ async fn catch_up<S: Storage>(
         out.insert(header::CACHE_CONTROL, app.settings.cacheable.clone());
         return Ok(res);
     }
-    let mut res = data_response(chunk);
+    let mut res = answer.into_response();
     let out = res.headers_mut();
     insert_etag(out, &tag);
     out.insert(header::CACHE_CONTROL, app.settings.cacheable.clone());

@@ -5,6 +5,7 @@
 mod bad_input;
 mod cluster;
 mod disk_full;
+mod file_reads;
 mod limits;
 mod live;
 mod metrics;

@@ -44,7 +44,10 @@ impl TestServer {
     }
 
     /// [`TestServer::start`] over a store the test keeps a handle to.
-    pub(crate) async fn start_with(mut cfg: Config, storage: Arc<MemoryStorage>) -> TestServer {
+    pub(crate) async fn start_with<S: ds_storage::Storage>(
+        mut cfg: Config,
+        storage: Arc<S>,
+    ) -> TestServer {
         let port = free_port();
         cfg.server.bind_address = format!("127.0.0.1:{port}");
         let addr: SocketAddr = cfg.server.bind_address.parse().expect("addr");

@@ -68,6 +68,12 @@ pub trait FsFile: Send + Sync {
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
     }
+
+    /// The operating system's handle of this file, for reads answered with regions of it
+    /// ([`ds_storage::FileRegion`]); `None` (the default) for a file that is not one.
+    fn shared_file(&self) -> Option<Arc<std::fs::File>> {
+        None
+    }
 }
 
 /// Reads exactly `buf.len()` bytes at `pos`, failing with `UnexpectedEof` if the file is

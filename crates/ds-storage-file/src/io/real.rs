@@ -12,7 +12,8 @@ use super::{Fs, FsFile, OpenMode};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RealFs;
 
-struct RealFile(File);
+/// An open file; shared, so a read can hand out a handle of it ([`FsFile::shared_file`]).
+struct RealFile(Arc<File>);
 
 impl Fs for RealFs {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FsFile>> {
@@ -27,7 +28,7 @@ impl Fs for RealFs {
                 o.create(true).truncate(true);
             }
         }
-        Ok(Arc::new(RealFile(o.open(path)?)))
+        Ok(Arc::new(RealFile(Arc::new(o.open(path)?))))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -99,23 +100,23 @@ impl Fs for RealFs {
 impl FsFile for RealFile {
     #[cfg(unix)]
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-        std::os::unix::fs::FileExt::read_at(&self.0, buf, pos)
+        std::os::unix::fs::FileExt::read_at(&*self.0, buf, pos)
     }
 
     #[cfg(windows)]
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-        std::os::windows::fs::FileExt::seek_read(&self.0, buf, pos)
+        std::os::windows::fs::FileExt::seek_read(&*self.0, buf, pos)
     }
 
     #[cfg(unix)]
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
-        std::os::unix::fs::FileExt::write_all_at(&self.0, buf, pos)
+        std::os::unix::fs::FileExt::write_all_at(&*self.0, buf, pos)
     }
 
     #[cfg(windows)]
     fn write_all_at(&self, mut buf: &[u8], mut pos: u64) -> io::Result<()> {
         while !buf.is_empty() {
-            let n = std::os::windows::fs::FileExt::seek_write(&self.0, buf, pos)?;
+            let n = std::os::windows::fs::FileExt::seek_write(&*self.0, buf, pos)?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -135,5 +136,9 @@ impl FsFile for RealFile {
 
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+
+    fn shared_file(&self) -> Option<Arc<File>> {
+        Some(Arc::clone(&self.0))
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ds_protocol::{NameLimits, Offset, StreamName};
 use ds_storage::rules::ManualClock;
-use ds_storage::{AppendOutcome, CreateRequest, Error, ForkRequest, ReadFrom, Storage};
+use ds_storage::{AppendOutcome, CreateRequest, Error, ForkRequest, ReadFrom, ReadPiece, Storage};
 use ds_storage_file::io::SimFs;
 use ds_storage_file::{Durability, FileOptions, FileStorage};
 
@@ -1049,5 +1049,109 @@ async fn a_stream_deleted_while_the_checkpoint_creates_its_file_stays_deleted() 
         .await
         .expect("reopen");
     assert!(matches!(store.head(&idle).await, Err(Error::NotFound)));
+    store.close().await;
+}
+
+/// A region read answers large runs of a binary stream as regions of its stream file (small
+/// ones as bytes, and a run cut by the read's budget as the part it takes), and the regions
+/// stay readable after the stream is deleted.
+#[tokio::test]
+async fn region_reads_hand_out_large_runs_as_file_regions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = name("regions");
+    let store = FileStorage::open(options(dir.path())).await.expect("open");
+    store.create(&s, create_req()).await.expect("create");
+    let bodies: Vec<Vec<u8>> = [100usize, 40_000, 10, 200_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| (0..len).map(|j| (j + i * 50) as u8).collect())
+        .collect();
+    for body in &bodies {
+        store
+            .append(&s, append_req(body.clone()))
+            .await
+            .expect("append");
+    }
+    let chunk = store
+        .read_regions(&s, ReadFrom::Start, 1 << 20, 1 << 20)
+        .await
+        .expect("read");
+    let kinds: Vec<(bool, u64)> = chunk
+        .pieces
+        .iter()
+        .map(|p| (matches!(p, ReadPiece::File(_)), p.len()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [(false, 100), (true, 40_000), (false, 10), (true, 200_000)]
+    );
+    // A budget that ends inside a large run takes a region of what it can.
+    let cut = store
+        .read_regions(&s, ReadFrom::Start, 100 + 35_000, 100 + 35_000)
+        .await
+        .expect("read");
+    assert!(matches!(&cut.pieces[1], ReadPiece::File(r) if r.len() == 35_000));
+    store.delete(&s).await.expect("delete");
+    assert!(
+        stream_files(dir.path()).is_empty(),
+        "the stream file is gone"
+    );
+    let got = chunk.into_bytes().expect("regions read after the delete");
+    assert_eq!(got.pieces.concat(), bodies.concat());
+    store.close().await;
+}
+
+/// On a file system without operating-system handles (the simulated one), a region read
+/// reads every run.
+#[tokio::test]
+async fn region_reads_without_os_files_read_every_run() {
+    let sim = SimFs::new(1);
+    let s = name("sim-regions");
+    let store = FileStorage::open_with_fs(sim_options(Durability::Durable), sim.process())
+        .await
+        .expect("open");
+    store.create(&s, create_req()).await.expect("create");
+    store
+        .append(&s, append_req(vec![7u8; 100_000]))
+        .await
+        .expect("append");
+    let chunk = store
+        .read_regions(&s, ReadFrom::Start, 1 << 20, 1 << 20)
+        .await
+        .expect("read");
+    assert!(chunk.all_bytes());
+    assert_eq!(chunk.len(), 100_000);
+    store.close().await;
+}
+
+/// A region read's budget for file regions is its own: runs answered as regions go past the
+/// in-memory budget, and small runs read into memory stay within it.
+#[tokio::test]
+async fn region_reads_take_runs_past_the_in_memory_budget() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = name("far");
+    let store = FileStorage::open(options(dir.path())).await.expect("open");
+    store.create(&s, create_req()).await.expect("create");
+    for len in [300_000usize, 300_000, 100, 100, 100] {
+        store
+            .append(&s, append_req(vec![1u8; len]))
+            .await
+            .expect("append");
+    }
+    let chunk = store
+        .read_regions(&s, ReadFrom::Start, 150, 1 << 20)
+        .await
+        .expect("read");
+    let kinds: Vec<(bool, u64)> = chunk
+        .pieces
+        .iter()
+        .map(|p| (matches!(p, ReadPiece::File(_)), p.len()))
+        .collect();
+    // Two whole regions, then the first small run, then what is left of the in-memory budget.
+    assert_eq!(
+        kinds,
+        [(true, 300_000), (true, 300_000), (false, 100), (false, 50)]
+    );
+    assert!(!chunk.up_to_date);
     store.close().await;
 }

@@ -234,6 +234,7 @@ macro_rules! __contract_cases {
                 read_with_offset_not_on_a_position_is_rejected,
                 reads_are_byte_exact,
                 read_of_missing_stream_is_not_found,
+                read_regions_answers_what_read_answers,
             }
             delete [CurrentThread] {
                 deleted_stream_is_not_found,

@@ -5,7 +5,8 @@ use ds_protocol::Offset;
 
 use super::Harness;
 use super::support::{
-    ALL, BINARY, JSON, TEXT, append, close_req, create, name, read_all, read_pieces,
+    ALL, BINARY, JSON, TEXT, append, appended, close_req, create, created, fork_req, name,
+    read_all, read_pieces,
 };
 use crate::{Error, ReadFrom, Storage};
 
@@ -301,4 +302,140 @@ pub async fn read_of_missing_stream_is_not_found<H: Harness>(h: &H) {
         Err(Error::NotFound)
     );
     assert_matches!(store.head(&name("missing")).await, Err(Error::NotFound));
+}
+
+/// Compares the two reads at every step of a walk from `from` to the tail.
+async fn walk<S: Storage>(store: &S, s: &crate::StreamName, limit: usize, json: bool) {
+    let mut from = ReadFrom::Start;
+    for _ in 0..10_000 {
+        let plain = store.read(s, from, limit).await.expect("read");
+        let regions = store
+            .read_regions(s, from, limit, limit as u64)
+            .await
+            .expect("read_regions");
+        if json {
+            assert!(regions.all_bytes(), "a JSON stream's pieces are bytes");
+        }
+        let len = regions.len();
+        let got = regions.into_bytes().expect("file regions read back");
+        assert_eq!(len, got.len() as u64, "region lengths add up");
+        let ctx = format!("{s:?} from {from:?} limit {limit}");
+        assert_eq!(got.stream_id, plain.stream_id, "{ctx}");
+        assert_eq!(got.content_type, plain.content_type, "{ctx}");
+        assert_eq!(got.start, plain.start, "{ctx}");
+        assert_eq!(got.next, plain.next, "{ctx}");
+        assert_eq!(got.up_to_date, plain.up_to_date, "{ctx}");
+        assert_eq!(got.closed, plain.closed, "{ctx}");
+        if json {
+            assert_eq!(got.pieces, plain.pieces, "{ctx}");
+        } else {
+            assert!(
+                got.pieces.concat() == plain.pieces.concat(),
+                "{ctx}: bytes differ"
+            );
+        }
+        if plain.up_to_date {
+            return;
+        }
+        from = ReadFrom::At(plain.next);
+    }
+    panic!("{s:?}: the walk at limit {limit} did not reach the tail");
+}
+
+/// Walks with `file_limit` for regions and checks each answer against `read`'s.
+async fn walk_far<S: Storage>(store: &S, s: &crate::StreamName, limit: usize, file_limit: u64) {
+    let whole = read_all(store, s).await;
+    let mut got = Vec::new();
+    let mut from = ReadFrom::Start;
+    for _ in 0..10_000 {
+        let ctx = format!("{s:?} from {from:?} limits {limit}/{file_limit}");
+        let chunk = store
+            .read_regions(s, from, limit, file_limit)
+            .await
+            .expect("read_regions");
+        let in_memory: u64 = chunk
+            .pieces
+            .iter()
+            .filter(|p| matches!(p, crate::ReadPiece::Bytes(_)))
+            .map(crate::ReadPiece::len)
+            .sum();
+        // A JSON answer holds at least one message, however large.
+        assert!(
+            in_memory <= limit.max(1) as u64 || chunk.pieces.len() == 1,
+            "{ctx}: {in_memory} bytes in memory"
+        );
+        assert!(
+            chunk.len() <= file_limit.max(limit as u64),
+            "{ctx}: {} bytes",
+            chunk.len()
+        );
+        let plain = store.read(s, from, limit).await.expect("read");
+        let chunk = chunk.into_bytes().expect("file regions read back");
+        assert_eq!(chunk.start, plain.start, "{ctx}");
+        let (bytes, plain_bytes) = (chunk.pieces.concat(), plain.pieces.concat());
+        assert!(
+            bytes.starts_with(&plain_bytes),
+            "{ctx}: begins with read's answer"
+        );
+        got.extend_from_slice(&bytes);
+        if chunk.up_to_date {
+            assert!(got == whole, "{ctx}: the walk reassembles the stream");
+            return;
+        }
+        assert!(
+            !bytes.is_empty(),
+            "{ctx}: an answer short of the tail carries data"
+        );
+        from = ReadFrom::At(chunk.next);
+    }
+    panic!("{s:?}: the walk at limits {limit}/{file_limit} did not reach the tail");
+}
+
+/// `read_regions` within `read`'s budget answers exactly what `read` answers (the same bytes,
+/// start, next and flags), for binary streams with runs large and small, read whole or in
+/// chunks that cut records, through a fork's inherited data, after a close; and for JSON
+/// streams, the same messages as bytes. With a larger budget for file regions, a walk still
+/// reassembles the stream, each answer starting with what `read` answers and keeping its
+/// bytes in memory within `read`'s budget.
+pub async fn read_regions_answers_what_read_answers<H: Harness>(h: &H) {
+    let store = h.open().await;
+    let (s, fork) = (name("regions"), name("regions-fork"));
+    create(&store, &s, BINARY).await;
+    let mut split = None;
+    for (i, len) in [100usize, 40_000, 70_000, 10, 33_000, 200_000]
+        .into_iter()
+        .enumerate()
+    {
+        let body: Vec<u8> = (0..len).map(|j| (j * 7 + i * 13) as u8).collect();
+        let tail = append(&store, &s, BINARY, body).await;
+        if i == 2 {
+            split = Some(tail);
+        }
+    }
+    created(store.create(&fork, fork_req(&s, split, 0)).await);
+    for len in [50_000usize, 5, 64 * 1024] {
+        let body: Vec<u8> = (0..len).map(|j| (j * 3 + 1) as u8).collect();
+        append(&store, &fork, BINARY, body).await;
+    }
+    appended(store.append(&s, close_req()).await);
+    let j = name("regions-json");
+    create(&store, &j, JSON).await;
+    append(&store, &j, JSON, "[1,\"two\",{\"three\":3}]").await;
+    let big = format!("[\"{}\"]", "x".repeat(40_000));
+    append(&store, &j, JSON, big).await;
+    for limit in [1_000, 32 * 1024 + 1, 50_000, ALL] {
+        walk(&store, &s, limit, false).await;
+        walk(&store, &fork, limit, false).await;
+        walk(&store, &j, limit, true).await;
+    }
+    for (limit, file_limit) in [(1_000, 100_000), (20_000, 150_000), (50_000, 1 << 20)] {
+        walk_far(&store, &s, limit, file_limit).await;
+        walk_far(&store, &fork, limit, file_limit).await;
+        walk_far(&store, &j, limit, file_limit).await;
+    }
+    let tail = store
+        .read_regions(&s, ReadFrom::Tail, ALL, ALL as u64)
+        .await
+        .expect("read tail");
+    assert!(tail.is_empty() && tail.closed);
 }

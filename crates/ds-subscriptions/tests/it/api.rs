@@ -456,6 +456,12 @@ async fn reserved_streams_are_invisible_through_notifying() {
         Err(ds_storage::Error::NotFound)
     ));
     assert!(matches!(
+        h.streams
+            .read_regions(&key, ds_storage::ReadFrom::Start, 1024, 1024)
+            .await,
+        Err(ds_storage::Error::NotFound)
+    ));
+    assert!(matches!(
         h.streams.export_meta(&key).await,
         Err(ds_storage::Error::NotFound)
     ));
@@ -479,4 +485,40 @@ async fn reserved_streams_are_invisible_through_notifying() {
         h.streams.create(&name("stolen"), fork).await,
         Err(ds_storage::Error::ForkSourceNotFound)
     ));
+}
+
+/// Region reads go through the wrapper to the store: a file store's large runs stay file
+/// regions (the server sends them with `sendfile`).
+#[tokio::test]
+async fn region_reads_reach_the_store_through_notifying() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let opts = ds_storage_file::FileOptions::new(dir.path(), ds_storage_file::Durability::Durable);
+    let store = Arc::new(
+        ds_storage_file::FileStorage::open(opts)
+            .await
+            .expect("open the file store"),
+    );
+    let h = H::open(store, dev_config()).await;
+    let s = name("big");
+    let req = CreateRequest {
+        content_type: Some("application/octet-stream".to_owned()),
+        ..CreateRequest::default()
+    };
+    h.streams.create(&s, req).await.expect("create");
+    let append = ds_storage::AppendRequest {
+        content_type: Some("application/octet-stream".to_owned()),
+        body: vec![3u8; 100_000].into(),
+        ..ds_storage::AppendRequest::default()
+    };
+    h.streams.append(&s, append).await.expect("append");
+    let chunk = h
+        .streams
+        .read_regions(&s, ds_storage::ReadFrom::Start, 1 << 20, 1 << 20)
+        .await
+        .expect("read");
+    assert!(
+        matches!(chunk.pieces.as_slice(), [ds_storage::ReadPiece::File(r)] if r.len() == 100_000),
+        "{:?}",
+        chunk.pieces
+    );
 }
