@@ -511,13 +511,27 @@ where
         self.io.flush().await
     }
 
-    /// Sends a run of a file with `sendfile`.
+    /// Sends a run of a file with `sendfile`; where the file system refuses `sendfile`, reads
+    /// the rest of the run on the blocking pool, [`MAX_WRITE_BYTES`] at a time, and writes it.
     async fn send_region(&mut self, region: &FileRegion) -> io::Result<()> {
         let (mut pos, end) = (region.pos(), region.pos() + region.len());
         while pos < end {
             let want = usize::try_from(end - pos).unwrap_or(usize::MAX);
-            let n = std::future::poll_fn(|cx| self.io.poll_send_file(cx, region.file(), pos, want))
-                .await?;
+            let sent =
+                std::future::poll_fn(|cx| self.io.poll_send_file(cx, region.file(), pos, want))
+                    .await;
+            let n = match sent {
+                Ok(n) => n,
+                Err(e) if refused(&e) => {
+                    let part = region.part(pos - region.pos(), MAX_WRITE_BYTES as u64);
+                    let bytes = tokio::task::spawn_blocking(move || part.read())
+                        .await
+                        .map_err(io::Error::other)??;
+                    write_all_vectored(&mut self.io, &mut [IoSlice::new(&bytes)]).await?;
+                    bytes.len()
+                }
+                Err(e) => return Err(e),
+            };
             if n == 0 {
                 // The file is shorter than the region: the response cannot be completed.
                 return Err(io::ErrorKind::UnexpectedEof.into());
@@ -648,6 +662,16 @@ fn gather(
             }
         }
     }
+}
+
+/// Whether a `sendfile` error means this file (or its file system) cannot be sent that way,
+/// rather than a failed connection: `EINVAL` (no page-cache reads for it), `ENOSYS`,
+/// `EOPNOTSUPP`.
+fn refused(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
+    )
 }
 
 /// Writes every byte of `bufs`.
@@ -1795,7 +1819,7 @@ mod tests {
     }
 
     /// Reads one response with a `Content-Length` body from `client`; returns head and body.
-    async fn read_response(client: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    async fn read_response<C: AsyncRead + Unpin>(client: &mut C) -> (String, Vec<u8>) {
         let mut buf = Vec::new();
         let head_end = loop {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -1940,6 +1964,97 @@ mod tests {
         let answer = until_close(&mut client).await;
         assert!(answer.ends_with("ok"), "{answer}");
         assert!(!marked.load(Ordering::SeqCst));
+        task.await.expect("server");
+    }
+
+    /// A connection that claims `sendfile` but whose file system refuses it.
+    struct Refusing(DuplexStream);
+
+    impl AsyncRead for Refusing {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Refusing {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl SendFile for Refusing {
+        fn can_send_file(&self) -> bool {
+            true
+        }
+
+        fn poll_send_file(
+            &mut self,
+            _: &mut Context<'_>,
+            _: &std::fs::File,
+            _: u64,
+            _: usize,
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Err(io::Error::from_raw_os_error(22))) // EINVAL
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_of_files_are_read_and_written_where_sendfile_is_refused() {
+        let (file, data) = pattern_file(3 * 1024 * 1024 + 17);
+        let shared = Arc::new(file.reopen().expect("reopen"));
+        let len = data.len() as u64 - 5;
+        let pieces: Arc<[ReadPiece]> = vec![
+            ReadPiece::Bytes(Bytes::from_static(b"<")),
+            ReadPiece::File(FileRegion::new(shared, 5, len)),
+        ]
+        .into();
+        let mut expected = b"<".to_vec();
+        expected.extend_from_slice(&data[5..]);
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let declared = expected.len() as u64;
+        let task = tokio::spawn(async move {
+            let token = ShutdownToken::new();
+            serve(
+                Refusing(server),
+                OPTS,
+                &token,
+                move |_req: Request<Body>| {
+                    let pieces = Arc::clone(&pieces);
+                    Box::pin(async move {
+                        let mut res = Response::new(Body::empty());
+                        res.headers_mut()
+                            .insert(header::CONTENT_LENGTH, HeaderValue::from(declared));
+                        res.extensions_mut().insert(FilePieces(pieces));
+                        Ok(res)
+                    })
+                },
+            )
+            .await;
+        });
+        client
+            .write_all(b"GET /s HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("send");
+        let (head, body) = read_response(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(body == expected, "the body is whole");
+        drop(client);
         task.await.expect("server");
     }
 }

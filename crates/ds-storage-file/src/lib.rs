@@ -767,6 +767,7 @@ impl FileStorage {
                     },
                     &mut pieces,
                 )?;
+                P::finish(&mut pieces);
                 Ok((pieces, next))
             })
             .await

@@ -291,6 +291,9 @@ pub(crate) trait Piece: Sized + Send + 'static {
 
     /// Whether `budget` can take nothing more.
     fn spent(budget: &Budget<'_>) -> bool;
+
+    /// Settles a finished read's pieces before they are handed out.
+    fn finish(pieces: &mut [Self]);
 }
 
 impl Piece for Bytes {
@@ -318,6 +321,8 @@ impl Piece for Bytes {
     fn spent(budget: &Budget<'_>) -> bool {
         *budget.bytes == 0
     }
+
+    fn finish(_: &mut [Self]) {}
 }
 
 impl Piece for ReadPiece {
@@ -355,6 +360,34 @@ impl Piece for ReadPiece {
 
     fn spent(budget: &Budget<'_>) -> bool {
         budget.total == 0 || (*budget.bytes == 0 && budget.total < REGION_MIN)
+    }
+
+    /// When the answer has regions, its bytes are copied into one buffer of exactly their size:
+    /// each was cut from a block that also held the runs sent as regions (or a head block
+    /// around a small payload), and a response holding those blocks would keep far more memory
+    /// than the payload its budget counts, for as long as a slow client takes.
+    fn finish(pieces: &mut [Self]) {
+        if !pieces.iter().any(|p| matches!(p, ReadPiece::File(_))) {
+            return;
+        }
+        let mut len = 0;
+        for p in pieces.iter() {
+            if let ReadPiece::Bytes(b) = p {
+                len += b.len();
+            }
+        }
+        let mut buf = BytesMut::with_capacity(len);
+        for p in pieces.iter() {
+            if let ReadPiece::Bytes(b) = p {
+                buf.extend_from_slice(b);
+            }
+        }
+        let mut buf = buf.freeze();
+        for p in pieces.iter_mut() {
+            if let ReadPiece::Bytes(b) = p {
+                *b = buf.split_to(b.len());
+            }
+        }
     }
 }
 

@@ -303,6 +303,18 @@ impl FileRegion {
         self.len == 0
     }
 
+    /// The part of the region from `skip` bytes into it, at most `len` bytes long (empty
+    /// past its end).
+    #[must_use]
+    pub fn part(&self, skip: u64, len: u64) -> FileRegion {
+        let skip = skip.min(self.len);
+        FileRegion {
+            file: std::sync::Arc::clone(&self.file),
+            pos: self.pos + skip,
+            len: (self.len - skip).min(len),
+        }
+    }
+
     /// Reads the region into memory (blocking I/O): what a server does when it cannot send
     /// the region from the file itself.
     ///

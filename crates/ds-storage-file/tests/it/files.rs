@@ -1155,3 +1155,47 @@ async fn region_reads_take_runs_past_the_in_memory_budget() {
     assert!(!chunk.up_to_date);
     store.close().await;
 }
+
+/// The bytes of an answer with regions are one buffer of exactly their size (not slices of the
+/// blocks read around the regions, which a slow client would keep alive).
+#[tokio::test]
+async fn region_reads_hold_their_small_runs_in_one_buffer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = name("compact");
+    let store = FileStorage::open(options(dir.path())).await.expect("open");
+    store.create(&s, create_req()).await.expect("create");
+    let mut expected = Vec::new();
+    for i in 0..20u8 {
+        for len in [4_200usize, 40_000] {
+            let body = vec![i.wrapping_mul(3).wrapping_add(len as u8); len];
+            expected.extend_from_slice(&body);
+            store.append(&s, append_req(body)).await.expect("append");
+        }
+    }
+    let chunk = store
+        .read_regions(&s, ReadFrom::Start, 1 << 20, 32 << 20)
+        .await
+        .expect("read");
+    assert!(chunk.up_to_date);
+    let bytes: Vec<&bytes::Bytes> = chunk
+        .pieces
+        .iter()
+        .filter_map(|p| match p {
+            ReadPiece::Bytes(b) => Some(b),
+            ReadPiece::File(_) => None,
+        })
+        .collect();
+    assert_eq!(bytes.len(), 20);
+    for pair in bytes.windows(2) {
+        assert_eq!(
+            pair[0].as_ptr().wrapping_add(pair[0].len()),
+            pair[1].as_ptr(),
+            "the small runs lie back to back in one buffer"
+        );
+    }
+    assert_eq!(
+        chunk.into_bytes().expect("read back").pieces.concat(),
+        expected
+    );
+    store.close().await;
+}
