@@ -764,6 +764,7 @@ impl FileStorage {
                         bytes: &mut bytes,
                         units: &mut units,
                         total,
+                        by_units: false,
                     },
                     &mut pieces,
                 )?;

@@ -467,6 +467,7 @@ pub(crate) fn json_position(
             bytes: &mut budget,
             units: &mut units,
             total: u64::MAX,
+            by_units: true,
         },
         &mut pieces,
     )?;
@@ -482,6 +483,9 @@ pub(crate) struct Budget<'a> {
     pub units: &'a mut usize,
     /// Payload bytes in all, file regions included (a region read; at least `bytes`).
     pub total: u64,
+    /// The read is capped by `units` (fork resolution), not by bytes: it keeps to small
+    /// blocks.
+    pub by_units: bool,
 }
 
 /// Reads `entry`'s view from `from` up to `limit` (a byte position; `None` = the tail),
@@ -539,10 +543,10 @@ fn read_own<P: Piece>(
     }
     // A read capped by message count (fork resolution) keeps to small blocks.
     let want = |budget: &Budget<'_>| {
-        if *budget.units == usize::MAX {
-            budget.bytes.saturating_add(HEAD_SLACK)
-        } else {
+        if budget.by_units {
             BLOCK
+        } else {
+            budget.bytes.saturating_add(HEAD_SLACK)
         }
     };
     let mut cursor = cursor_at(pool, entry, snap)?;
