@@ -1892,43 +1892,42 @@ mod tests {
         task.await.expect("server");
     }
 
+    /// Answers one GET over TCP with a region of a 1,024-byte file declared `declared` bytes
+    /// long; returns everything the client got until the server closed.
     #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn file_pieces_that_do_not_add_up_to_the_length_close_the_connection() {
+    async fn one_region_until_close(pos: u64, len: u64, declared: u64) -> Vec<u8> {
         let (file, _) = pattern_file(1024);
         let shared = Arc::new(file.reopen().expect("reopen"));
         let pieces: Arc<[ReadPiece]> =
-            vec![ReadPiece::File(FileRegion::new(shared, 0, 1000))].into();
-        let (mut client, task) = tcp_server(pieces, 999, Arc::new(AtomicBool::new(false))).await;
+            vec![ReadPiece::File(FileRegion::new(shared, pos, len))].into();
+        let (mut client, task) =
+            tcp_server(pieces, declared, Arc::new(AtomicBool::new(false))).await;
         client
             .write_all(b"GET /s HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
             .expect("send");
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.expect("read");
+        drop(client);
+        task.await.expect("server");
+        got
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn file_pieces_that_do_not_add_up_to_the_length_close_the_connection() {
+        let got = one_region_until_close(0, 1000, 999).await;
         assert!(
             got.is_empty(),
             "nothing is sent: {:?}",
             String::from_utf8_lossy(&got)
         );
-        drop(client);
-        task.await.expect("server");
     }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_region_past_the_end_of_its_file_cuts_the_response_short() {
-        let (file, _) = pattern_file(1024);
-        let shared = Arc::new(file.reopen().expect("reopen"));
-        let pieces: Arc<[ReadPiece]> =
-            vec![ReadPiece::File(FileRegion::new(shared, 512, 4096))].into();
-        let (mut client, task) = tcp_server(pieces, 4096, Arc::new(AtomicBool::new(false))).await;
-        client
-            .write_all(b"GET /s HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .expect("send");
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.expect("read");
+        let got = one_region_until_close(512, 4096, 4096).await;
         let text = String::from_utf8_lossy(&got);
         let head_end = text.find("\r\n\r\n").expect("head sent") + 4;
         assert!(text.contains("content-length: 4096"), "{text}");
@@ -1937,8 +1936,6 @@ mod tests {
             512,
             "what the file has, then the close"
         );
-        drop(client);
-        task.await.expect("server");
     }
 
     #[tokio::test]
