@@ -1783,9 +1783,21 @@ mod tests {
         (f, data)
     }
 
-    /// Serves one accepted TCP connection with a service that answers every request with
-    /// `pieces` as [`FilePieces`] and an empty body, declaring `declared` bytes; records
-    /// whether each request was marked [`SendsFiles`].
+    /// The answer of a service that sends `pieces` as [`FilePieces`] with an empty body,
+    /// declaring `declared` bytes: only the connection's file path can produce the body.
+    fn answer_with_files(pieces: &Arc<[ReadPiece]>, declared: u64) -> ServiceFuture {
+        let pieces = Arc::clone(pieces);
+        Box::pin(async move {
+            let mut res = Response::new(Body::empty());
+            res.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(declared));
+            res.extensions_mut().insert(FilePieces(pieces));
+            Ok(res)
+        })
+    }
+
+    /// Serves one accepted TCP connection with [`answer_with_files`]; records whether each
+    /// request was marked [`SendsFiles`].
     async fn tcp_server(
         pieces: Arc<[ReadPiece]>,
         declared: u64,
@@ -1799,18 +1811,11 @@ mod tests {
             let (tcp, _) = listener.accept().await.expect("accept");
             let token = ShutdownToken::new();
             serve(tcp, OPTS, &token, move |req: Request<Body>| {
-                let pieces = Arc::clone(&pieces);
                 marked.store(
                     req.extensions().get::<SendsFiles>().is_some(),
                     Ordering::SeqCst,
                 );
-                Box::pin(async move {
-                    let mut res = Response::new(Body::empty());
-                    res.headers_mut()
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(declared));
-                    res.extensions_mut().insert(FilePieces(pieces));
-                    Ok(res)
-                })
+                answer_with_files(&pieces, declared)
             })
             .await;
         });
@@ -2031,16 +2036,7 @@ mod tests {
                 Refusing(server),
                 OPTS,
                 &token,
-                move |_req: Request<Body>| {
-                    let pieces = Arc::clone(&pieces);
-                    Box::pin(async move {
-                        let mut res = Response::new(Body::empty());
-                        res.headers_mut()
-                            .insert(header::CONTENT_LENGTH, HeaderValue::from(declared));
-                        res.extensions_mut().insert(FilePieces(pieces));
-                        Ok(res)
-                    })
-                },
+                move |_req: Request<Body>| answer_with_files(&pieces, declared),
             )
             .await;
         });

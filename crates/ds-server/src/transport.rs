@@ -408,6 +408,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
     }
 }
 
+impl<T> Tracked<T> {
+    /// Passes on the result of a write, marking the connection active if bytes went out.
+    fn wrote(&self, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.active.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -415,10 +425,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.active.store(true, Ordering::Relaxed);
-        }
-        res
+        self.wrote(res)
     }
 
     fn poll_write_vectored(
@@ -427,10 +434,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.active.store(true, Ordering::Relaxed);
-        }
-        res
+        self.wrote(res)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -459,10 +463,7 @@ impl<T: h1::SendFile> h1::SendFile for Tracked<T> {
         len: usize,
     ) -> Poll<io::Result<usize>> {
         let res = self.inner.poll_send_file(cx, file, pos, len);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.active.store(true, Ordering::Relaxed);
-        }
-        res
+        self.wrote(res)
     }
 }
 

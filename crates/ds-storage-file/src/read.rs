@@ -272,12 +272,9 @@ impl UnitCursor {
 }
 
 /// What a read hands out: [`Bytes`] (a plain read), or [`ReadPiece`]s (a region read).
-pub(crate) trait Piece: Sized + Send + 'static {
+pub(crate) trait Piece: From<Bytes> + Send + 'static {
     /// Whether this read answers large runs as file regions.
     const REGIONS: bool;
-
-    /// A piece that is bytes.
-    fn bytes(b: Bytes) -> Self;
 
     /// The piece for up to `avail` bytes from `skip` into `unit` (a binary stream's data)
     /// that `budget` allows, with its length; `None` when the budget is spent.
@@ -298,10 +295,6 @@ pub(crate) trait Piece: Sized + Send + 'static {
 
 impl Piece for Bytes {
     const REGIONS: bool = false;
-
-    fn bytes(b: Bytes) -> Self {
-        b
-    }
 
     fn binary(
         cursor: &mut UnitCursor,
@@ -327,10 +320,6 @@ impl Piece for Bytes {
 
 impl Piece for ReadPiece {
     const REGIONS: bool = true;
-
-    fn bytes(b: Bytes) -> Self {
-        ReadPiece::Bytes(b)
-    }
 
     fn binary(
         cursor: &mut UnitCursor,
@@ -572,7 +561,7 @@ fn read_own<P: Piece>(
             if (*budget.bytes as u64) < avail && !out.is_empty() {
                 break;
             }
-            out.push(P::bytes(
+            out.push(P::from(
                 cursor.payload(&unit, 0, unit.len).map_err(read_error)?,
             ));
             *budget.bytes = budget.bytes.saturating_sub(avail as usize);

@@ -173,7 +173,7 @@ impl ReadChunk<ReadPiece> {
     /// Whether the chunk carries no data.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.pieces.iter().all(|p| p.len() == 0)
+        self.pieces.iter().all(ReadPiece::is_empty)
     }
 
     /// Whether every piece is in memory (no [`ReadPiece::File`]).

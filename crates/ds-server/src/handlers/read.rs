@@ -100,23 +100,14 @@ impl Answer {
 
 /// A `200` whose body has runs of files: sent with `sendfile` by a connection that
 /// [`SendsFiles`] ([`FilePieces`]), read by the body ([`FileBody`]) anywhere else.
-fn file_response(c: ReadChunk<ReadPiece>) -> Response {
-    let pieces: Arc<[ReadPiece]> = if content_type::is_json(&c.content_type) {
-        json::array_pieces(&c.pieces).into()
+fn file_response(mut chunk: ReadChunk<ReadPiece>) -> Response {
+    let pieces = std::mem::take(&mut chunk.pieces);
+    let pieces: Arc<[ReadPiece]> = if content_type::is_json(&chunk.content_type) {
+        json::array_pieces(&pieces).into()
     } else {
-        c.pieces.into()
+        pieces.into()
     };
-    // The headers of the same chunk without its pieces; the body is replaced.
-    let mut res = data_response(ReadChunk {
-        pieces: Vec::new(),
-        stream_id: c.stream_id,
-        content_type: c.content_type,
-        start: c.start,
-        next: c.next,
-        up_to_date: c.up_to_date,
-        closed: c.closed,
-    });
-    *res.body_mut() = Body::new(FileBody::new(Arc::clone(&pieces)));
+    let mut res = chunk_response(&chunk, Body::new(FileBody::new(Arc::clone(&pieces))));
     res.extensions_mut().insert(FilePieces(pieces));
     res
 }
@@ -173,13 +164,19 @@ fn insert_etag(out: &mut HeaderMap, tag: &str) {
 
 /// A `200` carrying a chunk: body (a JSON array for JSON streams), `Content-Type`,
 /// `Stream-Next-Offset`, and `Stream-Up-To-Date` / `Stream-Closed` when they hold.
-pub(crate) fn data_response(chunk: ReadChunk) -> Response {
+pub(crate) fn data_response(mut chunk: ReadChunk) -> Response {
+    let pieces = std::mem::take(&mut chunk.pieces);
     let body = if content_type::is_json(&chunk.content_type) {
-        PiecesBody::new(json::array_pieces(&chunk.pieces))
+        PiecesBody::new(json::array_pieces(&pieces))
     } else {
-        PiecesBody::new(chunk.pieces)
+        PiecesBody::new(pieces)
     };
-    let mut res = Response::new(body.into_body());
+    chunk_response(&chunk, body.into_body())
+}
+
+/// A `200` with `body` and the headers of `chunk` (whose pieces `body` carries).
+fn chunk_response<P>(chunk: &ReadChunk<P>, body: Body) -> Response {
+    let mut res = Response::new(body);
     let out = res.headers_mut();
     set_content_type(out, &chunk.content_type);
     set_offset(out, chunk.next);
