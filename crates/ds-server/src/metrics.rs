@@ -396,7 +396,7 @@ fn render_storage(out: &mut String, s: &StorageGauges) {
         (
             "ds_storage_commit_batches_total",
             "counter",
-            "Group commits (one write and one sync, or one durable transaction) since the store opened.",
+            "Group commits (one write, or one durable transaction) since the store opened; in file-durable mode one WAL sync covers every group commit written before it started.",
             st.commit_batches,
         ),
         (

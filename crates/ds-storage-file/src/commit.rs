@@ -14,14 +14,22 @@
 //!    function recovery uses.
 //!
 //! Then it writes each record to its stream's own file (no fsync: the WAL covers them until the
-//! next checkpoint), appends the whole batch to the WAL with one write, and in file-durable
-//! mode calls `fdatasync` once. While that fsync runs, new requests queue up and form the next
-//! batch, so the batch size follows the load, not a timer. After the commit it installs the
-//! drafts as the streams' state, publishes the new tails to live readers, and only then
-//! answers the requests. Readers never look past a stream's installed length, so they never
-//! see a byte that is not committed. (A crash between the stream-file write and the WAL fsync
-//! can leave an unacknowledged record in a stream file; recovery keeps it, which is one of the
-//! two outcomes an unanswered request may have.)
+//! next checkpoint) and appends the whole batch to the WAL with one write. In file-fast mode
+//! that is the commit. In file-durable mode the batch is now *pending*: a syncer thread
+//! `fdatasync`s the WAL, and while it does, the committer goes on planning and writing the
+//! batches that arrive, against the state the pending batches leave (`Ahead`; the streams'
+//! installed state is still the one before them). The syncer goes straight on to the next
+//! `fdatasync` when batches were written during the last one, so under load the device
+//! flushes back to back, each flush covering everything written before it began, and the
+//! batch size follows the load, not a timer. When a sync returns, the committer installs the
+//! batches it covered, in order, as the streams' state, publishes the new tails to live
+//! readers, and only then answers their requests. Answers that wrote nothing (a producer's
+//! duplicate, a conflict, a create that finds the stream) were decided on pending state, so
+//! they wait for the batches before them too. Readers never look past a stream's installed
+//! length, so they never see a byte that is not committed. (A crash between the stream-file
+//! write and the WAL fsync can leave an unacknowledged record in a stream file; recovery keeps
+//! it, which is one of the two outcomes an unanswered request may have.) A failed sync fails
+//! every pending batch and stops the store.
 //!
 //! A stream created without data gets no file in its batch: its Create record goes to the WAL
 //! only, and the installed entry keeps a copy (`State::unwritten`). Reads of it never open a
@@ -40,7 +48,8 @@
 //! failure (after a failed fsync the page cache cannot be trusted), stops the store from
 //! accepting writes; a restart recovers from the WAL.
 //!
-//! When the current WAL segment grows past `wal_segment_bytes`, the committer starts a new
+//! When the current WAL segment grows past `wal_segment_bytes`, the committer lets the pending
+//! batches finish (holding new requests back for that one sync), starts a new
 //! segment and hands the list of stream files and directories written since the previous
 //! checkpoint to the background thread, which fsyncs them, records the new WAL floor in
 //! `CHECKPOINT`, and deletes the old segments. In file-fast mode a thread of its own
@@ -50,7 +59,7 @@
 //! while. It only ever syncs the current segment; the committer syncs a segment itself before
 //! it rotates away from it, and the checkpoint only deletes older segments.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -125,6 +134,12 @@ pub(crate) enum Op {
         entry: Arc<Entry>,
     },
     Shutdown,
+    /// From the WAL syncer (file-durable): the batches up to `seq` are durable, or the sync
+    /// failed.
+    Synced {
+        seq: u64,
+        result: io::Result<()>,
+    },
 }
 
 /// What the committer answers.
@@ -304,7 +319,92 @@ pub(crate) struct Committer {
     /// file-fast: the periodic WAL sync thread, which stops (after one last sync) when the
     /// sender is dropped.
     wal_sync: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    /// file-durable: the thread that `fdatasync`s the WAL while the committer plans and writes
+    /// the next batches.
+    syncer: Option<Syncer>,
+    /// Batches written to the WAL and waiting for a sync, oldest first (file-durable).
+    pending: VecDeque<Pending>,
+    /// What the pending batches did to the streams they touched.
+    ahead: Ahead,
+    /// The sequence number of the last batch planned.
+    seq: u64,
+    /// Requests held back while the pending batches finish before a WAL rotation.
+    held: Vec<Request>,
     _lock: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// The WAL syncer thread and what it is to cover.
+struct Syncer {
+    work: Arc<SyncWork>,
+    thread: JoinHandle<()>,
+}
+
+/// What the committer has written, for the syncer.
+struct SyncWork {
+    state: Mutex<SyncState>,
+    wake: std::sync::Condvar,
+}
+
+struct SyncState {
+    /// The WAL segment being written.
+    wal: Arc<dyn FsFile>,
+    /// The last batch written to it.
+    written: u64,
+    /// The syncer is waiting for a batch (so a write must wake it).
+    idle: bool,
+    /// Stop once everything written is synced.
+    stop: bool,
+}
+
+impl SyncWork {
+    fn state(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A batch written to the WAL whose requests are answered (and whose drafts installed) once
+/// it, and every batch before it, is durable.
+struct Pending {
+    seq: u64,
+    batch: Batch,
+    written: Vec<Written>,
+    results: Vec<Answer>,
+}
+
+/// A request's reply channel and its outcome.
+type Answer = (Option<oneshot::Sender<Result<Reply>>>, Result<Reply>);
+
+/// What the batches written but not yet synced did to the streams they touched: the state
+/// the next batch plans on, while readers still see the streams' installed state from before
+/// them. Each value remembers the batch (`seq`) that last changed it, and goes once that batch
+/// is installed.
+#[derive(Default)]
+struct Ahead {
+    streams: HashMap<u64, AheadStream>,
+    names: HashMap<StreamName, (u64, Option<Arc<Entry>>)>,
+}
+
+/// A stream's state after the pending batches.
+struct AheadStream {
+    seq: u64,
+    s: StreamState,
+    fork_refs: usize,
+    /// The Create record, while the stream's file is still not written.
+    unwritten: Option<Box<[u8]>>,
+}
+
+impl Ahead {
+    fn is_empty(&self) -> bool {
+        self.streams.is_empty() && self.names.is_empty()
+    }
+
+    /// Forgets what batch `seq` and those before it did, now installed.
+    fn installed(&mut self, seq: u64) {
+        self.streams.retain(|_, a| a.seq > seq);
+        self.names.retain(|_, (s, _)| *s > seq);
+    }
 }
 
 /// A stream file written by a batch being committed.
@@ -346,6 +446,8 @@ impl Draft {
 struct Batch {
     now: u64,
     segment: u64,
+    /// The pending batches' changes this one plans on (file-durable; empty otherwise).
+    base: Ahead,
     buf: Vec<u8>,
     drafts: HashMap<u64, Draft>,
     order: Vec<u64>,
@@ -356,10 +458,11 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(now: u64, segment: u64) -> Self {
+    fn new(now: u64, segment: u64, base: Ahead) -> Self {
         Batch {
             now,
             segment,
+            base,
             buf: Vec::new(),
             drafts: HashMap::new(),
             order: Vec::new(),
@@ -371,8 +474,24 @@ impl Batch {
 
     fn draft(&mut self, entry: &Arc<Entry>) -> &mut Draft {
         let order = &mut self.order;
+        let base = &self.base;
         self.drafts.entry(entry.id).or_insert_with(|| {
             order.push(entry.id);
+            if let Some(a) = base.streams.get(&entry.id) {
+                // Written by a pending batch: its file exists unless it is still unwritten.
+                return Draft {
+                    entry: Arc::clone(entry),
+                    s: a.s.clone(),
+                    fork_refs: a.fork_refs,
+                    new_index: Vec::new(),
+                    writes: Vec::new(),
+                    write_from: a.s.file_len,
+                    new_file: false,
+                    unwritten: a.unwritten.clone(),
+                    changed: false,
+                    clear_touch: false,
+                };
+            }
             let st = entry.lock();
             Draft {
                 entry: Arc::clone(entry),
@@ -394,10 +513,61 @@ impl Batch {
     fn peek(&self, entry: &Entry) -> (Status, usize) {
         if let Some(d) = self.drafts.get(&entry.id) {
             (entry.status(&d.s, self.now), d.fork_refs)
+        } else if let Some(a) = self.base.streams.get(&entry.id) {
+            (entry.status(&a.s, self.now), a.fork_refs)
         } else {
             let st = entry.lock();
             (entry.status(&st.s, self.now), st.fork_refs)
         }
+    }
+
+    /// The entry `name` maps to at this point of the batch.
+    fn named(&self, shared: &Shared, name: &StreamName) -> Option<Arc<Entry>> {
+        match (self.names.get(name), self.base.names.get(name)) {
+            (Some(found), _) | (None, Some((_, found))) => found.clone(),
+            (None, None) => shared.get(name),
+        }
+    }
+
+    /// Whether the stream is closed, and its info, at this point of the batch.
+    fn closed_and_info(&self, entry: &Entry) -> (bool, ds_storage::StreamInfo) {
+        let of = |s: &StreamState| (s.writer.closed, entry.info(s));
+        if let Some(d) = self.drafts.get(&entry.id) {
+            of(&d.s)
+        } else if let Some(a) = self.base.streams.get(&entry.id) {
+            of(&a.s)
+        } else {
+            of(&entry.lock().s)
+        }
+    }
+
+    /// Takes this written batch's changes into its base, which the next batch plans on, and
+    /// returns it.
+    fn advance(&mut self, seq: u64) -> Ahead {
+        let mut base = std::mem::take(&mut self.base);
+        for id in &self.order {
+            let d = &self.drafts[id];
+            let unwritten = if d.defers_file() {
+                Some(self.buf[d.writes[0].clone()].into())
+            } else if !d.writes.is_empty() && !d.s.removed {
+                None
+            } else {
+                d.unwritten.clone()
+            };
+            base.streams.insert(
+                *id,
+                AheadStream {
+                    seq,
+                    s: d.s.clone(),
+                    fork_refs: d.fork_refs,
+                    unwritten,
+                },
+            );
+        }
+        for (name, value) in &self.names {
+            base.names.insert(name.clone(), (seq, value.clone()));
+        }
+        base
     }
 
     /// Encodes one record for `entry` and applies it to its draft.
@@ -439,14 +609,50 @@ impl Batch {
     }
 }
 
+/// What one turn of the committer's loop received.
+struct Gathered {
+    requests: Vec<Request>,
+    /// The syncer's report, if one came (at most one sync is in flight).
+    synced: Option<(u64, io::Result<()>)>,
+    /// Payload bytes of `requests`.
+    size: usize,
+    /// A shutdown request came: nothing follows it.
+    stop: bool,
+}
+
+impl Gathered {
+    fn take(&mut self, r: Request) {
+        if let Op::Synced { seq, result } = r.op {
+            self.synced = Some((seq, result));
+            return;
+        }
+        self.size += r.payload_len();
+        self.stop |= matches!(r.op, Op::Shutdown);
+        self.requests.push(r);
+    }
+}
+
+/// Sends each request its outcome, or the batch's failure.
+fn answer(results: Vec<Answer>, failure: Option<&BatchFailure>) {
+    for (reply, outcome) in results {
+        if let Some(reply) = reply {
+            let _ = reply.send(match failure {
+                Some(f) => Err(f.to_error()),
+                None => outcome,
+            });
+        }
+    }
+}
+
 fn closed_flag(close: bool) -> u16 {
     if close { FLAG_CLOSE } else { 0 }
 }
 
 impl Committer {
+    /// `tx` sends to `rx`; in file-durable mode the WAL syncer reports through it.
     pub(crate) fn new(
         shared: Arc<Shared>,
-        rx: mpsc::Receiver<Request>,
+        (tx, rx): (mpsc::Sender<Request>, mpsc::Receiver<Request>),
         init: CommitterInit,
     ) -> io::Result<Self> {
         let (bg_tx, bg_rx) = mpsc::channel();
@@ -461,6 +667,25 @@ impl Committer {
                 .name("ds-file-wal-sync".to_owned())
                 .spawn(move || wal_syncer(&sync_shared, &stop_rx))?;
             Some((stop_tx, thread))
+        } else {
+            None
+        };
+        let syncer = if shared.durability == Durability::Durable {
+            let work = Arc::new(SyncWork {
+                state: Mutex::new(SyncState {
+                    wal: Arc::clone(&init.wal),
+                    written: 0,
+                    idle: false,
+                    stop: false,
+                }),
+                wake: std::sync::Condvar::new(),
+            });
+            let sync_shared = Arc::clone(&shared);
+            let sync_work = Arc::clone(&work);
+            let thread = std::thread::Builder::new()
+                .name("ds-file-wal-sync".to_owned())
+                .spawn(move || syncer(&sync_shared, &sync_work, &tx))?;
+            Some(Syncer { work, thread })
         } else {
             None
         };
@@ -484,6 +709,11 @@ impl Committer {
             bg_tx,
             bg: Some(bg),
             wal_sync,
+            syncer,
+            pending: VecDeque::new(),
+            ahead: Ahead::default(),
+            seq: 0,
+            held: Vec::new(),
             _lock: init.lock,
         })
     }
@@ -492,31 +722,67 @@ impl Committer {
     /// gone.
     pub(crate) fn run(mut self) {
         loop {
-            let Ok(first) = self.rx.recv() else {
-                self.shutdown();
-                return;
+            let mut g = Gathered {
+                size: self.held.iter().map(Request::payload_len).sum(),
+                requests: std::mem::take(&mut self.held),
+                synced: None,
+                stop: false,
             };
-            let mut size = first.payload_len();
-            let mut stop = matches!(first.op, Op::Shutdown);
-            let mut requests = vec![first];
-            while !stop && requests.len() < MAX_BATCH_OPS && size < MAX_BATCH_BYTES {
+            if g.requests.is_empty() || self.must_hold() {
+                let Ok(first) = self.rx.recv() else {
+                    self.drain();
+                    self.shutdown();
+                    return;
+                };
+                g.take(first);
+            }
+            while !g.stop && g.requests.len() < MAX_BATCH_OPS && g.size < MAX_BATCH_BYTES {
                 match self.rx.try_recv() {
-                    Ok(r) => {
-                        size += r.payload_len();
-                        stop = matches!(r.op, Op::Shutdown);
-                        requests.push(r);
-                    }
+                    Ok(r) => g.take(r),
                     Err(_) => break,
                 }
             }
+            if let Some((seq, result)) = g.synced {
+                self.synced(seq, result);
+            }
+            let mut requests = g.requests;
             let shutdown = requests.pop_if(|r| matches!(r.op, Op::Shutdown));
+            if shutdown.is_none() && self.must_hold() {
+                self.held = requests;
+                continue;
+            }
             self.process(requests);
             if let Some(shutdown) = shutdown {
+                self.drain();
                 self.shutdown();
                 if let Some(reply) = shutdown.reply {
                     let _ = reply.send(Ok(Reply::Done));
                 }
                 return;
+            }
+        }
+    }
+
+    /// Whether new requests wait: a WAL rotation is due, and it waits for the pending batches
+    /// (file-durable), which all live in the current segment.
+    fn must_hold(&self) -> bool {
+        !self.pending.is_empty()
+            && self.wal_len >= self.shared.wal_segment_bytes
+            && !self.shared.checkpointing.load(Ordering::Acquire)
+            && self.shared.failure().is_none()
+    }
+
+    /// Waits until every pending batch is synced and answered.
+    fn drain(&mut self) {
+        while !self.pending.is_empty() {
+            match self.rx.recv() {
+                Ok(Request {
+                    op: Op::Synced { seq, result },
+                    ..
+                }) => self.synced(seq, result),
+                // Nothing but the syncer sends after a shutdown request.
+                Ok(other) => self.process(vec![other]),
+                Err(_) => return,
             }
         }
     }
@@ -533,7 +799,11 @@ impl Committer {
             }
             return;
         }
-        let mut batch = Batch::new(self.shared.now(), self.segment);
+        let mut batch = Batch::new(
+            self.shared.now(),
+            self.segment,
+            std::mem::take(&mut self.ahead),
+        );
         let mut results = Vec::with_capacity(requests.len());
         for r in requests {
             let client_op = matches!(r.op, Op::Create(_) | Op::Append { .. } | Op::Delete { .. });
@@ -544,16 +814,20 @@ impl Committer {
             }
             results.push((r.reply, outcome));
         }
-        let stats = &self.shared.stats;
-        stats
+        self.shared
+            .stats
             .requests
             .fetch_add(results.len() as u64, Ordering::Relaxed);
+        if self.syncer.is_some() {
+            self.pipeline(batch, results);
+            return;
+        }
         let failure = if batch.buf.is_empty() {
             None
         } else {
             match self
                 .write_streams(&batch)
-                .and_then(|written| self.commit(&batch, &written).map(|()| written))
+                .and_then(|written| self.commit(&batch, &written, true).map(|()| written))
             {
                 Ok(written) => {
                     self.install(batch, &written);
@@ -562,15 +836,103 @@ impl Committer {
                 Err(failure) => Some(failure),
             }
         };
-        for (reply, outcome) in results {
-            if let Some(reply) = reply {
-                let outcome = match &failure {
-                    Some(f) => Err(f.to_error()),
-                    None => outcome,
-                };
-                let _ = reply.send(outcome);
+        answer(results, failure.as_ref());
+        self.rotate_if_due();
+    }
+
+    /// file-durable: writes a planned batch to its stream files and the WAL, and leaves it
+    /// pending until a sync covers it; its answers (even those that wrote nothing, which were
+    /// decided on the state the pending batches leave) go out only once it and every batch
+    /// before it are durable. A sync is started unless one is in flight; batches written
+    /// meanwhile wait for the next one, which starts as soon as it returns, so the WAL is
+    /// synced back to back under load.
+    fn pipeline(&mut self, mut batch: Batch, results: Vec<Answer>) {
+        self.seq += 1;
+        let seq = self.seq;
+        if batch.buf.is_empty() {
+            self.ahead = std::mem::take(&mut batch.base);
+            if self.pending.is_empty() {
+                answer(results, None);
+            } else {
+                self.pending.push_back(Pending {
+                    seq,
+                    batch,
+                    written: Vec::new(),
+                    results,
+                });
+            }
+            return;
+        }
+        match self
+            .write_streams(&batch)
+            .and_then(|written| self.commit(&batch, &written, false).map(|()| written))
+        {
+            Ok(written) => {
+                self.ahead = batch.advance(seq);
+                self.pending.push_back(Pending {
+                    seq,
+                    batch,
+                    written,
+                    results,
+                });
+                if let Some(syncer) = &self.syncer {
+                    let mut st = syncer.work.state();
+                    if !Arc::ptr_eq(&st.wal, &self.wal) {
+                        st.wal = Arc::clone(&self.wal);
+                    }
+                    st.written = seq;
+                    if st.idle {
+                        syncer.work.wake.notify_one();
+                    }
+                }
+            }
+            Err(failure) => {
+                // Taken back (or the store has failed): the pending batches are unaffected.
+                self.ahead = std::mem::take(&mut batch.base);
+                answer(results, Some(&failure));
             }
         }
+    }
+
+    /// The syncer's report: installs and answers the batches it covered (and the empty ones
+    /// right behind them). A failed sync stops the store, and every pending batch fails.
+    fn synced(&mut self, seq: u64, result: io::Result<()>) {
+        if let Err(e) = result {
+            self.shared
+                .fail(&BatchFailure::sync("sync WAL", &e).message);
+        }
+        if let Some(reason) = self.shared.failure() {
+            for p in std::mem::take(&mut self.pending) {
+                for (reply, _) in p.results {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(crate::failed_error("commit", &reason)));
+                    }
+                }
+            }
+            self.ahead = Ahead::default();
+            return;
+        }
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| p.seq <= seq || p.batch.buf.is_empty())
+        {
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            if !p.batch.buf.is_empty() {
+                self.install(p.batch, &p.written);
+            }
+            self.ahead.installed(p.seq);
+            answer(p.results, None);
+        }
+        if self.pending.is_empty() {
+            debug_assert!(self.ahead.is_empty(), "every pending change is installed");
+            self.rotate_if_due();
+        }
+    }
+
+    fn rotate_if_due(&mut self) {
         if let Err(f) = self.maybe_rotate() {
             // A full disk only delays the rotation (the current segment keeps growing, and the
             // next batch tries again); any other failure, and a failed fsync whatever its
@@ -606,7 +968,7 @@ impl Committer {
                 touch(b, &entry);
                 Ok(Reply::Done)
             }
-            Op::Shutdown => Ok(Reply::Done),
+            Op::Shutdown | Op::Synced { .. } => Ok(Reply::Done),
         }
     }
 
@@ -631,10 +993,7 @@ impl Committer {
     }
 
     fn lookup(&self, b: &Batch, name: &StreamName) -> Option<Arc<Entry>> {
-        match b.names.get(name) {
-            Some(found) => found.clone(),
-            None => self.shared.get(name),
-        }
+        b.named(&self.shared, name)
     }
 
     fn check_size(&self, current: u64, len: u64, messages: usize) -> Result<()> {
@@ -655,12 +1014,7 @@ impl Committer {
         if let Some(existing) = self.lookup(b, &op.name) {
             match self.live_check(b, &existing) {
                 Ok(()) => {
-                    let (closed, info) = if let Some(d) = b.drafts.get(&existing.id) {
-                        (d.s.writer.closed, existing.info(&d.s))
-                    } else {
-                        let st = existing.lock();
-                        (st.s.writer.closed, existing.info(&st.s))
-                    };
+                    let (closed, info) = b.closed_and_info(&existing);
                     let cfg = ExistingConfig {
                         content_type: &existing.content_type,
                         expiry: existing.expiry,
@@ -959,8 +1313,14 @@ impl Committer {
         failure
     }
 
-    /// Appends the batch to the WAL (and syncs it in file-durable mode).
-    fn commit(&mut self, b: &Batch, written: &[Written]) -> std::result::Result<(), BatchFailure> {
+    /// Appends the batch to the WAL; in file-durable mode also syncs it if `sync` (otherwise
+    /// the syncer will).
+    fn commit(
+        &mut self,
+        b: &Batch,
+        written: &[Written],
+        sync: bool,
+    ) -> std::result::Result<(), BatchFailure> {
         let start = self.wal_len;
         if let Err(e) = self.wal.write_all_at(&b.buf, start) {
             let failure = BatchFailure::new("write WAL", &e);
@@ -991,6 +1351,7 @@ impl Committer {
         stats.records.fetch_add(b.records, Ordering::Relaxed);
         stats.ops.fetch_add(b.ops, Ordering::Relaxed);
         match self.shared.durability {
+            Durability::Durable if !sync => {}
             Durability::Durable => {
                 let started = Instant::now();
                 if let Err(e) = self.wal.sync_data() {
@@ -1096,6 +1457,7 @@ impl Committer {
 
     fn maybe_rotate(&mut self) -> std::result::Result<(), CheckpointFailure> {
         if self.wal_len < self.shared.wal_segment_bytes
+            || !self.pending.is_empty()
             || self.shared.checkpointing.load(Ordering::Acquire)
             || self.shared.failure().is_some()
         {
@@ -1146,7 +1508,7 @@ impl Committer {
     /// open has nothing to replay.
     fn shutdown(&mut self) {
         if self.shared.failure().is_none() {
-            let mut b = Batch::new(self.shared.now(), self.segment);
+            let mut b = Batch::new(self.shared.now(), self.segment, Ahead::default());
             let mut ttl: Vec<Arc<Entry>> = self
                 .expiring
                 .values()
@@ -1159,10 +1521,15 @@ impl Committer {
             }
             if !b.buf.is_empty()
                 && let Ok(written) = self.write_streams(&b)
-                && self.commit(&b, &written).is_ok()
+                && self.commit(&b, &written, true).is_ok()
             {
                 self.install(b, &written);
             }
+        }
+        if let Some(syncer) = self.syncer.take() {
+            syncer.work.state().stop = true;
+            syncer.work.wake.notify_one();
+            let _ = syncer.thread.join();
         }
         let _ = self.bg_tx.send(BgMsg::Stop);
         if let Some(bg) = self.bg.take() {
@@ -1233,12 +1600,9 @@ fn remove(shared: &Shared, b: &mut Batch, entry: &Arc<Entry>) {
         b.emit(&entry, Kind::Delete, 0, now, &[], |_| {});
         // Unmap the name only if it still names this incarnation (after recovery resolved a
         // name collision, an older incarnation may live on for its forks, unnamed).
-        let named_here = match b.names.get(&entry.name) {
-            Some(found) => found.as_ref().is_some_and(|e| Arc::ptr_eq(e, &entry)),
-            None => shared
-                .get(&entry.name)
-                .is_some_and(|e| Arc::ptr_eq(&e, &entry)),
-        };
+        let named_here = b
+            .named(shared, &entry.name)
+            .is_some_and(|e| Arc::ptr_eq(&e, &entry));
         if named_here {
             b.names.insert(entry.name.clone(), None);
         }
@@ -1302,6 +1666,44 @@ fn wal_syncer(shared: &Shared, stop: &mpsc::Receiver<()>) {
                 sync_wal(shared);
                 return;
             }
+        }
+    }
+}
+
+/// file-durable: `fdatasync`s the WAL whenever the committer has written a batch since the
+/// last sync, and reports each sync to the committer. It goes straight on to the next sync if
+/// batches were written during the last one, without waiting for the committer to answer
+/// them, so under load the device flushes back to back.
+fn syncer(shared: &Shared, work: &SyncWork, done: &mpsc::Sender<Request>) {
+    let mut synced = 0;
+    loop {
+        let (wal, seq) = {
+            let mut st = work.state();
+            while st.written <= synced && !st.stop {
+                st.idle = true;
+                st = work
+                    .wake
+                    .wait(st)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            st.idle = false;
+            if st.written <= synced {
+                return;
+            }
+            (Arc::clone(&st.wal), st.written)
+        };
+        let started = Instant::now();
+        let result = wal.sync_data();
+        if result.is_ok() {
+            shared.stats.synced(started.elapsed());
+        }
+        synced = seq;
+        let report = Request {
+            op: Op::Synced { seq, result },
+            reply: None,
+        };
+        if done.send(report).is_err() {
+            return;
         }
     }
 }

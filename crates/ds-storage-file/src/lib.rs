@@ -475,7 +475,7 @@ impl FileStorage {
         *shared.write_streams() = recovered.streams;
         *shared.wal_current() = Some(Arc::clone(&recovered.init.wal));
         let (tx, rx) = mpsc::channel();
-        let committer = Committer::new(Arc::clone(&shared), rx, recovered.init)
+        let committer = Committer::new(Arc::clone(&shared), (tx.clone(), rx), recovered.init)
             .map_err(|e| backend("start committer", e))?;
         let thread = std::thread::Builder::new()
             .name("ds-file-commit".to_owned())

@@ -430,7 +430,8 @@ pub struct StorageStats {
     pub streams: Option<u64>,
     /// Payload bytes those streams store themselves (not counting data inherited by forks).
     pub bytes: Option<u64>,
-    /// Group commits completed: each is one write + one sync, or one durable transaction.
+    /// Group commits completed: each is one write (a sync may cover several), or one durable
+    /// transaction.
     pub commit_batches: Option<u64>,
     /// Operations (appends, creates, closes, deletes) carried by those group commits; divided by
     /// `commit_batches` this is the average batch size.

@@ -170,7 +170,12 @@ async fn concurrent_appends_share_group_commits_and_syncs() {
     let syncs = after.syncs.expect("syncs") - before.syncs.expect("syncs");
     assert_eq!(ops, 64, "every append is one operation");
     assert!((1..=64).contains(&batches), "{batches} batches");
-    assert_eq!(syncs, batches, "file-durable syncs once per group commit");
+    // A sync covers every batch written before it started: while one runs, the next batches
+    // are written, and the next sync covers them all.
+    assert!(
+        (1..=batches).contains(&syncs),
+        "{syncs} syncs for {batches} group commits"
+    );
     assert!(
         after.sync_micros >= before.sync_micros,
         "sync time only grows"

@@ -1,0 +1,373 @@
+//! file-durable's pipelined group commit: while the WAL syncer `fdatasync`s one batch, the
+//! committer writes the next ones, and answers wait until a sync covers them. These tests slow
+//! the simulated device's WAL flushes down so that a batch is reliably caught mid-sync.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ds_storage::rules::ManualClock;
+use ds_storage::{AppendOutcome, CreateRequest, Error, Storage};
+use ds_storage_file::io::SimFs;
+use ds_storage_file::{Durability, FileOptions, FileStorage};
+
+use crate::support::{append_req, create_req, name, producer_req, read_all};
+
+/// Long enough that a test's next steps surely happen while one sync runs.
+const SLOW_SYNC: Duration = Duration::from_millis(300);
+
+fn options() -> FileOptions {
+    FileOptions {
+        clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+        ..FileOptions::new("/data", Durability::Durable)
+    }
+}
+
+/// Bytes in the store's WAL segments.
+fn wal_bytes(sim: &SimFs) -> usize {
+    sim.files()
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .map(|p| sim.read_file(p).map_or(0, |d| d.len()))
+        .sum()
+}
+
+fn stream_files(sim: &SimFs) -> Vec<PathBuf> {
+    sim.files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dat"))
+        .collect()
+}
+
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..5000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+async fn create_with(store: &FileStorage, stream: &str, body: &'static [u8]) {
+    let req = CreateRequest {
+        body: body.into(),
+        ..create_req()
+    };
+    store.create(&name(stream), req).await.expect("create");
+}
+
+/// A batch that arrives while the previous one syncs is written at once (the WAL grows before
+/// the first sync returns); neither is visible to readers or answered before a sync covers
+/// it, and the second is answered after the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_written_while_the_one_before_it_syncs() {
+    let sim = SimFs::new(41);
+    let store = FileStorage::open_with_fs(options(), sim.process())
+        .await
+        .expect("open");
+    create_with(&store, "one", b"1").await;
+    create_with(&store, "two", b"2").await;
+    sim.slow_syncs(Some((".wal", SLOW_SYNC)));
+
+    let before = wal_bytes(&sim);
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(&name("one"), append_req("aaaa")).await }
+    });
+    eventually("the first batch is in the WAL", || wal_bytes(&sim) > before).await;
+    let during = wal_bytes(&sim);
+    let second = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(&name("two"), append_req("bbbb")).await }
+    });
+    eventually("the second batch is in the WAL", || {
+        wal_bytes(&sim) > during
+    })
+    .await;
+    assert!(
+        !first.is_finished(),
+        "the second batch was written while the first one's sync ran"
+    );
+    // Written, not yet durable: readers do not see either.
+    assert_eq!(read_all(&store, &name("one")).await.expect("read"), b"1");
+    assert_eq!(read_all(&store, &name("two")).await.expect("read"), b"2");
+
+    let first = first.await.expect("task").expect("first append");
+    assert!(matches!(first, AppendOutcome::Appended { .. }));
+    assert!(
+        !second.is_finished(),
+        "the second batch waits for a sync that started after it was written"
+    );
+    assert_eq!(
+        read_all(&store, &name("one")).await.expect("read"),
+        b"1aaaa"
+    );
+    let second = second.await.expect("task").expect("second append");
+    assert!(matches!(second, AppendOutcome::Appended { .. }));
+    assert_eq!(
+        read_all(&store, &name("two")).await.expect("read"),
+        b"2bbbb"
+    );
+    sim.slow_syncs(None);
+    store.close().await;
+
+    let store = FileStorage::open_with_fs(options(), sim.process())
+        .await
+        .expect("reopen");
+    assert_eq!(
+        read_all(&store, &name("one")).await.expect("read"),
+        b"1aaaa"
+    );
+    assert_eq!(
+        read_all(&store, &name("two")).await.expect("read"),
+        b"2bbbb"
+    );
+    store.close().await;
+}
+
+/// A producer's retry of an append that is written but not yet durable is a duplicate, and
+/// is answered only after the original is durable: answering it first would acknowledge data
+/// a power loss could still take. A power loss at that point takes both: the original was
+/// never acknowledged, and neither was the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_a_pending_append_waits_for_it() {
+    let sim = SimFs::new(42);
+    let store = FileStorage::open_with_fs(options(), sim.process())
+        .await
+        .expect("open");
+    create_with(&store, "s", b"").await;
+    sim.slow_syncs(Some((".wal", SLOW_SYNC)));
+    let before = wal_bytes(&sim);
+    let send = |body: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(&name("s"), producer_req(body, "p", 0, 0))
+                .await
+        })
+    };
+    let original = send("once");
+    eventually("the original is in the WAL", || wal_bytes(&sim) > before).await;
+    let retry = send("once");
+    tokio::time::sleep(SLOW_SYNC / 3).await;
+    assert!(!original.is_finished(), "the original's sync is running");
+    assert!(
+        !retry.is_finished(),
+        "the retry is not answered before the original is durable"
+    );
+    let original = original.await.expect("task").expect("original");
+    assert!(matches!(original, AppendOutcome::Appended { .. }));
+    let retry = retry.await.expect("task").expect("retry");
+    assert!(
+        matches!(retry, AppendOutcome::Duplicate { .. }),
+        "{retry:?}"
+    );
+    sim.slow_syncs(None);
+    assert_eq!(read_all(&store, &name("s")).await.expect("read"), b"once");
+
+    // Again, and the power goes out during the original's sync.
+    sim.slow_syncs(Some((".wal", SLOW_SYNC)));
+    let before = wal_bytes(&sim);
+    let send = |body: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(&name("s"), producer_req(body, "p", 0, 1))
+                .await
+        })
+    };
+    let original = send("twice");
+    eventually("the original is in the WAL", || wal_bytes(&sim) > before).await;
+    let retry = send("twice");
+    tokio::time::sleep(SLOW_SYNC / 3).await;
+    sim.power_loss();
+    assert!(original.await.expect("task").is_err());
+    assert!(retry.await.expect("task").is_err());
+    drop(store);
+    sim.slow_syncs(None);
+    let store = FileStorage::open_with_fs(options(), sim.process())
+        .await
+        .expect("reopen");
+    let data = read_all(&store, &name("s")).await.expect("read");
+    assert!(
+        data == b"once" || data == b"oncetwice",
+        "at most once: {:?}",
+        String::from_utf8_lossy(&data)
+    );
+    store.close().await;
+}
+
+/// A failed sync fails the batch it covered and every batch written behind it, and stops the
+/// store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_fails_every_pending_batch() {
+    let sim = SimFs::new(43);
+    let store = FileStorage::open_with_fs(options(), sim.process())
+        .await
+        .expect("open");
+    create_with(&store, "one", b"").await;
+    create_with(&store, "two", b"").await;
+    sim.slow_syncs(Some((".wal", SLOW_SYNC)));
+    let before = wal_bytes(&sim);
+    let append = |stream: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move { store.append(&name(stream), append_req("x")).await })
+    };
+    let first = append("one");
+    eventually("the first batch is in the WAL", || wal_bytes(&sim) > before).await;
+    let during = wal_bytes(&sim);
+    let second = append("two");
+    eventually("the second batch is in the WAL", || {
+        wal_bytes(&sim) > during
+    })
+    .await;
+    sim.fail_syncs(Some(5));
+    for (what, task) in [("first", first), ("second", second)] {
+        let outcome = task.await.expect("task");
+        assert!(
+            matches!(outcome, Err(Error::Backend { .. })),
+            "{what}: {outcome:?}"
+        );
+    }
+    assert!(!store.is_ready());
+    assert!(matches!(
+        store.append(&name("one"), append_req("later")).await,
+        Err(Error::Backend { .. })
+    ));
+}
+
+/// A batch that runs out of space while another is pending is taken back and answered at
+/// once; the pending one is unaffected, and the stream takes later appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_behind_a_pending_batch_takes_back_only_its_own() {
+    let sim = SimFs::new(44);
+    let store = FileStorage::open_with_fs(options(), sim.process())
+        .await
+        .expect("open");
+    create_with(&store, "one", b"1").await;
+    let files = stream_files(&sim);
+    create_with(&store, "two", b"2").await;
+    let two = stream_files(&sim)
+        .into_iter()
+        .find(|p| !files.contains(p))
+        .expect("the second stream's file");
+    sim.slow_syncs(Some((".wal", SLOW_SYNC)));
+    let before = wal_bytes(&sim);
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(&name("one"), append_req("aaaa")).await }
+    });
+    eventually("the first batch is in the WAL", || wal_bytes(&sim) > before).await;
+    sim.refuse_writes_to(Some(
+        two.file_name().and_then(|n| n.to_str()).expect("name"),
+    ));
+    let full = store.append(&name("two"), append_req("bbbb")).await;
+    assert!(matches!(full, Err(Error::StorageFull { .. })), "{full:?}");
+    assert!(!first.is_finished(), "answered while the first batch syncs");
+    sim.refuse_writes_to(None);
+    let first = first.await.expect("task").expect("first");
+    assert!(matches!(first, AppendOutcome::Appended { .. }));
+    sim.slow_syncs(None);
+    store
+        .append(&name("two"), append_req("cccc"))
+        .await
+        .expect("after the disk has room");
+    assert_eq!(
+        read_all(&store, &name("one")).await.expect("read"),
+        b"1aaaa"
+    );
+    assert_eq!(
+        read_all(&store, &name("two")).await.expect("read"),
+        b"2cccc"
+    );
+    store.close().await;
+
+    let store = FileStorage::open_with_fs(options(), sim.process())
+        .await
+        .expect("reopen");
+    assert_eq!(
+        read_all(&store, &name("one")).await.expect("read"),
+        b"1aaaa"
+    );
+    assert_eq!(
+        read_all(&store, &name("two")).await.expect("read"),
+        b"2cccc"
+    );
+    store.close().await;
+}
+
+/// Many writers, slow flushes and small WAL segments: rotations wait for the pending batches,
+/// and every append is there exactly once, in order, after a restart. Creates and deletes in
+/// pending batches are seen by the batches behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_wait_for_pending_batches_and_lose_nothing() {
+    let sim = SimFs::new(45);
+    let opts = || FileOptions {
+        wal_segment_bytes: 4096,
+        ..options()
+    };
+    let store = FileStorage::open_with_fs(opts(), sim.process())
+        .await
+        .expect("open");
+    sim.slow_syncs(Some((".wal", Duration::from_millis(3))));
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream = name(&format!("s{t}"));
+                let scratch = name(&format!("scratch{t}"));
+                store.create(&stream, create_req()).await.expect("create");
+                for i in 0..40u64 {
+                    let body = format!("{t}:{i};");
+                    let out = store
+                        .append(&stream, producer_req(body, "p", 0, i))
+                        .await
+                        .expect("append");
+                    assert!(matches!(out, AppendOutcome::Appended { .. }), "{out:?}");
+                    if i % 10 == 0 {
+                        store.create(&scratch, create_req()).await.expect("scratch");
+                        store.delete(&scratch).await.expect("delete scratch");
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    assert!(
+        store.commit_stats().fsyncs < store.commit_stats().batches,
+        "some syncs covered more than one batch"
+    );
+    sim.slow_syncs(None);
+    store.close().await;
+    assert!(
+        sim.files()
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+            .count()
+            <= 2,
+        "old segments were checkpointed away: {:?}",
+        sim.files()
+    );
+    let store = FileStorage::open_with_fs(opts(), sim.process())
+        .await
+        .expect("reopen");
+    for t in 0..8 {
+        let expected = (0..40).fold(String::new(), |mut s, i| {
+            let _ = write!(s, "{t}:{i};");
+            s
+        });
+        let got = read_all(&store, &name(&format!("s{t}")))
+            .await
+            .expect("read");
+        assert_eq!(String::from_utf8_lossy(&got), expected);
+        assert!(matches!(
+            store.head(&name(&format!("scratch{t}"))).await,
+            Err(Error::NotFound)
+        ));
+    }
+    store.close().await;
+}
