@@ -336,7 +336,14 @@ pub(crate) struct Committer {
 /// The WAL syncer thread and what it is to cover.
 struct Syncer {
     work: Arc<SyncWork>,
-    thread: JoinHandle<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    /// Stops the syncer (once it has synced what was written); returns its thread to join.
+    fn stop(mut self) -> Option<JoinHandle<()>> {
+        self.thread.take()
+    }
 }
 
 /// What the committer has written, for the syncer.
@@ -354,6 +361,14 @@ struct SyncState {
     idle: bool,
     /// Stop once everything written is synced.
     stop: bool,
+}
+
+impl Drop for Syncer {
+    /// Stops the syncer once it has synced what was written (also if the committer unwinds).
+    fn drop(&mut self) {
+        self.work.state().stop = true;
+        self.work.wake.notify_one();
+    }
 }
 
 impl SyncWork {
@@ -479,9 +494,12 @@ impl Batch {
             order.push(entry.id);
             if let Some(a) = base.streams.get(&entry.id) {
                 // Written by a pending batch: its file exists unless it is still unwritten.
+                // Readers keep the installed state's access time current (sliding TTL).
+                let mut s = a.s.clone();
+                s.last_access_ms = s.last_access_ms.max(entry.lock().s.last_access_ms);
                 return Draft {
                     entry: Arc::clone(entry),
-                    s: a.s.clone(),
+                    s,
                     fork_refs: a.fork_refs,
                     new_index: Vec::new(),
                     writes: Vec::new(),
@@ -514,7 +532,8 @@ impl Batch {
         if let Some(d) = self.drafts.get(&entry.id) {
             (entry.status(&d.s, self.now), d.fork_refs)
         } else if let Some(a) = self.base.streams.get(&entry.id) {
-            (entry.status(&a.s, self.now), a.fork_refs)
+            let access = a.s.last_access_ms.max(entry.lock().s.last_access_ms);
+            (entry.status_at(&a.s, access, self.now), a.fork_refs)
         } else {
             let st = entry.lock();
             (entry.status(&st.s, self.now), st.fork_refs)
@@ -612,7 +631,8 @@ impl Batch {
 /// What one turn of the committer's loop received.
 struct Gathered {
     requests: Vec<Request>,
-    /// The syncer's report, if one came (at most one sync is in flight).
+    /// The syncer's report, if one came: the last batch covered, and an error if any sync
+    /// reported since failed.
     synced: Option<(u64, io::Result<()>)>,
     /// Payload bytes of `requests`.
     size: usize,
@@ -623,7 +643,13 @@ struct Gathered {
 impl Gathered {
     fn take(&mut self, r: Request) {
         if let Op::Synced { seq, result } = r.op {
-            self.synced = Some((seq, result));
+            // A failed sync is never hidden behind a later report (the syncer stops after
+            // one, but be sure): the pages it failed to write may be marked clean, and a later
+            // `fdatasync` would not write them again.
+            self.synced = Some(match self.synced.take() {
+                Some((_, Err(e))) => (seq, Err(e)),
+                _ => (seq, result),
+            });
             return;
         }
         self.size += r.payload_len();
@@ -685,7 +711,10 @@ impl Committer {
             let thread = std::thread::Builder::new()
                 .name("ds-file-wal-sync".to_owned())
                 .spawn(move || syncer(&sync_shared, &sync_work, &tx))?;
-            Some(Syncer { work, thread })
+            Some(Syncer {
+                work,
+                thread: Some(thread),
+            })
         } else {
             None
         };
@@ -1526,10 +1555,8 @@ impl Committer {
                 self.install(b, &written);
             }
         }
-        if let Some(syncer) = self.syncer.take() {
-            syncer.work.state().stop = true;
-            syncer.work.wake.notify_one();
-            let _ = syncer.thread.join();
+        if let Some(thread) = self.syncer.take().and_then(Syncer::stop) {
+            let _ = thread.join();
         }
         let _ = self.bg_tx.send(BgMsg::Stop);
         if let Some(bg) = self.bg.take() {
@@ -1694,15 +1721,25 @@ fn syncer(shared: &Shared, work: &SyncWork, done: &mpsc::Sender<Request>) {
         };
         let started = Instant::now();
         let result = wal.sync_data();
-        if result.is_ok() {
-            shared.stats.synced(started.elapsed());
-        }
+        let failed = match &result {
+            Ok(()) => {
+                shared.stats.synced(started.elapsed());
+                false
+            }
+            Err(e) => {
+                // After a failed `fdatasync` the page cache no longer says what is on disk: a
+                // later sync could report success for pages that never got there. Stop the
+                // store before anyone is answered, and sync nothing more.
+                shared.fail(&BatchFailure::sync("sync WAL", e).message);
+                true
+            }
+        };
         synced = seq;
         let report = Request {
             op: Op::Synced { seq, result },
             reply: None,
         };
-        if done.send(report).is_err() {
+        if done.send(report).is_err() || failed {
             return;
         }
     }
@@ -1905,4 +1942,40 @@ pub(crate) fn remove_segments_below(shared: &Shared, floor: u64) -> io::Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(seq: u64, result: io::Result<()>) -> Request {
+        Request {
+            op: Op::Synced { seq, result },
+            reply: None,
+        }
+    }
+
+    /// The committer may find two of the syncer's reports queued at once; a failure in the
+    /// first must survive a success in the second (which a failed `fdatasync` can be followed
+    /// by, for pages it marked clean without writing).
+    #[test]
+    fn a_failed_sync_is_not_hidden_by_a_later_report() {
+        let mut g = Gathered {
+            requests: Vec::new(),
+            synced: None,
+            size: 0,
+            stop: false,
+        };
+        g.take(report(5, Err(io::Error::from_raw_os_error(5))));
+        g.take(report(6, Ok(())));
+        let (seq, result) = g.synced.expect("a report");
+        assert_eq!(seq, 6);
+        assert!(result.is_err(), "the failure stays");
+        assert!(g.requests.is_empty());
+
+        g.synced = None;
+        g.take(report(7, Ok(())));
+        g.take(report(8, Ok(())));
+        assert!(matches!(g.synced, Some((8, Ok(())))));
+    }
 }

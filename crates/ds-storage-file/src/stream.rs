@@ -268,11 +268,17 @@ impl Entry {
 
     /// The stream's status at `now_ms` given state `s`.
     pub(crate) fn status(&self, s: &StreamState, now_ms: u64) -> Status {
+        self.status_at(s, s.last_access_ms, now_ms)
+    }
+
+    /// [`Entry::status`] with the stream last accessed at `last_access_ms` (which readers may
+    /// have moved past `s`'s).
+    pub(crate) fn status_at(&self, s: &StreamState, last_access_ms: u64, now_ms: u64) -> Status {
         if s.removed {
             Status::Removed
         } else if s.soft_deleted {
             Status::SoftDeleted
-        } else if rules::is_expired(self.expiry, s.last_access_ms, now_ms) {
+        } else if rules::is_expired(self.expiry, last_access_ms, now_ms) {
             Status::Expired
         } else {
             Status::Live

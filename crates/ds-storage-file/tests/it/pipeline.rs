@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ds_protocol::Expiry;
 use ds_storage::rules::ManualClock;
-use ds_storage::{AppendOutcome, CreateRequest, Error, Storage};
+use ds_storage::{AppendOutcome, CreateOutcome, CreateRequest, Error, ReadFrom, Storage};
 use ds_storage_file::io::SimFs;
 use ds_storage_file::{Durability, FileOptions, FileStorage};
 
@@ -18,8 +19,12 @@ use crate::support::{append_req, create_req, name, producer_req, read_all};
 const SLOW_SYNC: Duration = Duration::from_millis(300);
 
 fn options() -> FileOptions {
+    options_with(Arc::new(ManualClock::new(1_700_000_000_000)))
+}
+
+fn options_with(clock: Arc<ManualClock>) -> FileOptions {
     FileOptions {
-        clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+        clock,
         ..FileOptions::new("/data", Durability::Durable)
     }
 }
@@ -369,5 +374,117 @@ async fn rotations_wait_for_pending_batches_and_lose_nothing() {
             Err(Error::NotFound)
         ));
     }
+    store.close().await;
+}
+
+/// Batches planned on pending ones: a second create of a name whose create is pending finds
+/// it (and is answered only once it is durable); an append planned behind a pending delete
+/// finds the stream gone (answered once the delete is durable), and the name can then be
+/// created again, which a restart keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_plan_on_the_creates_and_deletes_pending_before_them() {
+    let sim = SimFs::new(46);
+    let store = FileStorage::open_with_fs(options(), sim.process())
+        .await
+        .expect("open");
+    create_with(&store, "other", b"").await;
+    sim.slow_syncs(Some((".wal", SLOW_SYNC)));
+    let before = wal_bytes(&sim);
+    let create = |body: &'static [u8]| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let req = CreateRequest {
+                body: body.into(),
+                ..create_req()
+            };
+            store.create(&name("x"), req).await
+        })
+    };
+    let first = create(b"old");
+    eventually("the first create is in the WAL", || {
+        wal_bytes(&sim) > before
+    })
+    .await;
+    let second = create(b"old");
+    tokio::time::sleep(SLOW_SYNC / 3).await;
+    assert!(!first.is_finished() && !second.is_finished());
+    assert!(matches!(
+        first.await.expect("task").expect("create"),
+        CreateOutcome::Created(_)
+    ));
+    assert!(matches!(
+        second.await.expect("task").expect("create again"),
+        CreateOutcome::Existed(_)
+    ));
+
+    // Delete, and append while the delete is pending.
+    let before = wal_bytes(&sim);
+    let delete = tokio::spawn({
+        let store = store.clone();
+        async move { store.delete(&name("x")).await }
+    });
+    eventually("the delete is in the WAL", || wal_bytes(&sim) > before).await;
+    let append = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(&name("x"), append_req("late")).await }
+    });
+    tokio::time::sleep(SLOW_SYNC / 3).await;
+    assert!(
+        !append.is_finished(),
+        "not answered before the delete is durable"
+    );
+    delete.await.expect("task").expect("delete");
+    let late = append.await.expect("task");
+    assert!(matches!(late, Err(Error::NotFound)), "{late:?}");
+    assert!(matches!(
+        create(b"new").await.expect("task").expect("re-create"),
+        CreateOutcome::Created(_)
+    ));
+    assert_eq!(read_all(&store, &name("x")).await.expect("read"), b"new");
+    sim.slow_syncs(None);
+    store.close().await;
+    let store = FileStorage::open_with_fs(options(), sim.process())
+        .await
+        .expect("reopen");
+    assert_eq!(read_all(&store, &name("x")).await.expect("read"), b"new");
+    store.close().await;
+}
+
+/// A TTL stream read while a batch that wrote to it is pending lives on from that read: a
+/// sweep planned behind the pending batch judges its expiry by the newer of the two access
+/// times, not by the pending batch's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_behind_a_pending_write_counts_reads_since() {
+    let sim = SimFs::new(47);
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let store = FileStorage::open_with_fs(options_with(Arc::clone(&clock)), sim.process())
+        .await
+        .expect("open");
+    let req = CreateRequest {
+        expiry: Expiry::Ttl(10),
+        ..create_req()
+    };
+    store.create(&name("t"), req).await.expect("create");
+    sim.slow_syncs(Some((".wal", SLOW_SYNC)));
+    let before = wal_bytes(&sim);
+    let append = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(&name("t"), append_req("a")).await }
+    });
+    eventually("the append is in the WAL", || wal_bytes(&sim) > before).await;
+    // Sooner than the stream's touch interval (1 s), so the read records no access time of its
+    // own: only the installed state knows of it.
+    clock.advance_ms(500);
+    store
+        .read(&name("t"), ReadFrom::Start, 1024)
+        .await
+        .expect("read keeps the stream alive");
+    // 10.25 s after the append, 9.75 s after the read: live.
+    clock.advance_ms(9_750);
+    let swept = store.sweep_expired().await.expect("sweep");
+    assert_eq!(swept, 0, "the read 9.75 s ago keeps the stream");
+    append.await.expect("task").expect("append");
+    sim.slow_syncs(None);
+    assert_eq!(read_all(&store, &name("t")).await.expect("read"), b"a");
     store.close().await;
 }
