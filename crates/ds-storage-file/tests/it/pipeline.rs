@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use ds_protocol::Expiry;
 use ds_storage::rules::ManualClock;
-use ds_storage::{AppendOutcome, CreateOutcome, CreateRequest, Error, ReadFrom, Storage};
+use ds_storage::{
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Error, ReadFrom, Storage,
+};
 use ds_storage_file::io::SimFs;
 use ds_storage_file::{Durability, FileOptions, FileStorage};
 
@@ -55,6 +57,46 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
+async fn open(sim: &SimFs) -> FileStorage {
+    FileStorage::open_with_fs(options(), sim.process())
+        .await
+        .expect("open")
+}
+
+/// Closes the store, opens it again from what the simulated disk holds, and checks each
+/// stream's content.
+async fn check_after_restart(store: FileStorage, sim: &SimFs, expected: &[(&str, &[u8])]) {
+    store.close().await;
+    let store = open(sim).await;
+    for (stream, bytes) in expected {
+        assert_content(&store, stream, bytes).await;
+    }
+    store.close().await;
+}
+
+/// Starts a request and returns once its batch is in the WAL (so, with slow flushes, while
+/// its sync runs).
+async fn written<T>(sim: &SimFs, start: impl FnOnce() -> T) -> T {
+    let before = wal_bytes(sim);
+    let task = start();
+    eventually("the batch is in the WAL", || wal_bytes(sim) > before).await;
+    task
+}
+
+fn spawn_append(
+    store: &FileStorage,
+    stream: &'static str,
+    req: AppendRequest,
+) -> tokio::task::JoinHandle<ds_storage::Result<AppendOutcome>> {
+    let store = store.clone();
+    tokio::spawn(async move { store.append(&name(stream), req).await })
+}
+
+async fn assert_content(store: &FileStorage, stream: &str, expected: &[u8]) {
+    let got = read_all(store, &name(stream)).await.expect("read");
+    assert_eq!(got, expected, "{stream}");
+}
+
 async fn create_with(store: &FileStorage, stream: &str, body: &'static [u8]) {
     let req = CreateRequest {
         body: body.into(),
@@ -69,24 +111,14 @@ async fn create_with(store: &FileStorage, stream: &str, body: &'static [u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_written_while_the_one_before_it_syncs() {
     let sim = SimFs::new(41);
-    let store = FileStorage::open_with_fs(options(), sim.process())
-        .await
-        .expect("open");
+    let store = open(&sim).await;
     create_with(&store, "one", b"1").await;
     create_with(&store, "two", b"2").await;
     sim.slow_syncs(Some((".wal", SLOW_SYNC)));
 
-    let before = wal_bytes(&sim);
-    let first = tokio::spawn({
-        let store = store.clone();
-        async move { store.append(&name("one"), append_req("aaaa")).await }
-    });
-    eventually("the first batch is in the WAL", || wal_bytes(&sim) > before).await;
+    let first = written(&sim, || spawn_append(&store, "one", append_req("aaaa"))).await;
     let during = wal_bytes(&sim);
-    let second = tokio::spawn({
-        let store = store.clone();
-        async move { store.append(&name("two"), append_req("bbbb")).await }
-    });
+    let second = spawn_append(&store, "two", append_req("bbbb"));
     eventually("the second batch is in the WAL", || {
         wal_bytes(&sim) > during
     })
@@ -96,8 +128,8 @@ async fn a_batch_is_written_while_the_one_before_it_syncs() {
         "the second batch was written while the first one's sync ran"
     );
     // Written, not yet durable: readers do not see either.
-    assert_eq!(read_all(&store, &name("one")).await.expect("read"), b"1");
-    assert_eq!(read_all(&store, &name("two")).await.expect("read"), b"2");
+    assert_content(&store, "one", b"1").await;
+    assert_content(&store, "two", b"2").await;
 
     let first = first.await.expect("task").expect("first append");
     assert!(matches!(first, AppendOutcome::Appended { .. }));
@@ -105,31 +137,12 @@ async fn a_batch_is_written_while_the_one_before_it_syncs() {
         !second.is_finished(),
         "the second batch waits for a sync that started after it was written"
     );
-    assert_eq!(
-        read_all(&store, &name("one")).await.expect("read"),
-        b"1aaaa"
-    );
+    assert_content(&store, "one", b"1aaaa").await;
     let second = second.await.expect("task").expect("second append");
     assert!(matches!(second, AppendOutcome::Appended { .. }));
-    assert_eq!(
-        read_all(&store, &name("two")).await.expect("read"),
-        b"2bbbb"
-    );
+    assert_content(&store, "two", b"2bbbb").await;
     sim.slow_syncs(None);
-    store.close().await;
-
-    let store = FileStorage::open_with_fs(options(), sim.process())
-        .await
-        .expect("reopen");
-    assert_eq!(
-        read_all(&store, &name("one")).await.expect("read"),
-        b"1aaaa"
-    );
-    assert_eq!(
-        read_all(&store, &name("two")).await.expect("read"),
-        b"2bbbb"
-    );
-    store.close().await;
+    check_after_restart(store, &sim, &[("one", b"1aaaa"), ("two", b"2bbbb")]).await;
 }
 
 /// A producer's retry of an append that is written but not yet durable is a duplicate, and
@@ -139,23 +152,12 @@ async fn a_batch_is_written_while_the_one_before_it_syncs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_of_a_pending_append_waits_for_it() {
     let sim = SimFs::new(42);
-    let store = FileStorage::open_with_fs(options(), sim.process())
-        .await
-        .expect("open");
+    let store = open(&sim).await;
     create_with(&store, "s", b"").await;
     sim.slow_syncs(Some((".wal", SLOW_SYNC)));
-    let before = wal_bytes(&sim);
-    let send = |body: &'static str| {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .append(&name("s"), producer_req(body, "p", 0, 0))
-                .await
-        })
-    };
-    let original = send("once");
-    eventually("the original is in the WAL", || wal_bytes(&sim) > before).await;
-    let retry = send("once");
+    let send = |seq| spawn_append(&store, "s", producer_req("once", "p", 0, seq));
+    let original = written(&sim, || send(0)).await;
+    let retry = send(0);
     tokio::time::sleep(SLOW_SYNC / 3).await;
     assert!(!original.is_finished(), "the original's sync is running");
     assert!(
@@ -170,34 +172,22 @@ async fn a_retry_of_a_pending_append_waits_for_it() {
         "{retry:?}"
     );
     sim.slow_syncs(None);
-    assert_eq!(read_all(&store, &name("s")).await.expect("read"), b"once");
+    assert_content(&store, "s", b"once").await;
 
     // Again, and the power goes out during the original's sync.
     sim.slow_syncs(Some((".wal", SLOW_SYNC)));
-    let before = wal_bytes(&sim);
-    let send = |body: &'static str| {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .append(&name("s"), producer_req(body, "p", 0, 1))
-                .await
-        })
-    };
-    let original = send("twice");
-    eventually("the original is in the WAL", || wal_bytes(&sim) > before).await;
-    let retry = send("twice");
+    let original = written(&sim, || send(1)).await;
+    let retry = send(1);
     tokio::time::sleep(SLOW_SYNC / 3).await;
     sim.power_loss();
     assert!(original.await.expect("task").is_err());
     assert!(retry.await.expect("task").is_err());
     drop(store);
     sim.slow_syncs(None);
-    let store = FileStorage::open_with_fs(options(), sim.process())
-        .await
-        .expect("reopen");
+    let store = open(&sim).await;
     let data = read_all(&store, &name("s")).await.expect("read");
     assert!(
-        data == b"once" || data == b"oncetwice",
+        data == b"once" || data == b"onceonce",
         "at most once: {:?}",
         String::from_utf8_lossy(&data)
     );
@@ -209,9 +199,7 @@ async fn a_retry_of_a_pending_append_waits_for_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_sync_fails_every_pending_batch() {
     let sim = SimFs::new(43);
-    let store = FileStorage::open_with_fs(options(), sim.process())
-        .await
-        .expect("open");
+    let store = open(&sim).await;
     create_with(&store, "one", b"").await;
     create_with(&store, "two", b"").await;
     sim.slow_syncs(Some((".wal", SLOW_SYNC)));
@@ -248,9 +236,7 @@ async fn a_failed_sync_fails_every_pending_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_behind_a_pending_batch_takes_back_only_its_own() {
     let sim = SimFs::new(44);
-    let store = FileStorage::open_with_fs(options(), sim.process())
-        .await
-        .expect("open");
+    let store = open(&sim).await;
     create_with(&store, "one", b"1").await;
     let files = stream_files(&sim);
     create_with(&store, "two", b"2").await;
@@ -259,12 +245,7 @@ async fn a_full_disk_behind_a_pending_batch_takes_back_only_its_own() {
         .find(|p| !files.contains(p))
         .expect("the second stream's file");
     sim.slow_syncs(Some((".wal", SLOW_SYNC)));
-    let before = wal_bytes(&sim);
-    let first = tokio::spawn({
-        let store = store.clone();
-        async move { store.append(&name("one"), append_req("aaaa")).await }
-    });
-    eventually("the first batch is in the WAL", || wal_bytes(&sim) > before).await;
+    let first = written(&sim, || spawn_append(&store, "one", append_req("aaaa"))).await;
     sim.refuse_writes_to(Some(
         two.file_name().and_then(|n| n.to_str()).expect("name"),
     ));
@@ -279,28 +260,9 @@ async fn a_full_disk_behind_a_pending_batch_takes_back_only_its_own() {
         .append(&name("two"), append_req("cccc"))
         .await
         .expect("after the disk has room");
-    assert_eq!(
-        read_all(&store, &name("one")).await.expect("read"),
-        b"1aaaa"
-    );
-    assert_eq!(
-        read_all(&store, &name("two")).await.expect("read"),
-        b"2cccc"
-    );
-    store.close().await;
-
-    let store = FileStorage::open_with_fs(options(), sim.process())
-        .await
-        .expect("reopen");
-    assert_eq!(
-        read_all(&store, &name("one")).await.expect("read"),
-        b"1aaaa"
-    );
-    assert_eq!(
-        read_all(&store, &name("two")).await.expect("read"),
-        b"2cccc"
-    );
-    store.close().await;
+    assert_content(&store, "one", b"1aaaa").await;
+    assert_content(&store, "two", b"2cccc").await;
+    check_after_restart(store, &sim, &[("one", b"1aaaa"), ("two", b"2cccc")]).await;
 }
 
 /// Many writers, slow flushes and small WAL segments: rotations wait for the pending batches,
@@ -384,9 +346,7 @@ async fn rotations_wait_for_pending_batches_and_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_plan_on_the_creates_and_deletes_pending_before_them() {
     let sim = SimFs::new(46);
-    let store = FileStorage::open_with_fs(options(), sim.process())
-        .await
-        .expect("open");
+    let store = open(&sim).await;
     create_with(&store, "other", b"").await;
     sim.slow_syncs(Some((".wal", SLOW_SYNC)));
     let before = wal_bytes(&sim);
@@ -424,10 +384,7 @@ async fn batches_plan_on_the_creates_and_deletes_pending_before_them() {
         async move { store.delete(&name("x")).await }
     });
     eventually("the delete is in the WAL", || wal_bytes(&sim) > before).await;
-    let append = tokio::spawn({
-        let store = store.clone();
-        async move { store.append(&name("x"), append_req("late")).await }
-    });
+    let append = spawn_append(&store, "x", append_req("late"));
     tokio::time::sleep(SLOW_SYNC / 3).await;
     assert!(
         !append.is_finished(),
@@ -440,13 +397,13 @@ async fn batches_plan_on_the_creates_and_deletes_pending_before_them() {
         create(b"new").await.expect("task").expect("re-create"),
         CreateOutcome::Created(_)
     ));
-    assert_eq!(read_all(&store, &name("x")).await.expect("read"), b"new");
+    assert_content(&store, "x", b"new").await;
     sim.slow_syncs(None);
     store.close().await;
     let store = FileStorage::open_with_fs(options(), sim.process())
         .await
         .expect("reopen");
-    assert_eq!(read_all(&store, &name("x")).await.expect("read"), b"new");
+    assert_content(&store, "x", b"new").await;
     store.close().await;
 }
 
@@ -466,12 +423,7 @@ async fn a_sweep_behind_a_pending_write_counts_reads_since() {
     };
     store.create(&name("t"), req).await.expect("create");
     sim.slow_syncs(Some((".wal", SLOW_SYNC)));
-    let before = wal_bytes(&sim);
-    let append = tokio::spawn({
-        let store = store.clone();
-        async move { store.append(&name("t"), append_req("a")).await }
-    });
-    eventually("the append is in the WAL", || wal_bytes(&sim) > before).await;
+    let append = written(&sim, || spawn_append(&store, "t", append_req("a"))).await;
     // Sooner than the stream's touch interval (1 s), so the read records no access time of its
     // own: only the installed state knows of it.
     clock.advance_ms(500);
@@ -485,6 +437,6 @@ async fn a_sweep_behind_a_pending_write_counts_reads_since() {
     assert_eq!(swept, 0, "the read 9.75 s ago keeps the stream");
     append.await.expect("task").expect("append");
     sim.slow_syncs(None);
-    assert_eq!(read_all(&store, &name("t")).await.expect("read"), b"a");
+    assert_content(&store, "t", b"a").await;
     store.close().await;
 }
