@@ -748,7 +748,8 @@ impl Committer {
     }
 
     /// The committer thread's loop; returns after a shutdown request or when every sender is
-    /// gone.
+    /// gone (in file-durable mode the syncer holds one until the committer stops it, so only a
+    /// shutdown request ends it; `FileStorage` always sends one).
     pub(crate) fn run(mut self) {
         loop {
             let mut g = Gathered {
