@@ -455,6 +455,28 @@ impl Draft {
     fn defers_file(&self) -> bool {
         self.new_file && self.writes.len() == 1 && self.s.bytes == 0 && !self.s.removed
     }
+
+    /// What this batch does to the stream's unwritten Create record (`buf`: the batch's
+    /// buffer).
+    fn create_record(&self, buf: &[u8]) -> CreateRecord {
+        if self.defers_file() {
+            CreateRecord::Unwritten(buf[self.writes[0].clone()].into())
+        } else if !self.writes.is_empty() && !self.s.removed {
+            CreateRecord::Written
+        } else {
+            CreateRecord::AsItWas
+        }
+    }
+}
+
+/// What a batch does to a stream's Create record while the stream has no file.
+enum CreateRecord {
+    /// Created without data: the file stays unwritten, the record kept in memory.
+    Unwritten(Box<[u8]>),
+    /// The file was written (with its Create record, if it did not exist).
+    Written,
+    /// Left as it was.
+    AsItWas,
 }
 
 /// The requests of one group commit being planned.
@@ -492,34 +514,26 @@ impl Batch {
         let base = &self.base;
         self.drafts.entry(entry.id).or_insert_with(|| {
             order.push(entry.id);
-            if let Some(a) = base.streams.get(&entry.id) {
+            let st = entry.lock();
+            let (s, fork_refs, unwritten) = match base.streams.get(&entry.id) {
                 // Written by a pending batch: its file exists unless it is still unwritten.
                 // Readers keep the installed state's access time current (sliding TTL).
-                let mut s = a.s.clone();
-                s.last_access_ms = s.last_access_ms.max(entry.lock().s.last_access_ms);
-                return Draft {
-                    entry: Arc::clone(entry),
-                    s,
-                    fork_refs: a.fork_refs,
-                    new_index: Vec::new(),
-                    writes: Vec::new(),
-                    write_from: a.s.file_len,
-                    new_file: false,
-                    unwritten: a.unwritten.clone(),
-                    changed: false,
-                    clear_touch: false,
-                };
-            }
-            let st = entry.lock();
+                Some(a) => {
+                    let mut s = a.s.clone();
+                    s.last_access_ms = s.last_access_ms.max(st.s.last_access_ms);
+                    (s, a.fork_refs, a.unwritten.clone())
+                }
+                None => (st.s.clone(), st.fork_refs, st.unwritten.clone()),
+            };
             Draft {
                 entry: Arc::clone(entry),
-                s: st.s.clone(),
-                fork_refs: st.fork_refs,
+                write_from: s.file_len,
+                s,
+                fork_refs,
                 new_index: Vec::new(),
                 writes: Vec::new(),
-                write_from: st.s.file_len,
                 new_file: false,
-                unwritten: st.unwritten.clone(),
+                unwritten,
                 changed: false,
                 clear_touch: false,
             }
@@ -566,12 +580,10 @@ impl Batch {
         let mut base = std::mem::take(&mut self.base);
         for id in &self.order {
             let d = &self.drafts[id];
-            let unwritten = if d.defers_file() {
-                Some(self.buf[d.writes[0].clone()].into())
-            } else if !d.writes.is_empty() && !d.s.removed {
-                None
-            } else {
-                d.unwritten.clone()
+            let unwritten = match d.create_record(&self.buf) {
+                CreateRecord::Unwritten(record) => Some(record),
+                CreateRecord::Written => None,
+                CreateRecord::AsItWas => d.unwritten.clone(),
             };
             base.streams.insert(
                 *id,
@@ -655,6 +667,13 @@ impl Gathered {
         self.size += r.payload_len();
         self.stop |= matches!(r.op, Op::Shutdown);
         self.requests.push(r);
+    }
+}
+
+/// Answers requests after the store has failed (for `reason`).
+fn refuse(replies: impl Iterator<Item = Option<oneshot::Sender<Result<Reply>>>>, reason: &str) {
+    for reply in replies.flatten() {
+        let _ = reply.send(Err(crate::failed_error("commit", reason)));
     }
 }
 
@@ -822,11 +841,7 @@ impl Committer {
             return;
         }
         if let Some(reason) = self.shared.failure() {
-            for r in requests {
-                if let Some(reply) = r.reply {
-                    let _ = reply.send(Err(crate::failed_error("commit", &reason)));
-                }
-            }
+            refuse(requests.into_iter().map(|r| r.reply), &reason);
             return;
         }
         let mut batch = Batch::new(
@@ -932,13 +947,9 @@ impl Committer {
                 .fail(&BatchFailure::sync("sync WAL", &e).message);
         }
         if let Some(reason) = self.shared.failure() {
-            for p in std::mem::take(&mut self.pending) {
-                for (reply, _) in p.results {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(crate::failed_error("commit", &reason)));
-                    }
-                }
-            }
+            let pending = std::mem::take(&mut self.pending);
+            let replies = pending.into_iter().flat_map(|p| p.results).map(|(r, _)| r);
+            refuse(replies, &reason);
             self.ahead = Ahead::default();
             return;
         }
@@ -1415,15 +1426,16 @@ impl Committer {
         let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         for id in &b.order {
             let d = b.drafts.remove(id).expect("every ordered id has a draft");
-            let deferred = d.defers_file();
+            let record = d.create_record(&b.buf);
             let entry = d.entry;
             let mut st = entry.lock();
-            if deferred {
-                st.unwritten = Some(b.buf[d.writes[0].clone()].into());
-                self.dirty.unwritten.push(Arc::clone(&entry));
-            } else if !d.writes.is_empty() && !d.s.removed {
-                // Written above (with its Create record, if the file did not exist).
-                st.unwritten = None;
+            match record {
+                CreateRecord::Unwritten(record) => {
+                    st.unwritten = Some(record);
+                    self.dirty.unwritten.push(Arc::clone(&entry));
+                }
+                CreateRecord::Written => st.unwritten = None,
+                CreateRecord::AsItWas => {}
             }
             if !d.new_file && live(&st.s) {
                 streams_delta -= 1;
