@@ -86,8 +86,9 @@ async fn file_durable_commit_and_sync_counters_move_with_appends() {
     assert_eq!(int(&after, "ds_storage_syncs_total"), 4);
     assert!(secs(&after, "ds_storage_sync_seconds_total") >= 0.0);
 
-    // Concurrent appends share group commits: ops move by exactly the appends, batches (and
-    // syncs, one per batch) by at most as many.
+    // Concurrent appends share group commits: ops move by exactly the appends, batches by at
+    // most as many, and syncs by at most as many as batches (a WAL sync covers every batch
+    // written before it started, and batches are written while a sync runs).
     create(&app, "/v1/stream/b", "text/plain").await;
     let before = scrape(&app).await;
     let tasks: Vec<_> = (0..32)
@@ -109,7 +110,11 @@ async fn file_durable_commit_and_sync_counters_move_with_appends() {
     assert_eq!(moved("ds_storage_commit_ops_total"), 32);
     let batches = moved("ds_storage_commit_batches_total");
     assert!((1..=32).contains(&batches), "{batches} batches");
-    assert_eq!(moved("ds_storage_syncs_total"), batches);
+    let syncs = moved("ds_storage_syncs_total");
+    assert!(
+        (1..=batches).contains(&syncs),
+        "{syncs} syncs for {batches} batches"
+    );
     assert!(
         secs(&after, "ds_storage_sync_seconds_total")
             >= secs(&before, "ds_storage_sync_seconds_total")
