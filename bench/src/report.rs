@@ -26,6 +26,11 @@ pub(crate) struct Metrics {
     /// Server RSS at the end of the measured phase, MiB; big-read: the highest RSS sampled
     /// during the read.
     pub(crate) rss_mib: Option<f64>,
+    /// The server's CPU time (user + system, all threads) per completed operation over the
+    /// measured load, microseconds (closed-loop scenarios: appends, creates, reads). On a
+    /// machine whose cores the load generator shares, this is the figure that moves
+    /// throughput, and it is far less noisy than throughput itself.
+    pub(crate) cpu_us_per_op: Option<f64>,
     /// Server RSS before subscribers connected (fan-out), or before the read (big-read), MiB.
     pub(crate) rss_before_mib: Option<f64>,
     /// (RSS with subscribers − RSS before) / subscribers, KiB (fan-out only).
@@ -146,6 +151,7 @@ pub(crate) fn combine(runs: &[&Metrics]) -> Metrics {
         max_ms: med(runs, |m| m.max_ms),
         errors: runs.iter().map(|m| m.errors).sum(),
         rss_mib: med(runs, |m| m.rss_mib),
+        cpu_us_per_op: med(runs, |m| m.cpu_us_per_op),
         rss_before_mib: med(runs, |m| m.rss_before_mib),
         rss_per_sub_kib: med(runs, |m| m.rss_per_sub_kib),
         rss_per_stream_kib: med(runs, |m| m.rss_per_stream_kib),
@@ -333,6 +339,7 @@ pub(crate) fn render_table(rows: &[Row], ceiling: &Ceiling) -> String {
         "max ms",
         "errors",
         "RSS MiB",
+        "CPU µs/op",
         "of ceiling",
         "ours ×",
         "other",
@@ -373,13 +380,14 @@ pub(crate) fn render_table(rows: &[Row], ceiling: &Ceiling) -> String {
                     ms(m.max_ms),
                     m.errors.to_string(),
                     num(m.rss_mib),
+                    num(m.cpu_us_per_op),
                     ceiling_column(row, m, ceiling),
                     advantage,
                     other_column(row, m),
                 ]);
             }
         } else {
-            cells.extend(std::iter::repeat_n("—".to_owned(), 9));
+            cells.extend(std::iter::repeat_n("—".to_owned(), 10));
             cells.push(row.status.clone().unwrap_or_default());
         }
         lines.push(cells);
@@ -438,6 +446,7 @@ fn metrics_json(m: &Metrics) -> Value {
         "max_ms": m.max_ms,
         "errors": m.errors,
         "rss_mib": m.rss_mib,
+        "cpu_us_per_op": m.cpu_us_per_op,
         "rss_before_mib": m.rss_before_mib,
         "rss_per_subscriber_kib": m.rss_per_sub_kib,
         "rss_per_stream_kib": m.rss_per_stream_kib,

@@ -230,6 +230,7 @@ async fn append_1(server: &Running, sizes: &Sizes) -> Result<Metrics> {
     let body = filler(sizes.append1_bytes);
     let n = body.len() as u64;
     let t = target.clone();
+    let cpu = server.cpu();
     let r = closed_loop(
         &target,
         sizes.append1_conns,
@@ -243,6 +244,7 @@ async fn append_1(server: &Running, sizes: &Sizes) -> Result<Metrics> {
     )
     .await?;
     let mut m = load_metrics(&r, r.req_bytes);
+    m.cpu_us_per_op = cpu.per_op(server, r.ops);
     m.rss_mib = server.rss_mib();
     Ok(m)
 }
@@ -274,6 +276,7 @@ async fn append_many(server: &Running, sizes: &Sizes) -> Result<Metrics> {
     let n = body.len() as u64;
     let conns = sizes.many_conns;
     let t = target.clone();
+    let cpu = server.cpu();
     let r = closed_loop(
         &target,
         conns,
@@ -291,6 +294,7 @@ async fn append_many(server: &Running, sizes: &Sizes) -> Result<Metrics> {
     )
     .await?;
     let mut m = load_metrics(&r, r.req_bytes);
+    m.cpu_us_per_op = cpu.per_op(server, r.ops);
     m.rss_mib = server.rss_mib();
     Ok(m)
 }
@@ -312,8 +316,10 @@ async fn read(server: &Running, sizes: &Sizes) -> Result<Metrics> {
         .await?;
         Some(sizes.read_total)
     };
+    let cpu = server.cpu();
     let r = read_loop(target, "bench-read", sizes.read_conns, sizes.secs, expected).await?;
     let mut m = load_metrics(&r, r.resp_bytes);
+    m.cpu_us_per_op = cpu.per_op(server, r.ops);
     m.rss_mib = server.rss_mib();
     Ok(m)
 }
@@ -382,6 +388,7 @@ async fn fan_out(server: &Running, mode: Mode, plan: Plan) -> Result<Metrics> {
 async fn create_streams(server: &Running, sizes: &Sizes) -> Result<Metrics> {
     let target = server.target.clone();
     let t = target.clone();
+    let cpu = server.cpu();
     let r = closed_loop(
         &target,
         sizes.create_conns,
@@ -393,6 +400,7 @@ async fn create_streams(server: &Running, sizes: &Sizes) -> Result<Metrics> {
     )
     .await?;
     let mut m = load_metrics(&r, 0);
+    m.cpu_us_per_op = cpu.per_op(server, r.ops);
     m.mb_per_sec = None;
     m.rss_mib = server.rss_mib();
     Ok(m)

@@ -158,6 +158,17 @@ impl Running {
         parse_vm_rss_kib(&text).map(|kib| crate::stats::as_f64(kib) / 1024.0)
     }
 
+    /// The server's CPU time so far (user + system, all threads), for [`CpuMark::per_op`].
+    pub(crate) fn cpu(&self) -> CpuMark {
+        CpuMark(self.cpu_ticks())
+    }
+
+    /// `utime + stime` of `/proc/<pid>/stat`, in clock ticks.
+    fn cpu_ticks(&self) -> Option<u64> {
+        let text = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        parse_cpu_ticks(&text)
+    }
+
     /// Starts sampling the server's RSS every `every`, keeping the highest value.
     pub(crate) fn sample_rss(&self, every: Duration) -> RssPeak {
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
@@ -338,6 +349,33 @@ pub(crate) async fn start(
     }
 }
 
+/// Linux's clock tick for `/proc` times (`USER_HZ`, fixed at 100 on every architecture the
+/// bench runs on).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// The server's CPU time at the start of a measured load.
+pub(crate) struct CpuMark(Option<u64>);
+
+impl CpuMark {
+    /// The server's CPU microseconds per operation since the mark (`None` without `/proc` or
+    /// operations).
+    pub(crate) fn per_op(&self, server: &Running, ops: u64) -> Option<f64> {
+        let spent = server.cpu_ticks()?.checked_sub(self.0?)?;
+        (ops > 0)
+            .then(|| crate::stats::as_f64(spent) / TICKS_PER_SEC * 1e6 / crate::stats::as_f64(ops))
+    }
+}
+
+/// `utime + stime` (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name (field 2)
+/// is in parentheses and may hold spaces, so fields are counted after its closing one.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,5 +417,12 @@ mod tests {
     fn own_process_rss_is_readable() {
         let text = std::fs::read_to_string("/proc/self/status").unwrap();
         assert!(parse_vm_rss_kib(&text).unwrap() > 0);
+    }
+
+    #[test]
+    fn cpu_ticks_are_counted_after_the_command_name() {
+        let stat = "4242 (ds server) S 1 4242 4242 0 -1 4194560 1000 0 0 0 317 58 0 0 20 0 6 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(375));
+        assert_eq!(parse_cpu_ticks("4242 (x) S 1"), None);
     }
 }
