@@ -65,7 +65,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -306,7 +306,6 @@ pub(crate) struct CommitterInit {
 
 pub(crate) struct Committer {
     shared: Arc<Shared>,
-    rx: mpsc::Receiver<Request>,
     wal: Arc<dyn FsFile>,
     segment: u64,
     wal_len: u64,
@@ -330,7 +329,8 @@ pub(crate) struct Committer {
     seq: u64,
     /// Requests held back while the pending batches finish before a WAL rotation.
     held: Vec<Request>,
-    _lock: Box<dyn std::any::Any + Send + Sync>,
+    /// The data directory's lock, released once the shutdown is done.
+    lock: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// The WAL syncer thread and what it is to cover.
@@ -349,7 +349,7 @@ impl Syncer {
 /// What the committer has written, for the syncer.
 struct SyncWork {
     state: Mutex<SyncState>,
-    wake: std::sync::Condvar,
+    wake: Condvar,
 }
 
 struct SyncState {
@@ -372,10 +372,8 @@ impl Drop for Syncer {
 }
 
 impl SyncWork {
-    fn state(&self) -> std::sync::MutexGuard<'_, SyncState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn state(&self) -> MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -693,13 +691,348 @@ fn closed_flag(close: bool) -> u16 {
     if close { FLAG_CLOSE } else { 0 }
 }
 
-impl Committer {
-    /// `tx` sends to `rx`; in file-durable mode the WAL syncer reports through it.
-    pub(crate) fn new(
+/// How many batches a request's caller (or the WAL syncer) commits in one turn before it
+/// hands what is still queued to the committer thread.
+const CALLER_BATCHES: usize = 4;
+
+/// The committer's inbox and state, and who commits next.
+///
+/// Whoever queues a request while nobody is committing commits it, with whatever is queued
+/// meanwhile, on its own thread: the request's caller (a tokio worker: planning a batch and
+/// writing it to the page cache takes microseconds) or the WAL syncer with its report (which
+/// installs and answers the batches it covered, then writes what arrived during the sync for
+/// the next one). A request that arrives while someone commits is queued, and that committer
+/// takes it before it stops. So no request waits for another thread to be scheduled on its
+/// way to the WAL, and no answer waits for one on its way back: on two cores, each such hop
+/// was a wake-up and a wait in the run queue. The committer thread (`ds-file-commit`) takes
+/// over what must not block a caller: a WAL rotation (an `fdatasync` and a directory sync),
+/// the shutdown (which waits for the last syncs and checkpoints), and the rest of a long run
+/// (a caller commits at most [`CALLER_BATCHES`] batches per turn).
+pub(crate) struct Commit {
+    shared: Arc<Shared>,
+    inbox: Mutex<Inbox>,
+    /// The committer thread waits here for a hand-off, and for the syncer's reports while it
+    /// drains at shutdown.
+    wake: Condvar,
+    /// Locked only by whoever has the turn (`Inbox::committing`), so never contended.
+    committer: Mutex<Committer>,
+}
+
+#[derive(Default)]
+struct Inbox {
+    queue: VecDeque<Request>,
+    committing: Committing,
+    /// The committer thread waits for the syncer's reports (shutdown).
+    draining: bool,
+    /// A shutdown is queued: no request is taken after it.
+    closed: bool,
+    /// The WAL syncer is in an `fdatasync` (file-durable): a request that arrives now waits
+    /// in the queue, and the syncer commits it, with every other one that arrived during the
+    /// sync, when the sync returns (one batch, one WAL write per sync, written just before
+    /// the next sync starts).
+    syncing: bool,
+}
+
+/// Who commits.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Committing {
+    /// Nobody: whoever queues a request next takes the turn.
+    #[default]
+    Nobody,
+    /// Somebody (a caller, the syncer, or the committer thread) has the turn.
+    Somebody,
+    /// The turn is handed to the committer thread, which has not taken it yet.
+    HandedOff,
+}
+
+/// How a turn of committing ended.
+enum TurnEnd {
+    /// Nothing left to do now; nobody has the turn.
+    Idle,
+    /// The committer thread takes over.
+    HandedOff,
+    /// The store is shut down (the committer thread only).
+    Shutdown,
+}
+
+/// Releases the turn if the one committing panics: the store stops (it cannot tell what the
+/// batch did), the queued requests fail, and later requests are refused by whoever commits
+/// them.
+struct Turn<'a> {
+    commit: &'a Commit,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        self.commit.shared.fail("the committer panicked");
+        let queued = {
+            let mut inbox = self.commit.inbox();
+            inbox.committing = Committing::Nobody;
+            std::mem::take(&mut inbox.queue)
+        };
+        // Their replies are dropped: the callers see the store as closed.
+        drop(queued);
+    }
+}
+
+impl Commit {
+    /// Builds the committer's state, starts the WAL syncer (file-durable) and the committer
+    /// thread, and returns the thread to join after [`Commit::close`].
+    pub(crate) fn start(
         shared: Arc<Shared>,
-        (tx, rx): (mpsc::Sender<Request>, mpsc::Receiver<Request>),
         init: CommitterInit,
-    ) -> io::Result<Self> {
+    ) -> io::Result<(Arc<Commit>, JoinHandle<()>)> {
+        let wal = Arc::clone(&init.wal);
+        let committer = Committer::new(Arc::clone(&shared), init)?;
+        let commit = Arc::new(Commit {
+            shared: Arc::clone(&shared),
+            inbox: Mutex::new(Inbox::default()),
+            wake: Condvar::new(),
+            committer: Mutex::new(committer),
+        });
+        if shared.durability == Durability::Durable {
+            let work = Arc::new(SyncWork {
+                state: Mutex::new(SyncState {
+                    wal,
+                    written: 0,
+                    idle: false,
+                    stop: false,
+                }),
+                wake: Condvar::new(),
+            });
+            let sync_work = Arc::clone(&work);
+            // Weak: the syncer stops when the committer's state goes, not the other way round.
+            let reports = Arc::downgrade(&commit);
+            let thread = std::thread::Builder::new()
+                .name("ds-file-wal-sync".to_owned())
+                .spawn(move || syncer(&shared, &sync_work, &reports))?;
+            commit.state().syncer = Some(Syncer {
+                work,
+                thread: Some(thread),
+            });
+        }
+        let runner = Arc::clone(&commit);
+        let thread = std::thread::Builder::new()
+            .name("ds-file-commit".to_owned())
+            .spawn(move || runner.run())?;
+        Ok((commit, thread))
+    }
+
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn state(&self) -> MutexGuard<'_, Committer> {
+        self.committer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a request, and commits it (with whatever else is queued) on this thread unless
+    /// someone is committing already or a sync is running. False (and the request dropped)
+    /// if the store is shutting down.
+    pub(crate) fn submit(&self, r: Request) -> bool {
+        {
+            let mut inbox = self.inbox();
+            if inbox.closed {
+                return false;
+            }
+            inbox.queue.push_back(r);
+            if inbox.committing != Committing::Nobody || inbox.syncing {
+                return true;
+            }
+            inbox.committing = Committing::Somebody;
+        }
+        self.commit(false);
+        true
+    }
+
+    /// The WAL syncer starts an `fdatasync`.
+    fn syncing(&self) {
+        self.inbox().syncing = true;
+    }
+
+    /// The WAL syncer stopped: nobody waits for a report any more.
+    fn syncer_stopped(&self) {
+        let mut inbox = self.inbox();
+        inbox.syncing = false;
+        if inbox.committing == Committing::Nobody && !inbox.queue.is_empty() {
+            self.hand_off(&mut inbox);
+        }
+    }
+
+    /// The WAL syncer's report; taken even while the store shuts down (which waits for it).
+    fn report(&self, r: Request) {
+        {
+            let mut inbox = self.inbox();
+            inbox.syncing = false;
+            inbox.queue.push_back(r);
+            if inbox.draining {
+                self.wake.notify_one();
+            }
+            if inbox.committing != Committing::Nobody {
+                return;
+            }
+            inbox.committing = Committing::Somebody;
+        }
+        self.commit(false);
+    }
+
+    /// Queues the shutdown for the committer thread: the requests queued before it complete,
+    /// later ones are refused. False if it was queued before.
+    pub(crate) fn close(&self, reply: Option<oneshot::Sender<Result<Reply>>>) -> bool {
+        let mut inbox = self.inbox();
+        if inbox.closed {
+            return false;
+        }
+        inbox.closed = true;
+        inbox.queue.push_back(Request {
+            op: Op::Shutdown,
+            reply,
+        });
+        if inbox.committing == Committing::Nobody {
+            self.hand_off(&mut inbox);
+        }
+        true
+    }
+
+    /// Whether the shutdown is queued (or done).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inbox().closed
+    }
+
+    /// Hands the turn to the committer thread.
+    fn hand_off(&self, inbox: &mut Inbox) {
+        inbox.committing = Committing::HandedOff;
+        self.wake.notify_one();
+    }
+
+    /// The committer thread: takes the turns handed to it, until the shutdown.
+    fn run(&self) {
+        loop {
+            {
+                let mut inbox = self.inbox();
+                while inbox.committing != Committing::HandedOff {
+                    inbox = self
+                        .wake
+                        .wait(inbox)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                inbox.committing = Committing::Somebody;
+            }
+            if matches!(self.commit(true), TurnEnd::Shutdown) {
+                return;
+            }
+        }
+    }
+
+    /// One turn of committing, which we have: batch after batch of what is queued,
+    /// until nothing is (or, off the committer `thread`, until something is for the thread).
+    fn commit(&self, thread: bool) -> TurnEnd {
+        let mut c = self.state();
+        let _turn = Turn { commit: self };
+        let mut batches = 0;
+        loop {
+            if c.rotation_due() {
+                if !thread {
+                    self.hand_off(&mut self.inbox());
+                    return TurnEnd::HandedOff;
+                }
+                c.rotate_if_due();
+            }
+            let g = {
+                let mut inbox = self.inbox();
+                let g = (thread || batches < CALLER_BATCHES)
+                    .then(|| c.gather(&mut inbox.queue, thread));
+                match g {
+                    Some(g) if !c.idle(&g) => g,
+                    g => {
+                        if let Some(g) = g {
+                            c.held = g.requests;
+                        }
+                        if inbox.queue.is_empty() && (c.held.is_empty() || c.must_hold()) {
+                            inbox.committing = Committing::Nobody;
+                            return TurnEnd::Idle;
+                        }
+                        // Only a request for the committer thread (or the batch limit) stops
+                        // a caller with requests still to commit.
+                        self.hand_off(&mut inbox);
+                        return TurnEnd::HandedOff;
+                    }
+                }
+            };
+            if let Some((seq, result)) = g.synced {
+                c.synced(seq, result);
+            }
+            let mut requests = g.requests;
+            let shutdown = requests.pop_if(|r| matches!(r.op, Op::Shutdown));
+            if shutdown.is_none() && c.rotation_due() && !thread {
+                // The report made the rotation possible: the thread rotates before these.
+                c.held = requests;
+                self.hand_off(&mut self.inbox());
+                return TurnEnd::HandedOff;
+            }
+            if shutdown.is_none() && c.must_hold() {
+                c.held = requests;
+                continue;
+            }
+            if thread {
+                c.rotate_if_due();
+            }
+            c.process(requests);
+            batches += 1;
+            if let Some(shutdown) = shutdown {
+                self.drain(&mut c);
+                c.shutdown();
+                c.lock = None;
+                if let Some(reply) = shutdown.reply {
+                    let _ = reply.send(Ok(Reply::Done));
+                }
+                return TurnEnd::Shutdown;
+            }
+        }
+    }
+
+    /// Waits (on the committer thread) until every pending batch is synced and answered.
+    fn drain(&self, c: &mut Committer) {
+        while !c.pending.is_empty() {
+            let r = {
+                let mut inbox = self.inbox();
+                loop {
+                    if let Some(r) = inbox.queue.pop_front() {
+                        break r;
+                    }
+                    if c.syncer_gone() {
+                        // It reports before it stops, so nothing more will come.
+                        drop(inbox);
+                        c.shared.fail("the WAL syncer stopped");
+                        c.synced(0, Ok(()));
+                        return;
+                    }
+                    inbox.draining = true;
+                    inbox = self
+                        .wake
+                        .wait_timeout(inbox, Duration::from_millis(100))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                    inbox.draining = false;
+                }
+            };
+            match r.op {
+                Op::Synced { seq, result } => c.synced(seq, result),
+                // Nothing but the syncer queues after a shutdown request.
+                _ => c.process(vec![r]),
+            }
+        }
+    }
+}
+
+impl Committer {
+    /// The committer's state; in file-durable mode [`Commit::start`] adds the WAL syncer.
+    fn new(shared: Arc<Shared>, init: CommitterInit) -> io::Result<Self> {
         let (bg_tx, bg_rx) = mpsc::channel();
         let bg_shared = Arc::clone(&shared);
         let bg = std::thread::Builder::new()
@@ -715,28 +1048,6 @@ impl Committer {
         } else {
             None
         };
-        let syncer = if shared.durability == Durability::Durable {
-            let work = Arc::new(SyncWork {
-                state: Mutex::new(SyncState {
-                    wal: Arc::clone(&init.wal),
-                    written: 0,
-                    idle: false,
-                    stop: false,
-                }),
-                wake: std::sync::Condvar::new(),
-            });
-            let sync_shared = Arc::clone(&shared);
-            let sync_work = Arc::clone(&work);
-            let thread = std::thread::Builder::new()
-                .name("ds-file-wal-sync".to_owned())
-                .spawn(move || syncer(&sync_shared, &sync_work, &tx))?;
-            Some(Syncer {
-                work,
-                thread: Some(thread),
-            })
-        } else {
-            None
-        };
         if let Some(job) = init.pending {
             // No rotation starts another checkpoint until this one is done.
             shared.checkpointing.store(true, Ordering::Release);
@@ -746,7 +1057,6 @@ impl Committer {
         }
         Ok(Committer {
             shared,
-            rx,
             wal: init.wal,
             segment: init.segment,
             wal_len: 0,
@@ -757,59 +1067,51 @@ impl Committer {
             bg_tx,
             bg: Some(bg),
             wal_sync,
-            syncer,
+            syncer: None,
             pending: VecDeque::new(),
             ahead: Ahead::default(),
             seq: 0,
             held: Vec::new(),
-            _lock: init.lock,
+            lock: Some(init.lock),
         })
     }
 
-    /// The committer thread's loop; returns after a shutdown request or when every sender is
-    /// gone (in file-durable mode the syncer holds one until the committer stops it, so only a
-    /// shutdown request ends it; `FileStorage` always sends one).
-    pub(crate) fn run(mut self) {
-        loop {
-            let mut g = Gathered {
-                size: self.held.iter().map(Request::payload_len).sum(),
-                requests: std::mem::take(&mut self.held),
-                synced: None,
-                stop: false,
+    /// The next batch's requests: those held back, then the queued ones (up to the batch
+    /// limits), and the syncer's reports among them. Only the committer thread takes a
+    /// shutdown request; anyone else stops in front of it.
+    fn gather(&mut self, queue: &mut VecDeque<Request>, thread: bool) -> Gathered {
+        let mut g = Gathered {
+            size: self.held.iter().map(Request::payload_len).sum(),
+            requests: std::mem::take(&mut self.held),
+            synced: None,
+            stop: false,
+        };
+        while !g.stop && g.requests.len() < MAX_BATCH_OPS && g.size < MAX_BATCH_BYTES {
+            if !thread && queue.front().is_some_and(|r| matches!(r.op, Op::Shutdown)) {
+                break;
+            }
+            let Some(r) = queue.pop_front() else {
+                break;
             };
-            if g.requests.is_empty() || self.must_hold() {
-                let Ok(first) = self.rx.recv() else {
-                    self.drain();
-                    self.shutdown();
-                    return;
-                };
-                g.take(first);
-            }
-            while !g.stop && g.requests.len() < MAX_BATCH_OPS && g.size < MAX_BATCH_BYTES {
-                match self.rx.try_recv() {
-                    Ok(r) => g.take(r),
-                    Err(_) => break,
-                }
-            }
-            if let Some((seq, result)) = g.synced {
-                self.synced(seq, result);
-            }
-            let mut requests = g.requests;
-            let shutdown = requests.pop_if(|r| matches!(r.op, Op::Shutdown));
-            if shutdown.is_none() && self.must_hold() {
-                self.held = requests;
-                continue;
-            }
-            self.process(requests);
-            if let Some(shutdown) = shutdown {
-                self.drain();
-                self.shutdown();
-                if let Some(reply) = shutdown.reply {
-                    let _ = reply.send(Ok(Reply::Done));
-                }
-                return;
-            }
+            g.take(r);
         }
+        g
+    }
+
+    /// Whether a gathered turn has nothing to do now: no report, and no request (or only
+    /// requests that must wait for a WAL rotation, which a report will make possible).
+    fn idle(&self, g: &Gathered) -> bool {
+        g.synced.is_none() && (g.requests.is_empty() || (!g.stop && self.must_hold()))
+    }
+
+    /// Whether the WAL syncer (file-durable) has stopped: after a failed sync, or if it
+    /// panicked.
+    fn syncer_gone(&self) -> bool {
+        self.syncer.as_ref().is_none_or(|s| {
+            s.thread
+                .as_ref()
+                .is_none_or(std::thread::JoinHandle::is_finished)
+        })
     }
 
     /// Whether new requests wait: a WAL rotation is due, and it waits for the pending batches
@@ -819,21 +1121,6 @@ impl Committer {
             && self.wal_len >= self.shared.wal_segment_bytes
             && !self.shared.checkpointing.load(Ordering::Acquire)
             && self.shared.failure().is_none()
-    }
-
-    /// Waits until every pending batch is synced and answered.
-    fn drain(&mut self) {
-        while !self.pending.is_empty() {
-            match self.rx.recv() {
-                Ok(Request {
-                    op: Op::Synced { seq, result },
-                    ..
-                }) => self.synced(seq, result),
-                // Nothing but the syncer sends after a shutdown request.
-                Ok(other) => self.process(vec![other]),
-                Err(_) => return,
-            }
-        }
     }
 
     fn process(&mut self, requests: Vec<Request>) {
@@ -882,7 +1169,6 @@ impl Committer {
             }
         };
         answer(results, failure.as_ref());
-        self.rotate_if_due();
     }
 
     /// file-durable: writes a planned batch to its stream files and the WAL, and leaves it
@@ -967,10 +1253,10 @@ impl Committer {
             self.ahead.installed(p.seq);
             answer(p.results, None);
         }
-        if self.pending.is_empty() {
-            debug_assert!(self.ahead.is_empty(), "every pending change is installed");
-            self.rotate_if_due();
-        }
+        debug_assert!(
+            !self.pending.is_empty() || self.ahead.is_empty(),
+            "every pending change is installed"
+        );
     }
 
     fn rotate_if_due(&mut self) {
@@ -1497,12 +1783,17 @@ impl Committer {
         }
     }
 
+    /// Whether the WAL is to move to a new segment now: the current one is full, nothing
+    /// written to it waits for a sync, and no checkpoint is running.
+    fn rotation_due(&self) -> bool {
+        self.wal_len >= self.shared.wal_segment_bytes
+            && self.pending.is_empty()
+            && !self.shared.checkpointing.load(Ordering::Acquire)
+            && self.shared.failure().is_none()
+    }
+
     fn maybe_rotate(&mut self) -> std::result::Result<(), CheckpointFailure> {
-        if self.wal_len < self.shared.wal_segment_bytes
-            || !self.pending.is_empty()
-            || self.shared.checkpointing.load(Ordering::Acquire)
-            || self.shared.failure().is_some()
-        {
+        if !self.rotation_due() {
             return Ok(());
         }
         let job = self.rotate()?;
@@ -1528,6 +1819,7 @@ impl Committer {
             .pool
             .open(&layout::wal_segment(root, segment), OpenMode::Truncate)
             .map_err(CheckpointFailure::io)?;
+        reserve_wal(&*wal, self.shared.wal_segment_bytes);
         self.shared
             .pool
             .sync_dir(&layout::wal_dir(root))
@@ -1714,17 +2006,24 @@ fn wal_syncer(shared: &Shared, stop: &mpsc::Receiver<()>) {
 /// last sync, and reports each sync to the committer. It goes straight on to the next sync if
 /// batches were written during the last one, without waiting for the committer to answer
 /// them, so under load the device flushes back to back.
-fn syncer(shared: &Shared, work: &SyncWork, done: &mpsc::Sender<Request>) {
+fn syncer(shared: &Shared, work: &SyncWork, commit: &Weak<Commit>) {
+    /// However the syncer ends (a failed sync, a stop, a panic), requests stop waiting for it.
+    struct Stopped<'a>(&'a Weak<Commit>);
+    impl Drop for Stopped<'_> {
+        fn drop(&mut self) {
+            if let Some(commit) = self.0.upgrade() {
+                commit.syncer_stopped();
+            }
+        }
+    }
+    let _stopped = Stopped(commit);
     let mut synced = 0;
     loop {
         let (wal, seq) = {
             let mut st = work.state();
             while st.written <= synced && !st.stop {
                 st.idle = true;
-                st = work
-                    .wake
-                    .wait(st)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                st = work.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
             st.idle = false;
             if st.written <= synced {
@@ -1732,6 +2031,10 @@ fn syncer(shared: &Shared, work: &SyncWork, done: &mpsc::Sender<Request>) {
             }
             (Arc::clone(&st.wal), st.written)
         };
+        let Some(commit) = commit.upgrade() else {
+            return;
+        };
+        commit.syncing();
         let started = Instant::now();
         let result = wal.sync_data();
         let failed = match &result {
@@ -1752,10 +2055,19 @@ fn syncer(shared: &Shared, work: &SyncWork, done: &mpsc::Sender<Request>) {
             op: Op::Synced { seq, result },
             reply: None,
         };
-        if done.send(report).is_err() || failed {
+        commit.report(report);
+        if failed {
             return;
         }
     }
+}
+
+/// Extends a new WAL segment to its rotation size ahead of the batches (see
+/// [`FsFile::reserve`]: the WAL's syncs then need no journal commit for its length). Recovery
+/// reads a segment up to its first torn record, and the zeros after the last batch are one.
+/// Only an optimisation: if it fails, batches extend the segment as they go.
+pub(crate) fn reserve_wal(wal: &dyn FsFile, len: u64) {
+    let _ = wal.reserve(len);
 }
 
 /// `fdatasync`s the current WAL segment if it was written since the last sync.

@@ -80,7 +80,7 @@ mod stream;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -92,7 +92,7 @@ use ds_storage::{
 };
 use tokio::sync::{oneshot, watch};
 
-use crate::commit::{Committer, CreateOp, Op, Reply, Request, ResolvedFork};
+use crate::commit::{Commit, CreateOp, Op, Reply, Request, ResolvedFork};
 use crate::io::{Fs, FsFile, RealFs};
 use crate::pool::FilePool;
 use crate::read::Budget;
@@ -371,17 +371,11 @@ fn touch_interval_ms(ttl_secs: u64) -> u64 {
 /// Owns the committer; the last [`FileStorage`] clone to go stops it.
 struct Handle {
     shared: Arc<Shared>,
-    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    commit: Arc<Commit>,
     committer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Handle {
-    fn sender(&self) -> MutexGuard<'_, Option<mpsc::Sender<Request>>> {
-        self.tx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn take_thread(&self) -> Option<JoinHandle<()>> {
         self.committer
             .lock()
@@ -394,13 +388,7 @@ impl Drop for Handle {
     fn drop(&mut self) {
         // Same as `close`, blocking: the committer finishes queued requests, persists access
         // times, checkpoints, releases the lock and exits.
-        let tx = self.sender().take();
-        if let Some(tx) = tx {
-            let _ = tx.send(Request {
-                op: Op::Shutdown,
-                reply: None,
-            });
-        }
+        self.commit.close(None);
         if let Some(thread) = self.take_thread() {
             let _ = thread.join();
         }
@@ -474,17 +462,12 @@ impl FileStorage {
         shared.stats.live_bytes.store(bytes, Ordering::Relaxed);
         *shared.write_streams() = recovered.streams;
         *shared.wal_current() = Some(Arc::clone(&recovered.init.wal));
-        let (tx, rx) = mpsc::channel();
-        let committer = Committer::new(Arc::clone(&shared), (tx.clone(), rx), recovered.init)
-            .map_err(|e| backend("start committer", e))?;
-        let thread = std::thread::Builder::new()
-            .name("ds-file-commit".to_owned())
-            .spawn(move || committer.run())
+        let (commit, thread) = Commit::start(Arc::clone(&shared), recovered.init)
             .map_err(|e| backend("start committer", e))?;
         Ok(FileStorage {
             handle: Arc::new(Handle {
                 shared,
-                tx: Mutex::new(Some(tx)),
+                commit,
                 committer: Mutex::new(Some(thread)),
             }),
         })
@@ -494,18 +477,9 @@ impl FileStorage {
     /// times are written, everything is synced and checkpointed, background threads stop and
     /// the directory's lock is released. Idempotent.
     pub async fn close(&self) {
-        let tx = self.handle.sender().take();
-        if let Some(tx) = tx {
-            let (reply, done) = oneshot::channel();
-            if tx
-                .send(Request {
-                    op: Op::Shutdown,
-                    reply: Some(reply),
-                })
-                .is_ok()
-            {
-                let _ = done.await;
-            }
+        let (reply, done) = oneshot::channel();
+        if self.handle.commit.close(Some(reply)) {
+            let _ = done.await;
         }
         if let Some(thread) = self.handle.take_thread() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -554,14 +528,12 @@ impl FileStorage {
 
     async fn submit(&self, op_name: &'static str, op: Op) -> Result<Reply> {
         let (reply, rx) = oneshot::channel();
-        {
-            let tx = self.handle.sender();
-            let tx = tx.as_ref().ok_or_else(|| closed_error(op_name))?;
-            tx.send(Request {
-                op,
-                reply: Some(reply),
-            })
-            .map_err(|_| closed_error(op_name))?;
+        let queued = self.handle.commit.submit(Request {
+            op,
+            reply: Some(reply),
+        });
+        if !queued {
+            return Err(closed_error(op_name));
         }
         rx.await.map_err(|_| closed_error(op_name))?
     }
@@ -735,15 +707,12 @@ impl FileStorage {
         };
         if touch {
             // Nobody waits for it; if the store is closing, the close writes access times.
-            let tx = self.handle.sender();
-            if let Some(tx) = tx.as_ref() {
-                let _ = tx.send(Request {
-                    op: Op::Touch {
-                        entry: Arc::clone(&entry),
-                    },
-                    reply: None,
-                });
-            }
+            let _ = self.handle.commit.submit(Request {
+                op: Op::Touch {
+                    entry: Arc::clone(&entry),
+                },
+                reply: None,
+            });
         }
         let (pieces, next) = if matches!(from, ReadFrom::Tail) || start == tail {
             (Vec::new(), tail)
@@ -921,7 +890,7 @@ impl Storage for FileStorage {
     }
 
     fn is_ready(&self) -> bool {
-        self.shared().failure().is_none() && self.handle.sender().is_some()
+        self.shared().failure().is_none() && !self.handle.commit.is_closed()
     }
 
     /// Streams and bytes are kept by the committer as it installs each batch (no scan);

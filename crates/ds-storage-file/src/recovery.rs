@@ -791,6 +791,7 @@ pub(crate) fn recover(shared: &Shared) -> Result<Recovered> {
         .pool
         .open(&layout::wal_segment(root, segment), OpenMode::Truncate)
         .map_err(|e| backend("create WAL segment", e))?;
+    crate::commit::reserve_wal(&*wal, shared.wal_segment_bytes);
     shared
         .pool
         .sync_dir(&layout::wal_dir(root))

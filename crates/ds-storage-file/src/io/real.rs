@@ -138,6 +138,13 @@ impl FsFile for RealFile {
         Ok(self.0.metadata()?.len())
     }
 
+    fn reserve(&self, len: u64) -> io::Result<()> {
+        if self.len()? < len {
+            self.0.set_len(len)?;
+        }
+        Ok(())
+    }
+
     fn shared_file(&self) -> Option<Arc<File>> {
         Some(Arc::clone(&self.0))
     }

@@ -59,6 +59,8 @@ struct SimState {
     sync_error: Option<i32>,
     /// `sync_data` of files whose name ends with this takes (at least) this long.
     slow_syncs: Option<(String, std::time::Duration)>,
+    /// `write_all_at` of files whose name ends with this takes (at least) this long.
+    slow_writes: Option<(String, std::time::Duration)>,
     countdown: Option<(u64, bool)>,
     crashes: u64,
     rng: u64,
@@ -304,6 +306,7 @@ impl SimFs {
                 refuse_new_entries: false,
                 sync_error: None,
                 slow_syncs: None,
+                slow_writes: None,
                 countdown: None,
                 crashes: 0,
                 rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
@@ -402,6 +405,12 @@ impl SimFs {
         self.lock_state().slow_syncs = slow.map(|(suffix, delay)| (suffix.to_owned(), delay));
     }
 
+    /// Makes `write_all_at` of every file whose name ends with `suffix` sleep `delay` first,
+    /// without blocking other operations, as writes to a busy device would; `None` lifts it.
+    pub fn slow_writes(&self, slow: Option<(&str, std::time::Duration)>) {
+        self.lock_state().slow_writes = slow.map(|(suffix, delay)| (suffix.to_owned(), delay));
+    }
+
     /// Every file path currently visible, in order.
     #[must_use]
     pub fn files(&self) -> Vec<PathBuf> {
@@ -456,6 +465,17 @@ impl SimFile {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The delay a `slow_*` setting puts on this file, if its name matches.
+    fn delay(
+        &self,
+        setting: impl FnOnce(&SimState) -> Option<&(String, std::time::Duration)>,
+    ) -> Option<std::time::Duration> {
+        let st = self.lock_state();
+        let (suffix, delay) = setting(&st)?;
+        let name = self.name.as_ref()?.to_string_lossy();
+        name.ends_with(suffix.as_str()).then_some(*delay)
     }
 }
 
@@ -666,6 +686,9 @@ impl FsFile for SimFile {
     }
 
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        if let Some(delay) = self.delay(|st| st.slow_writes.as_ref()) {
+            std::thread::sleep(delay);
+        }
         let mut st = self.lock_state();
         st.mutate(self.generation)?;
         if st.refused_name.is_some() && st.refused_name == self.name {
@@ -707,14 +730,7 @@ impl FsFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        let delay = self
-            .lock_state()
-            .slow_syncs
-            .as_ref()
-            .and_then(|(suffix, delay)| {
-                let name = self.name.as_ref()?.to_string_lossy();
-                name.ends_with(suffix.as_str()).then_some(*delay)
-            });
+        let delay = self.delay(|st| st.slow_syncs.as_ref());
         if let Some(delay) = delay {
             // Like a device flush: other operations go on meanwhile.
             std::thread::sleep(delay);

@@ -1,6 +1,8 @@
-//! file-durable's pipelined group commit: while the WAL syncer `fdatasync`s one batch, the
-//! committer writes the next ones, and answers wait until a sync covers them. These tests slow
-//! the simulated device's WAL flushes down so that a batch is reliably caught mid-sync.
+//! file-durable's group commit: requests that arrive while the WAL syncer `fdatasync`s wait,
+//! and are written together when the sync returns; a committer that writes several batches in
+//! one turn writes the later ones while the earlier ones sync, planning them on the pending
+//! state; answers wait until a sync covers them. These tests slow the simulated device's WAL
+//! flushes (and stream-file writes) down so that a batch is reliably caught mid-sync.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -105,23 +107,62 @@ async fn create_with(store: &FileStorage, stream: &str, body: &'static [u8]) {
     store.create(&name(stream), req).await.expect("create");
 }
 
-/// A batch that arrives while the previous one syncs is written at once (the WAL grows before
-/// the first sync returns); neither is visible to readers or answered before a sync covers
-/// it, and the second is answered after the first.
+/// How long a WAL write takes in the tests that catch a second batch being planned and
+/// written while the first one syncs.
+const SLOW_WRITE: Duration = Duration::from_millis(200);
+
+/// Slows WAL writes down (and syncs more): a request that arrives while the first batch is
+/// being written waits in the queue, and the same turn of committing plans it on the first
+/// batch's pending state and writes it while the first one syncs.
+fn slow_wal(sim: &SimFs) {
+    sim.slow_syncs(Some((".wal", SLOW_SYNC * 2)));
+    sim.slow_writes(Some((".wal", SLOW_WRITE)));
+}
+
+/// Starts an append to `first`, then one to `second` while the first is being written (see
+/// [`slow_wal`]). Returns once both are in the WAL.
+async fn two_pending(
+    store: &FileStorage,
+    sim: &SimFs,
+    (first, first_req): (&'static str, AppendRequest),
+    (second, second_req): (&'static str, AppendRequest),
+) -> (
+    tokio::task::JoinHandle<ds_storage::Result<AppendOutcome>>,
+    tokio::task::JoinHandle<ds_storage::Result<AppendOutcome>>,
+) {
+    sim.slow_syncs(Some((".wal", SLOW_SYNC * 2)));
+    sim.slow_writes(Some((".dat", SLOW_WRITE)));
+    let before = wal_bytes(sim);
+    let first = spawn_append(store, first, first_req);
+    tokio::time::sleep(SLOW_WRITE / 4).await;
+    assert_eq!(
+        wal_bytes(sim),
+        before,
+        "the first batch's stream file is being written"
+    );
+    let second = spawn_append(store, second, second_req);
+    eventually("the first batch is in the WAL", || wal_bytes(sim) > before).await;
+    let one = wal_bytes(sim);
+    eventually("the second batch is in the WAL", || wal_bytes(sim) > one).await;
+    sim.slow_writes(None);
+    (first, second)
+}
+
+/// A committer with two batches to write writes the second while the first one syncs (the
+/// WAL grows before the first sync returns); neither is visible to readers or answered before
+/// a sync covers it, and the second is answered after the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_written_while_the_one_before_it_syncs() {
     let sim = SimFs::new(41);
     let store = open(&sim).await;
     create_with(&store, "one", b"1").await;
     create_with(&store, "two", b"2").await;
-    sim.slow_syncs(Some((".wal", SLOW_SYNC)));
-
-    let first = written(&sim, || spawn_append(&store, "one", append_req("aaaa"))).await;
-    let during = wal_bytes(&sim);
-    let second = spawn_append(&store, "two", append_req("bbbb"));
-    eventually("the second batch is in the WAL", || {
-        wal_bytes(&sim) > during
-    })
+    let (first, second) = two_pending(
+        &store,
+        &sim,
+        ("one", append_req("aaaa")),
+        ("two", append_req("bbbb")),
+    )
     .await;
     assert!(
         !first.is_finished(),
@@ -143,6 +184,62 @@ async fn a_batch_is_written_while_the_one_before_it_syncs() {
     assert_content(&store, "two", b"2bbbb").await;
     sim.slow_syncs(None);
     check_after_restart(store, &sim, &[("one", b"1aaaa"), ("two", b"2bbbb")]).await;
+}
+
+/// Requests that arrive while a sync runs are not written during it: they wait, and are
+/// written together, as one batch, when it returns (one WAL write for everything that arrived
+/// during a sync), then synced by the next sync before they are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_arrive_during_a_sync_are_written_together_after_it() {
+    let sim = SimFs::new(46);
+    let store = open(&sim).await;
+    for s in ["one", "two", "three"] {
+        create_with(&store, s, b"").await;
+    }
+    sim.slow_syncs(Some((".wal", SLOW_SYNC)));
+    let first = written(&sim, || spawn_append(&store, "one", append_req("1"))).await;
+    let during = wal_bytes(&sim);
+    let batches = store.commit_stats().batches;
+    let second = spawn_append(&store, "two", append_req("2"));
+    let third = spawn_append(&store, "three", append_req("3"));
+    tokio::time::sleep(SLOW_SYNC / 3).await;
+    assert_eq!(
+        wal_bytes(&sim),
+        during,
+        "nothing is written while the sync runs"
+    );
+    assert!(!first.is_finished() && !second.is_finished() && !third.is_finished());
+    assert!(matches!(
+        first.await.expect("task"),
+        Ok(AppendOutcome::Appended { .. })
+    ));
+    eventually("the waiting requests are in the WAL", || {
+        wal_bytes(&sim) > during
+    })
+    .await;
+    assert_eq!(
+        store.commit_stats().batches,
+        batches + 1,
+        "one batch for both"
+    );
+    assert!(
+        !second.is_finished() && !third.is_finished(),
+        "their sync runs"
+    );
+    assert_content(&store, "two", b"").await;
+    for task in [second, third] {
+        assert!(matches!(
+            task.await.expect("task"),
+            Ok(AppendOutcome::Appended { .. })
+        ));
+    }
+    sim.slow_syncs(None);
+    check_after_restart(
+        store,
+        &sim,
+        &[("one", b"1"), ("two", b"2"), ("three", b"3")],
+    )
+    .await;
 }
 
 /// A producer's retry of an append that is written but not yet durable is a duplicate, and
@@ -202,19 +299,12 @@ async fn a_failed_sync_fails_every_pending_batch() {
     let store = open(&sim).await;
     create_with(&store, "one", b"").await;
     create_with(&store, "two", b"").await;
-    sim.slow_syncs(Some((".wal", SLOW_SYNC)));
-    let before = wal_bytes(&sim);
-    let append = |stream: &'static str| {
-        let store = store.clone();
-        tokio::spawn(async move { store.append(&name(stream), append_req("x")).await })
-    };
-    let first = append("one");
-    eventually("the first batch is in the WAL", || wal_bytes(&sim) > before).await;
-    let during = wal_bytes(&sim);
-    let second = append("two");
-    eventually("the second batch is in the WAL", || {
-        wal_bytes(&sim) > during
-    })
+    let (first, second) = two_pending(
+        &store,
+        &sim,
+        ("one", append_req("x")),
+        ("two", append_req("x")),
+    )
     .await;
     sim.fail_syncs(Some(5));
     for (what, task) in [("first", first), ("second", second)] {
@@ -244,14 +334,18 @@ async fn a_full_disk_behind_a_pending_batch_takes_back_only_its_own() {
         .into_iter()
         .find(|p| !files.contains(p))
         .expect("the second stream's file");
-    sim.slow_syncs(Some((".wal", SLOW_SYNC)));
-    let first = written(&sim, || spawn_append(&store, "one", append_req("aaaa"))).await;
+    // The second append waits while the first is written, is planned on the first's pending
+    // state in the same turn, and finds no room while the first one syncs.
+    slow_wal(&sim);
     sim.refuse_writes_to(Some(
         two.file_name().and_then(|n| n.to_str()).expect("name"),
     ));
+    let first = spawn_append(&store, "one", append_req("aaaa"));
+    tokio::time::sleep(SLOW_WRITE / 4).await;
     let full = store.append(&name("two"), append_req("bbbb")).await;
     assert!(matches!(full, Err(Error::StorageFull { .. })), "{full:?}");
     assert!(!first.is_finished(), "answered while the first batch syncs");
+    sim.slow_writes(None);
     sim.refuse_writes_to(None);
     let first = first.await.expect("task").expect("first");
     assert!(matches!(first, AppendOutcome::Appended { .. }));
@@ -345,11 +439,10 @@ async fn rotations_wait_for_pending_batches_and_lose_nothing() {
 /// created again, which a restart keeps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_plan_on_the_creates_and_deletes_pending_before_them() {
-    let sim = SimFs::new(46);
+    let sim = SimFs::new(48);
     let store = open(&sim).await;
     create_with(&store, "other", b"").await;
-    sim.slow_syncs(Some((".wal", SLOW_SYNC)));
-    let before = wal_bytes(&sim);
+    slow_wal(&sim);
     let create = |body: &'static [u8]| {
         let store = store.clone();
         tokio::spawn(async move {
@@ -361,12 +454,9 @@ async fn batches_plan_on_the_creates_and_deletes_pending_before_them() {
         })
     };
     let first = create(b"old");
-    eventually("the first create is in the WAL", || {
-        wal_bytes(&sim) > before
-    })
-    .await;
+    tokio::time::sleep(SLOW_WRITE / 4).await;
     let second = create(b"old");
-    tokio::time::sleep(SLOW_SYNC / 3).await;
+    tokio::time::sleep(SLOW_WRITE).await;
     assert!(!first.is_finished() && !second.is_finished());
     assert!(matches!(
         first.await.expect("task").expect("create"),
@@ -377,15 +467,14 @@ async fn batches_plan_on_the_creates_and_deletes_pending_before_them() {
         CreateOutcome::Existed(_)
     ));
 
-    // Delete, and append while the delete is pending.
-    let before = wal_bytes(&sim);
+    // Delete, and append while the delete is being written.
     let delete = tokio::spawn({
         let store = store.clone();
         async move { store.delete(&name("x")).await }
     });
-    eventually("the delete is in the WAL", || wal_bytes(&sim) > before).await;
+    tokio::time::sleep(SLOW_WRITE / 4).await;
     let append = spawn_append(&store, "x", append_req("late"));
-    tokio::time::sleep(SLOW_SYNC / 3).await;
+    tokio::time::sleep(SLOW_WRITE).await;
     assert!(
         !append.is_finished(),
         "not answered before the delete is durable"
@@ -393,6 +482,7 @@ async fn batches_plan_on_the_creates_and_deletes_pending_before_them() {
     delete.await.expect("task").expect("delete");
     let late = append.await.expect("task");
     assert!(matches!(late, Err(Error::NotFound)), "{late:?}");
+    sim.slow_writes(None);
     assert!(matches!(
         create(b"new").await.expect("task").expect("re-create"),
         CreateOutcome::Created(_)
@@ -422,8 +512,10 @@ async fn a_sweep_behind_a_pending_write_counts_reads_since() {
         ..create_req()
     };
     store.create(&name("t"), req).await.expect("create");
-    sim.slow_syncs(Some((".wal", SLOW_SYNC)));
-    let append = written(&sim, || spawn_append(&store, "t", append_req("a"))).await;
+    slow_wal(&sim);
+    let append = spawn_append(&store, "t", append_req("a"));
+    tokio::time::sleep(SLOW_WRITE / 4).await;
+    // The sweep below waits while the append is written, and is planned on its pending state.
     // Sooner than the stream's touch interval (1 s), so the read records no access time of its
     // own: only the installed state knows of it.
     clock.advance_ms(500);
@@ -436,6 +528,7 @@ async fn a_sweep_behind_a_pending_write_counts_reads_since() {
     let swept = store.sweep_expired().await.expect("sweep");
     assert_eq!(swept, 0, "the read 9.75 s ago keeps the stream");
     append.await.expect("task").expect("append");
+    sim.slow_writes(None);
     sim.slow_syncs(None);
     assert_content(&store, "t", b"a").await;
     store.close().await;
