@@ -1,9 +1,11 @@
-//! Group commit: one thread decides, writes and publishes every change.
+//! Group commit: one committer at a time decides, writes and publishes every change.
 //!
 //! Every state-changing request (create, append, close, delete, expiry, TTL touch, writer-state
-//! restore) is sent to the committer thread. The committer takes whatever is queued (at least
-//! one request, at most [`MAX_BATCH_OPS`] or about [`MAX_BATCH_BYTES`]), and for each request in
-//! order:
+//! restore) is queued in the committer's inbox ([`Commit`]). Whoever queues a request while
+//! nobody is committing takes the turn on its own thread (see [`Commit`] for who that is and
+//! why), and the committer state is only ever used by the one with the turn. The committer
+//! takes whatever is queued (at least one request, at most [`MAX_BATCH_OPS`] or about
+//! [`MAX_BATCH_BYTES`]), and for each request in order:
 //!
 //! 1. validates it against the stream's state *including the earlier requests of the same
 //!    batch* (a private draft per touched stream; the shared state is not changed yet), calling
@@ -16,14 +18,16 @@
 //! Then it writes each record to its stream's own file (no fsync: the WAL covers them until the
 //! next checkpoint) and appends the whole batch to the WAL with one write. In file-fast mode
 //! that is the commit. In file-durable mode the batch is now *pending*: a syncer thread
-//! `fdatasync`s the WAL, and while it does, the committer goes on planning and writing the
-//! batches that arrive, against the state the pending batches leave (`Ahead`; the streams'
-//! installed state is still the one before them). The syncer goes straight on to the next
-//! `fdatasync` when batches were written during the last one, so under load the device
-//! flushes back to back, each flush covering everything written before it began, and the
-//! batch size follows the load, not a timer. When a sync returns, the committer installs the
-//! batches it covered, in order, as the streams' state, publishes the new tails to live
-//! readers, and only then answers their requests. Answers that wrote nothing (a producer's
+//! `fdatasync`s the WAL. Requests that arrive during the sync wait in the inbox; when the sync
+//! returns, the syncer takes the turn, installs the batches it covered, in order, as the
+//! streams' state, publishes the new tails to live readers, answers their requests, writes
+//! everything that arrived meanwhile as one batch, and starts the next `fdatasync`. Under load
+//! the device flushes back to back, each flush covering one WAL write of everything that came
+//! during the one before, and the batch size follows the load, not a timer. A committer with
+//! more than one batch to write (a turn that found a full batch queued, or requests that came
+//! while it wrote) writes the later ones while the earlier ones sync, planning them on the
+//! state the pending batches leave (`Ahead`; the streams' installed state is still the one
+//! before them). Answers that wrote nothing (a producer's
 //! duplicate, a conflict, a create that finds the stream) were decided on pending state, so
 //! they wait for the batches before them too. Readers never look past a stream's installed
 //! length, so they never see a byte that is not committed. (A crash between the stream-file
@@ -702,9 +706,12 @@ const CALLER_BATCHES: usize = 4;
 /// writing it to the page cache takes microseconds) or the WAL syncer with its report (which
 /// installs and answers the batches it covered, then writes what arrived during the sync for
 /// the next one). A request that arrives while someone commits is queued, and that committer
-/// takes it before it stops. So no request waits for another thread to be scheduled on its
-/// way to the WAL, and no answer waits for one on its way back: on two cores, each such hop
-/// was a wake-up and a wait in the run queue. The committer thread (`ds-file-commit`) takes
+/// takes it before it stops; one that arrives while the syncer is in an `fdatasync` is queued
+/// for the syncer (writing it at once would not make it durable sooner: the next sync starts
+/// when this one returns either way, and one WAL write per sync is fewer system calls and
+/// wake-ups than one per arrival). So no request waits for another thread to be scheduled on
+/// its way to the WAL, and no answer waits for one on its way back: on two cores each such
+/// hop was a wake-up and a wait in the run queue. The committer thread (`ds-file-commit`) takes
 /// over what must not block a caller: a WAL rotation (an `fdatasync` and a directory sync),
 /// the shutdown (which waits for the last syncs and checkpoints), and the rest of a long run
 /// (a caller commits at most [`CALLER_BATCHES`] batches per turn).
@@ -953,12 +960,15 @@ impl Commit {
                         if let Some(g) = g {
                             c.held = g.requests;
                         }
-                        if inbox.queue.is_empty() && (c.held.is_empty() || c.must_hold()) {
+                        // Requests held for a rotation (and any queued behind them) wait for
+                        // the syncer's report, which takes the turn.
+                        if c.must_hold() || (inbox.queue.is_empty() && c.held.is_empty()) {
                             inbox.committing = Committing::Nobody;
                             return TurnEnd::Idle;
                         }
                         // Only a request for the committer thread (or the batch limit) stops
-                        // a caller with requests still to commit.
+                        // a caller with requests still to commit; the thread takes everything.
+                        debug_assert!(!thread, "the committer thread hands off to itself");
                         self.hand_off(&mut inbox);
                         return TurnEnd::HandedOff;
                     }
@@ -1094,6 +1104,17 @@ impl Committer {
                 break;
             };
             g.take(r);
+        }
+        // The syncer's reports are taken whatever the batch holds: a full batch held back for
+        // a rotation waits for exactly such a report.
+        if queue.iter().any(|r| matches!(r.op, Op::Synced { .. })) {
+            for r in std::mem::take(queue) {
+                if matches!(r.op, Op::Synced { .. }) {
+                    g.take(r);
+                } else {
+                    queue.push_back(r);
+                }
+            }
         }
         g
     }

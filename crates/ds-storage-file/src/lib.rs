@@ -1,7 +1,8 @@
 //! Durable Streams storage on plain files, in two modes: `file-durable` and `file-fast`.
 //!
 //! [`FileStorage`] keeps a shared write-ahead log (WAL) and one file per stream under
-//! [`FileOptions::data_dir`]. A single committer thread applies every change in **group
+//! [`FileOptions::data_dir`]. One committer at a time (whoever queued a request while nobody
+//! was committing, or the WAL syncer when a sync returns) applies every change in **group
 //! commits**: it takes all queued requests, validates them in order with the shared protocol
 //! rules, writes their records to the streams' own files (read by catch-up reads), appends the
 //! same bytes to the WAL with one write, and then (file-durable) calls `fdatasync` once. Each

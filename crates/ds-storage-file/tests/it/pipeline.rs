@@ -497,6 +497,45 @@ async fn batches_plan_on_the_creates_and_deletes_pending_before_them() {
     store.close().await;
 }
 
+/// A request larger than a whole batch, held back while a rotation waits for the pending
+/// batch, is committed once that batch's sync returns (a review found the committer thread
+/// spinning there: the full held batch kept it from taking the sync's report).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_a_batch_held_for_a_rotation_is_committed() {
+    let sim = SimFs::new(49);
+    let opts = || FileOptions {
+        wal_segment_bytes: 4096,
+        ..options()
+    };
+    let store = FileStorage::open_with_fs(opts(), sim.process())
+        .await
+        .expect("open");
+    create_with(&store, "big", b"").await;
+    sim.slow_syncs(Some((".wal", SLOW_SYNC)));
+    // Fills the segment: the rotation waits for this batch's sync.
+    let first = written(&sim, || {
+        spawn_append(&store, "big", append_req(vec![1u8; 5000]))
+    })
+    .await;
+    let big = spawn_append(&store, "big", append_req(vec![2u8; 9 << 20]));
+    let answered =
+        tokio::time::timeout(Duration::from_secs(30), async { (first.await, big.await) })
+            .await
+            .expect("both appends answered");
+    assert!(matches!(
+        answered.0.expect("task"),
+        Ok(AppendOutcome::Appended { .. })
+    ));
+    assert!(matches!(
+        answered.1.expect("task"),
+        Ok(AppendOutcome::Appended { .. })
+    ));
+    sim.slow_syncs(None);
+    let len = read_all(&store, &name("big")).await.expect("read").len();
+    assert_eq!(len, 5000 + (9 << 20));
+    store.close().await;
+}
+
 /// A TTL stream read while a batch that wrote to it is pending lives on from that read: a
 /// sweep planned behind the pending batch judges its expiry by the newer of the two access
 /// times, not by the pending batch's alone.
