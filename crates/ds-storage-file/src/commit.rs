@@ -763,25 +763,40 @@ enum TurnEnd {
 }
 
 /// Releases the turn if the one committing panics: the store stops (it cannot tell what the
-/// batch did), the queued requests fail, and later requests are refused by whoever commits
-/// them.
+/// batch did), every request waiting for an answer (held, pending or queued) fails, and later
+/// requests are refused by whoever commits them. If the committer thread itself panicked,
+/// nobody is left to take a shutdown: the inbox closes, so requests and `close` stop at once.
 struct Turn<'a> {
     commit: &'a Commit,
+    thread: bool,
 }
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
+        const REASON: &str = "the committer panicked";
         if !std::thread::panicking() {
             return;
         }
-        self.commit.shared.fail("the committer panicked");
-        let queued = {
+        self.commit.shared.fail(REASON);
+        // Dropped before us, so this lock is free (and poisoned).
+        let waiting = {
+            let mut c = self.commit.state();
+            let held = std::mem::take(&mut c.held);
+            let pending = std::mem::take(&mut c.pending);
+            c.ahead = Ahead::default();
             let mut inbox = self.commit.inbox();
             inbox.committing = Committing::Nobody;
-            std::mem::take(&mut inbox.queue)
+            inbox.closed |= self.thread;
+            let queued = std::mem::take(&mut inbox.queue);
+            (held, pending, queued)
         };
-        // Their replies are dropped: the callers see the store as closed.
-        drop(queued);
+        let (held, pending, queued) = waiting;
+        let replies = held
+            .into_iter()
+            .chain(queued)
+            .map(|r| r.reply)
+            .chain(pending.into_iter().flat_map(|p| p.results).map(|(r, _)| r));
+        refuse(replies, REASON);
     }
 }
 
@@ -939,8 +954,12 @@ impl Commit {
     /// One turn of committing, which we have: batch after batch of what is queued,
     /// until nothing is (or, off the committer `thread`, until something is for the thread).
     fn commit(&self, thread: bool) -> TurnEnd {
+        // Declared first, dropped last: on a panic it locks the committer state itself.
+        let _turn = Turn {
+            commit: self,
+            thread,
+        };
         let mut c = self.state();
-        let _turn = Turn { commit: self };
         let mut batches = 0;
         loop {
             if c.rotation_due() {
