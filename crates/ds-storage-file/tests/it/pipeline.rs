@@ -59,6 +59,17 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
+/// Opens the store with 4 KiB WAL segments, so that a few appends make a rotation due.
+async fn open_small_segments(sim: &SimFs) -> FileStorage {
+    let opts = FileOptions {
+        wal_segment_bytes: 4096,
+        ..options()
+    };
+    FileStorage::open_with_fs(opts, sim.process())
+        .await
+        .expect("open")
+}
+
 async fn open(sim: &SimFs) -> FileStorage {
     FileStorage::open_with_fs(options(), sim.process())
         .await
@@ -365,13 +376,7 @@ async fn a_full_disk_behind_a_pending_batch_takes_back_only_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotations_wait_for_pending_batches_and_lose_nothing() {
     let sim = SimFs::new(45);
-    let opts = || FileOptions {
-        wal_segment_bytes: 4096,
-        ..options()
-    };
-    let store = FileStorage::open_with_fs(opts(), sim.process())
-        .await
-        .expect("open");
+    let store = open_small_segments(&sim).await;
     sim.slow_syncs(Some((".wal", Duration::from_millis(3))));
     let tasks: Vec<_> = (0..8)
         .map(|t| {
@@ -413,9 +418,7 @@ async fn rotations_wait_for_pending_batches_and_lose_nothing() {
         "old segments were checkpointed away: {:?}",
         sim.files()
     );
-    let store = FileStorage::open_with_fs(opts(), sim.process())
-        .await
-        .expect("reopen");
+    let store = open_small_segments(&sim).await;
     for t in 0..8 {
         let expected = (0..40).fold(String::new(), |mut s, i| {
             let _ = write!(s, "{t}:{i};");
@@ -503,13 +506,7 @@ async fn batches_plan_on_the_creates_and_deletes_pending_before_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_larger_than_a_batch_held_for_a_rotation_is_committed() {
     let sim = SimFs::new(49);
-    let opts = || FileOptions {
-        wal_segment_bytes: 4096,
-        ..options()
-    };
-    let store = FileStorage::open_with_fs(opts(), sim.process())
-        .await
-        .expect("open");
+    let store = open_small_segments(&sim).await;
     create_with(&store, "big", b"").await;
     sim.slow_syncs(Some((".wal", SLOW_SYNC)));
     // Fills the segment: the rotation waits for this batch's sync.
