@@ -2047,11 +2047,15 @@ fn wal_syncer(shared: &Shared, stop: &mpsc::Receiver<()>) {
 /// batches were written during the last one, without waiting for the committer to answer
 /// them, so under load the device flushes back to back.
 fn syncer(shared: &Shared, work: &SyncWork, commit: &Weak<Commit>) {
-    /// However the syncer ends (a failed sync, a stop, a panic), requests stop waiting for it.
+    /// However the syncer ends (a failed sync, a stop, a panic), requests stop waiting for it;
+    /// after a panic nothing written from now on could become durable, so the store stops.
     struct Stopped<'a>(&'a Weak<Commit>);
     impl Drop for Stopped<'_> {
         fn drop(&mut self) {
             if let Some(commit) = self.0.upgrade() {
+                if std::thread::panicking() {
+                    commit.shared.fail("the WAL syncer panicked");
+                }
                 commit.syncer_stopped();
             }
         }
