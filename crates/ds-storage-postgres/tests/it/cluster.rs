@@ -100,6 +100,13 @@ async fn next_change(rx: &mut broadcast::Receiver<Change>) -> Change {
         .expect("the feed is open and not lagging")
 }
 
+/// Checks that the feed's next changes are `expected`, in order, and empties it.
+async fn seen_in_order(rx: &mut broadcast::Receiver<Change>, expected: &mut Vec<Change>) {
+    for want in expected.drain(..) {
+        assert_eq!(next_change(rx).await, want);
+    }
+}
+
 fn tail(raw: &str, seq: u64, byte: u64) -> Change {
     Change::Tail {
         name: name(raw),
@@ -191,22 +198,24 @@ async fn every_node_sees_every_change_in_order() {
     let mut on_a = n.ca.changes();
     let (empty, full, fork, ttl) = (name("empty"), name("full"), name("full-fork"), name("ttl"));
 
-    // Each step waits for b to see it, so the expected order is the order of the steps.
+    // Each step waits for b to see it, so the expected order is the order of the steps. a's
+    // feed is checked before each step that removes a row: a tail is named by looking its
+    // stream up, which finds nothing once the row is gone (a busy machine can delay a's
+    // lookup that long, and a's feed then goes straight to `Gone`).
     let mut expected = Vec::new();
-    let mut step = |change: Change| expected.push(change);
 
     n.a.create(&empty, create("")).await.expect("create empty");
-    step(tail("empty", 0, 0));
+    expected.push(tail("empty", 0, 0));
     assert_eq!(next_change(&mut on_b).await, tail("empty", 0, 0));
 
     n.a.create(&full, create("abc"))
         .await
         .expect("create with a body");
-    step(tail("full", 1, 3));
+    expected.push(tail("full", 1, 3));
     assert_eq!(next_change(&mut on_b).await, tail("full", 1, 3));
 
     n.a.append(&full, text("de")).await.expect("append");
-    step(tail("full", 2, 5));
+    expected.push(tail("full", 2, 5));
     assert_eq!(next_change(&mut on_b).await, tail("full", 2, 5));
 
     let fork_req = CreateRequest {
@@ -218,7 +227,7 @@ async fn every_node_sees_every_change_in_order() {
         ..CreateRequest::default()
     };
     n.a.create(&fork, fork_req).await.expect("fork");
-    step(tail("full-fork", 2, 5));
+    expected.push(tail("full-fork", 2, 5));
     assert_eq!(next_change(&mut on_b).await, tail("full-fork", 2, 5));
 
     let close = AppendRequest {
@@ -226,15 +235,17 @@ async fn every_node_sees_every_change_in_order() {
         ..AppendRequest::default()
     };
     n.a.append(&full, close).await.expect("close");
-    step(tail("full", 2, 5));
+    expected.push(tail("full", 2, 5));
     assert_eq!(next_change(&mut on_b).await, tail("full", 2, 5));
 
+    seen_in_order(&mut on_a, &mut expected).await;
     n.a.delete(&fork).await.expect("delete the fork");
-    step(gone("full-fork"));
+    expected.push(gone("full-fork"));
     assert_eq!(next_change(&mut on_b).await, gone("full-fork"));
 
+    seen_in_order(&mut on_a, &mut expected).await;
     n.a.delete(&full).await.expect("delete");
-    step(gone("full"));
+    expected.push(gone("full"));
     assert_eq!(next_change(&mut on_b).await, gone("full"));
 
     let expiring = CreateRequest {
@@ -242,22 +253,22 @@ async fn every_node_sees_every_change_in_order() {
         ..create("x")
     };
     n.a.create(&ttl, expiring).await.expect("create with a TTL");
-    step(tail("ttl", 1, 1));
+    expected.push(tail("ttl", 1, 1));
     assert_eq!(next_change(&mut on_b).await, tail("ttl", 1, 1));
+    seen_in_order(&mut on_a, &mut expected).await;
     n.clock.advance_ms(2_000);
     assert_eq!(n.a.sweep_expired().await.expect("sweep"), 1);
-    step(gone("ttl"));
+    expected.push(gone("ttl"));
     assert_eq!(next_change(&mut on_b).await, gone("ttl"));
 
     // Changes made through b reach b's own feed, and a's.
+    seen_in_order(&mut on_a, &mut expected).await;
     n.b.delete(&empty).await.expect("delete through b");
-    step(gone("empty"));
+    expected.push(gone("empty"));
     assert_eq!(next_change(&mut on_b).await, gone("empty"));
 
     // a saw all of it (its own changes included), in the same order.
-    for want in &expected {
-        assert_eq!(&next_change(&mut on_a).await, want);
-    }
+    seen_in_order(&mut on_a, &mut expected).await;
 
     // A burst of appends: b's reports of one stream never go back, and end at its tail.
     let busy = name("busy");
