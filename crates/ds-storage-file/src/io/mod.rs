@@ -67,7 +67,7 @@ pub trait FsFile: Send + Sync {
     /// Extends a new file to `len` bytes ahead of the writes that will fill it, where that
     /// makes their syncs cheaper. On ext4 an `fdatasync` after an append that grows the file
     /// must also commit the new length through the journal; one after a write inside the
-    /// file's length need not (a 256-byte write and `fdatasync` loop measured 8.0–8.5k syncs/s
+    /// file's length need not (a 512-byte write and `fdatasync` loop measured 8.0–8.5k syncs/s
     /// appending and 10.2–11.5k/s inside a preextended file). The extension is sparse (no
     /// blocks are allocated) and reads as zeros, which no record starts with. The default does
     /// nothing.
