@@ -962,12 +962,8 @@ impl Commit {
         let mut c = self.state();
         let mut batches = 0;
         loop {
-            if c.rotation_due() {
-                if !thread {
-                    self.hand_off(&mut self.inbox());
-                    return TurnEnd::HandedOff;
-                }
-                c.rotate_if_due();
+            if self.rotate_or_hand_off(&mut c, thread) {
+                return TurnEnd::HandedOff;
             }
             let g = {
                 let mut inbox = self.inbox();
@@ -998,18 +994,14 @@ impl Commit {
             }
             let mut requests = g.requests;
             let shutdown = requests.pop_if(|r| matches!(r.op, Op::Shutdown));
-            if shutdown.is_none() && c.rotation_due() && !thread {
-                // The report made the rotation possible: the thread rotates before these.
+            // A report may have made the rotation possible: it comes before these requests.
+            if self.rotate_or_hand_off(&mut c, thread) {
                 c.held = requests;
-                self.hand_off(&mut self.inbox());
                 return TurnEnd::HandedOff;
             }
             if shutdown.is_none() && c.must_hold() {
                 c.held = requests;
                 continue;
-            }
-            if thread {
-                c.rotate_if_due();
             }
             c.process(requests);
             batches += 1;
@@ -1023,6 +1015,20 @@ impl Commit {
                 return TurnEnd::Shutdown;
             }
         }
+    }
+
+    /// A due WAL rotation: the committer thread rotates; anyone else hands it the turn (and
+    /// gets `true`: stop committing).
+    fn rotate_or_hand_off(&self, c: &mut Committer, thread: bool) -> bool {
+        if !c.rotation_due() {
+            return false;
+        }
+        if !thread {
+            self.hand_off(&mut self.inbox());
+            return true;
+        }
+        c.rotate_if_due();
+        false
     }
 
     /// Waits (on the committer thread) until every pending batch is synced and answered.
