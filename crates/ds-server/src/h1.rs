@@ -315,12 +315,15 @@ where
         .await;
     }
 
-    /// Runs the service on a request whose body is already complete. The read buffer is freed
-    /// if the answer is not ready at once (a live read waiting for data holds no buffer).
+    /// Runs the service on a request whose body is already complete. The read buffer of a read
+    /// (`GET`) is freed if the answer is not ready at once: a live read waiting for data holds
+    /// no buffer. A write keeps it: it waits only for its commit, and its connection's next
+    /// request reuses the same buffer (freeing it cost an allocation per request, made on this
+    /// worker and often freed on the storage committer's thread with the request's body).
     async fn call(&mut self, req: Request<Body>) -> Result<Response, std::convert::Infallible> {
+        let mut released = req.method() != Method::GET;
         let mut fut = (self.svc)(req);
         let buf = &mut self.buf;
-        let mut released = false;
         std::future::poll_fn(|cx| {
             let polled = fut.as_mut().poll(cx);
             if polled.is_pending() && !released {
@@ -681,7 +684,13 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
-        let n = io.write_vectored(bufs).await?;
+        // One piece (a bodiless answer's head, or the rest of a short write) is a plain write:
+        // on a socket a `send`, which skips the `writev` path's iovec import and file checks.
+        let n = if let [one] = bufs {
+            io.write(one).await?
+        } else {
+            io.write_vectored(bufs).await?
+        };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }

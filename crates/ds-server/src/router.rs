@@ -391,22 +391,21 @@ impl StreamRoute {
 
     /// Answers a request it [owns](StreamRoute::owns).
     pub(crate) fn call(&self, req: Request) -> ServiceFuture {
-        let head = req.method() == Method::HEAD;
-        let answer = self.edge.clone().call_edge(req);
-        Box::pin(async move {
-            let Ok(mut res) = answer.await;
-            // What axum's method router does to every answer of a route.
-            if !res.headers().contains_key(header::CONTENT_LENGTH)
-                && let Some(size) = http_body::Body::size_hint(res.body()).exact()
-            {
-                res.headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-            }
-            if head {
-                *res.body_mut() = axum::body::Body::empty();
-            }
-            Ok(res)
-        })
+        self.edge.clone().call_edge(req, true)
+    }
+}
+
+/// What axum's method router does to every answer of a route: a `Content-Length` for a body
+/// of known size, and no body in the answer to `HEAD`.
+fn finish_route(res: &mut Response, head: bool) {
+    if !res.headers().contains_key(header::CONTENT_LENGTH)
+        && let Some(size) = http_body::Body::size_hint(res.body()).exact()
+    {
+        res.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    if head {
+        *res.body_mut() = axum::body::Body::empty();
     }
 }
 
@@ -506,7 +505,7 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        self.call_edge(req)
+        self.call_edge(req, false)
     }
 }
 
@@ -516,8 +515,10 @@ where
     S::Future: Send + 'static,
 {
     /// [`tower::Service::call`], also for [`StreamRoute`] (whose inner service is always
-    /// ready).
-    fn call_edge(&mut self, mut req: Request) -> ServiceFuture {
+    /// ready): with `route`, the answer is also finished as axum's router would
+    /// ([`finish_route`]), in the same future (one allocation fewer per request).
+    fn call_edge(&mut self, mut req: Request, route: bool) -> ServiceFuture {
+        let head = route && req.method() == Method::HEAD;
         let edge = Arc::clone(&self.edge);
         let reserved = req.uri().path().starts_with(edge.reserved_prefix.as_str());
         proxy::resolve_origin(&edge.trust, &mut req, reserved);
@@ -548,6 +549,9 @@ where
                 }
             };
             let mut res = span.run(inner).await;
+            if route {
+                finish_route(&mut res, head);
+            }
             security_headers(res.headers_mut());
             Ok(res)
         })

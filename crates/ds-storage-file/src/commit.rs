@@ -1796,7 +1796,8 @@ impl Committer {
         }
         crate::Stats::adjust(&self.shared.stats.live_streams, streams_delta);
         crate::Stats::adjust(&self.shared.stats.live_bytes, bytes_delta);
-        {
+        // Most batches (appends) map no name: the map's write lock is not taken for them.
+        if !b.names.is_empty() {
             let mut map = self.shared.write_streams();
             for (name, value) in b.names {
                 match value {
