@@ -333,6 +333,14 @@ pub(crate) struct Committer {
     seq: u64,
     /// Requests held back while the pending batches finish before a WAL rotation.
     held: Vec<Request>,
+    /// file-durable with [`crate::FileOptions::wal_spares`]: the thread that writes the next
+    /// WAL segment ahead ([`spare_writer`]); each message asks for a spare. Dropping the
+    /// sender stops it.
+    spare: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    /// The current segment was a spare: its blocks are written (zeros) and synced.
+    wal_zeroed: bool,
+    /// A spare was asked for since the last rotation.
+    spare_asked: bool,
     /// The data directory's lock, released once the shutdown is done.
     lock: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
@@ -1083,6 +1091,16 @@ impl Committer {
         } else {
             None
         };
+        let spare = if shared.wal_spares {
+            let (tx, rx) = mpsc::channel();
+            let spare_shared = Arc::clone(&shared);
+            let thread = std::thread::Builder::new()
+                .name("ds-file-spare".to_owned())
+                .spawn(move || spare_writer(&spare_shared, &rx))?;
+            Some((tx, thread))
+        } else {
+            None
+        };
         if let Some(job) = init.pending {
             // No rotation starts another checkpoint until this one is done.
             shared.checkpointing.store(true, Ordering::Release);
@@ -1107,6 +1125,9 @@ impl Committer {
             ahead: Ahead::default(),
             seq: 0,
             held: Vec::new(),
+            spare,
+            wal_zeroed: false,
+            spare_asked: false,
             lock: Some(init.lock),
         })
     }
@@ -1164,7 +1185,7 @@ impl Committer {
     /// (file-durable), which all live in the current segment.
     fn must_hold(&self) -> bool {
         !self.pending.is_empty()
-            && self.wal_len >= self.shared.wal_segment_bytes
+            && self.segment_done()
             && !self.shared.checkpointing.load(Ordering::Acquire)
             && self.shared.failure().is_none()
     }
@@ -1716,6 +1737,7 @@ impl Committer {
             return Err(failure);
         }
         self.wal_len += b.buf.len() as u64;
+        self.ask_for_spare();
         let stats = &self.shared.stats;
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats
@@ -1830,10 +1852,40 @@ impl Committer {
         }
     }
 
-    /// Whether the WAL is to move to a new segment now: the current one is full, nothing
+    /// Whether the current WAL segment is to be left: it is full, or it was not written ahead,
+    /// holds something, and a spare is ready to take its place.
+    fn segment_done(&self) -> bool {
+        self.wal_len >= self.shared.wal_segment_bytes
+            || (!self.wal_zeroed
+                && self.wal_len > 0
+                && self.shared.spare_ready.load(Ordering::Acquire))
+    }
+
+    /// Asks the spare thread for the next segment once the current one is busy: half full if
+    /// it is a spare itself (the next one is then ready long before it is needed), or after
+    /// [`SPARE_AFTER`] bytes if it is not (a store that never writes much never writes a
+    /// spare). At most once per segment, so a spare that fails (a full disk) is not retried
+    /// batch after batch.
+    fn ask_for_spare(&mut self) {
+        let Some((tx, _)) = &self.spare else {
+            return;
+        };
+        let half = self.shared.wal_segment_bytes / 2;
+        let due = if self.wal_zeroed {
+            half
+        } else {
+            half.min(SPARE_AFTER)
+        };
+        if !self.spare_asked && self.wal_len >= due {
+            self.spare_asked = true;
+            let _ = tx.send(());
+        }
+    }
+
+    /// Whether the WAL is to move to a new segment now: the current one is done, nothing
     /// written to it waits for a sync, and no checkpoint is running.
     fn rotation_due(&self) -> bool {
-        self.wal_len >= self.shared.wal_segment_bytes
+        self.segment_done()
             && self.pending.is_empty()
             && !self.shared.checkpointing.load(Ordering::Acquire)
             && self.shared.failure().is_none()
@@ -1861,12 +1913,17 @@ impl Committer {
         self.wal.sync_data().map_err(CheckpointFailure::sync)?;
         let segment = self.segment + 1;
         let root = &self.shared.root;
-        let wal = self
-            .shared
-            .pool
-            .open(&layout::wal_segment(root, segment), OpenMode::Truncate)
-            .map_err(CheckpointFailure::io)?;
-        reserve_wal(&*wal, self.shared.wal_segment_bytes);
+        let path = layout::wal_segment(root, segment);
+        let zeroed = self.take_spare(&path);
+        let wal = if zeroed {
+            self.shared.pool.open(&path, OpenMode::Existing)
+        } else {
+            self.shared.pool.open(&path, OpenMode::Truncate)
+        }
+        .map_err(CheckpointFailure::io)?;
+        if !zeroed {
+            reserve_wal(&*wal, self.shared.wal_segment_bytes);
+        }
         self.shared
             .pool
             .sync_dir(&layout::wal_dir(root))
@@ -1875,6 +1932,11 @@ impl Committer {
         *self.shared.wal_current() = Some(wal);
         self.segment = segment;
         self.wal_len = 0;
+        self.wal_zeroed = zeroed;
+        self.spare_asked = false;
+        // Without a spare this segment is like the first: it asks for one early, and is left
+        // for it once it is ready.
+        self.ask_for_spare();
         let mut dirty = std::mem::take(&mut self.dirty);
         // What a checkpoint that failed on a full disk did not get to sync.
         dirty.merge(std::mem::take(&mut *self.shared.carry()));
@@ -1885,9 +1947,29 @@ impl Committer {
         })
     }
 
+    /// Renames the ready spare segment to `path` (the new segment); `false` if there is none
+    /// (or the rename failed, and the new segment is created empty instead).
+    fn take_spare(&self, path: &std::path::Path) -> bool {
+        if !self.shared.spare_ready.load(Ordering::Acquire) {
+            return false;
+        }
+        // Cleared first: whatever the rename did, the spare is gone or not to be trusted, and
+        // the spare thread writes the next one from scratch.
+        self.shared.spare_ready.store(false, Ordering::Release);
+        self.shared
+            .fs
+            .rename(&layout::wal_spare(&self.shared.root), path)
+            .is_ok()
+    }
+
     /// Persists last-access times, stops the background thread, and checkpoints so the next
     /// open has nothing to replay.
     fn shutdown(&mut self) {
+        if let Some((tx, thread)) = self.spare.take() {
+            self.shared.spare_stop.store(true, Ordering::Release);
+            drop(tx);
+            let _ = thread.join();
+        }
         if self.shared.failure().is_none() {
             let mut b = Batch::new(self.shared.now(), self.segment, Ahead::default());
             let mut ttl: Vec<Arc<Entry>> = self
@@ -2111,6 +2193,59 @@ fn syncer(shared: &Shared, work: &SyncWork, commit: &Weak<Commit>) {
             return;
         }
     }
+}
+
+/// How much a segment that is not a spare takes before a spare is written for it.
+const SPARE_AFTER: u64 = 1024 * 1024;
+
+/// The spare thread: writes a spare WAL segment whenever asked and none is ready.
+fn spare_writer(shared: &Shared, asks: &mpsc::Receiver<()>) {
+    while asks.recv().is_ok() {
+        if shared.spare_ready.load(Ordering::Acquire) {
+            continue;
+        }
+        match write_spare(shared) {
+            Ok(true) => shared.spare_ready.store(true, Ordering::Release),
+            Ok(false) => {}
+            Err(_) => {
+                // Only an optimisation: the next rotation creates an empty segment. Take back
+                // the space (a full disk is the likely cause).
+                let _ = shared.fs.remove_file(&layout::wal_spare_tmp(&shared.root));
+            }
+        }
+    }
+}
+
+/// Writes `wal/spare.tmp` as `wal_segment_bytes` of zeros, syncs it and renames it to
+/// `wal/spare.zero`. `Ok(false)` if the store is shutting down (the part written is left for
+/// the next open to remove). It syncs every [`SPARE_SYNC_BYTES`], so the device never has a
+/// whole segment of writeback queued in front of a WAL sync.
+fn write_spare(shared: &Shared) -> io::Result<bool> {
+    /// Bytes per write.
+    const CHUNK: u64 = 1024 * 1024;
+    /// Bytes written between syncs.
+    const SPARE_SYNC_BYTES: u64 = 8 * 1024 * 1024;
+    let root = &shared.root;
+    let tmp = layout::wal_spare_tmp(root);
+    let file = shared.pool.open(&tmp, OpenMode::Truncate)?;
+    let len = shared.wal_segment_bytes;
+    let zeros = vec![0u8; usize::try_from(CHUNK.min(len)).unwrap_or(1 << 20)];
+    let mut pos = 0;
+    while pos < len {
+        if shared.spare_stop.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let n = (len - pos).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..n as usize], pos)?;
+        pos += n;
+        if pos.is_multiple_of(SPARE_SYNC_BYTES) {
+            file.sync_data()?;
+        }
+    }
+    file.sync_data()?;
+    drop(file);
+    shared.fs.rename(&tmp, &layout::wal_spare(root))?;
+    Ok(true)
 }
 
 /// Extends a new WAL segment to its rotation size ahead of the batches (see

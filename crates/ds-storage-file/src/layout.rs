@@ -5,6 +5,7 @@
 //!   LOCK                         exclusive lock, holds the owner's PID
 //!   CHECKPOINT                   WAL floor and stream-id high-water mark (record.rs)
 //!   wal/<segment:016x>.wal       write-ahead log segments, replayed from the floor
+//!   wal/spare.tmp, spare.zero    the next segment, being written ahead as zeros / ready
 //!   streams/<xx>/<id:016x>.dat   one file per stream incarnation; xx = low byte of the id
 //! ```
 //!
@@ -41,6 +42,16 @@ pub(crate) fn wal_dir(root: &Path) -> PathBuf {
 /// A WAL segment.
 pub(crate) fn wal_segment(root: &Path, segment: u64) -> PathBuf {
     wal_dir(root).join(format!("{segment:016x}.wal"))
+}
+
+/// The spare WAL segment, complete (zeros, synced) and waiting for the next rotation.
+pub(crate) fn wal_spare(root: &Path) -> PathBuf {
+    wal_dir(root).join("spare.zero")
+}
+
+/// The spare WAL segment while it is being written.
+pub(crate) fn wal_spare_tmp(root: &Path) -> PathBuf {
+    wal_dir(root).join("spare.tmp")
 }
 
 /// The segment number of a WAL file name.

@@ -787,6 +787,16 @@ pub(crate) fn recover(shared: &Shared) -> Result<Recovered> {
     let next_id = ckpt
         .map_or(1, |c| c.next_stream_id)
         .max(rebuild.scan.max_id + 1);
+    // A spare segment the last run wrote ahead (whole or not) is never reused: the committer
+    // writes a new one once the store is busy.
+    for spare in [layout::wal_spare_tmp(root), layout::wal_spare(root)] {
+        match shared.fs.remove_file(&spare) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(backend("remove spare WAL segment", e));
+            }
+            _ => {}
+        }
+    }
     let wal = shared
         .pool
         .open(&layout::wal_segment(root, segment), OpenMode::Truncate)

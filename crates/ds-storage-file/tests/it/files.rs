@@ -175,6 +175,107 @@ fn sim_file(sim: &SimFs, prefix: &str) -> PathBuf {
     found[0].clone()
 }
 
+fn wal_files(sim: &SimFs) -> Vec<PathBuf> {
+    sim.files()
+        .into_iter()
+        .filter(|p| p.starts_with("/data/wal"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_wal_segment_is_written_ahead_and_taken_by_the_rotation() {
+    const SEGMENT: u64 = 256 * 1024;
+    let opts = || FileOptions {
+        wal_segment_bytes: SEGMENT,
+        ..sim_options(Durability::Durable)
+    };
+    let sim = SimFs::new(11);
+    let store = FileStorage::open_with_fs(opts(), sim.process())
+        .await
+        .expect("open");
+    let s = name("spare");
+    store.create(&s, create_req()).await.expect("create");
+    let chunk = "x".repeat(4096);
+    let mut expected = Vec::new();
+    // Half the first segment asks for a spare (the store is busy); nothing has been asked
+    // before that.
+    while (expected.len() as u64) < SEGMENT / 2 - 8192 {
+        store
+            .append(&s, append_req(chunk.clone()))
+            .await
+            .expect("append");
+        expected.extend_from_slice(chunk.as_bytes());
+    }
+    assert!(
+        !wal_files(&sim)
+            .iter()
+            .any(|p| p.starts_with("/data/wal/spare")),
+        "no spare before the WAL is busy: {:?}",
+        wal_files(&sim)
+    );
+    let spare = PathBuf::from("/data/wal/spare.zero");
+    let mut waited = 0;
+    while !sim.files().contains(&spare) {
+        store
+            .append(&s, append_req(chunk.clone()))
+            .await
+            .expect("append");
+        expected.extend_from_slice(chunk.as_bytes());
+        assert!(
+            expected.len() < 4 * SEGMENT as usize,
+            "no spare segment appeared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        waited += 1;
+        assert!(waited < 2000, "no spare segment after 10 s");
+    }
+    assert_eq!(
+        sim.read_file(&spare).expect("spare"),
+        vec![0; SEGMENT as usize]
+    );
+    let first = wal_files(&sim)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "wal"))
+        .expect("a segment");
+    // The first segment was not written ahead: the next turn leaves it for the spare, long
+    // before it is full.
+    for _ in 0..2 {
+        store
+            .append(&s, append_req(chunk.clone()))
+            .await
+            .expect("append");
+        expected.extend_from_slice(chunk.as_bytes());
+    }
+    let segments: Vec<PathBuf> = wal_files(&sim)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wal") && *p != first)
+        .collect();
+    assert_eq!(segments.len(), 1, "{:?}", wal_files(&sim));
+    assert!(!sim.files().contains(&spare), "the rotation took the spare");
+    let taken = sim.read_file(&segments[0]).expect("new segment");
+    assert_eq!(taken.len() as u64, SEGMENT, "the spare keeps its length");
+    assert!(
+        taken[..16].iter().any(|b| *b != 0),
+        "the last append is in it"
+    );
+
+    // Acknowledged appends in the spare survive a power loss; the spare files do not.
+    sim.power_loss();
+    drop(store);
+    let store = FileStorage::open_with_fs(opts(), sim.process())
+        .await
+        .expect("reopen");
+    assert_eq!(read_all(&store, &s).await.expect("read"), expected);
+    assert!(
+        !wal_files(&sim)
+            .iter()
+            .any(|p| p.starts_with("/data/wal/spare")),
+        "{:?}",
+        wal_files(&sim)
+    );
+    store.close().await;
+}
+
 #[tokio::test]
 async fn torn_wal_tail_is_never_replayed_and_a_whole_one_is() {
     // A kill leaves the WAL unreplayed (no closing checkpoint). The last append is then
