@@ -159,6 +159,13 @@ const COMPACT_BODY_BYTES: usize = 16 * 1024;
 /// arrives in one frame (the usual case) is returned without a copy, unless it is small (see
 /// `COMPACT_BODY_BYTES`, 16 KiB); a body in several frames is joined with one copy.
 pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
+    check_declared_length(headers, limit)?;
+    read_body(body, limit).await
+}
+
+/// Refuses a request whose declared `Content-Length` is over `limit` (`413`), before any of
+/// its body is read.
+pub fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
     if let Some(len) = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -167,6 +174,12 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> Result
     {
         return Err(ApiError::BodyTooLarge { limit });
     }
+    Ok(())
+}
+
+/// [`read_limited`] after [`check_declared_length`]: reads the body, refusing more than
+/// `limit` bytes with `413`.
+pub async fn read_body(body: Body, limit: u64) -> Result<Bytes, ApiError> {
     let mut body = body;
     let mut first = Bytes::new();
     let mut more: Vec<Bytes> = Vec::new();

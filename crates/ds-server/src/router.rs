@@ -332,10 +332,7 @@ pub(crate) fn build_router_with_metrics<S: Storage>(
             inner: StreamService {
                 handler: Arc::new({
                     let app = Arc::clone(&state);
-                    move |req| {
-                        let app = Arc::clone(&app);
-                        Box::pin(async move { Ok(handlers::stream(State(app), req).await) })
-                    }
+                    move |req| handlers::boxed(Arc::clone(&app), req)
                 }),
             },
         },

@@ -56,7 +56,13 @@
 //! batches finish (holding new requests back for that one sync), starts a new
 //! segment and hands the list of stream files and directories written since the previous
 //! checkpoint to the background thread, which fsyncs them, records the new WAL floor in
-//! `CHECKPOINT`, and deletes the old segments. In file-fast mode a thread of its own
+//! `CHECKPOINT`, and deletes the old segments. In file-durable mode the new segment is
+//! usually a spare that a thread of its own (`ds-file-spare`) wrote ahead as zeros and synced
+//! (`wal/spare.zero`, renamed into place): an `fdatasync` that only overwrites allocated,
+//! initialised blocks has no block allocation, length or extent change to commit, and a
+//! busy store's syncs are most of its disk time. A segment that is not a spare (the first
+//! after an open, or one whose spare was not ready) asks for one after 1 MiB and is left
+//! for it as soon as it is ready, so a busy store runs on spares within a second. In file-fast mode a thread of its own
 //! `fdatasync`s the WAL every `fsync_interval`, checkpoint or not: a checkpoint may create and
 //! sync up to 100,000 stream files after a burst of creates (and recovery's runs right after
 //! open), and the writes a power loss can take must stay bounded by `fsync_interval` all the

@@ -551,16 +551,22 @@ impl FileStorage {
         &self.handle.shared
     }
 
-    async fn submit(&self, op_name: &'static str, op: Op) -> Result<Reply> {
+    /// Queues `op` for the committer now (and commits it on this thread if nobody else is
+    /// committing), and returns the wait for its answer. Not an `async fn`: the operation
+    /// is handed over before the first poll, so the future that waits keeps only the
+    /// receiver, not a copy of the request (it is part of every append's future).
+    fn submit(&self, op_name: &'static str, op: Op) -> impl Future<Output = Result<Reply>> + use<> {
         let (reply, rx) = oneshot::channel();
         let queued = self.handle.commit.submit(Request {
             op,
             reply: Some(reply),
         });
-        if !queued {
-            return Err(closed_error(op_name));
+        async move {
+            if !queued {
+                return Err(closed_error(op_name));
+            }
+            rx.await.map_err(|_| closed_error(op_name))?
         }
-        rx.await.map_err(|_| closed_error(op_name))?
     }
 
     /// Looks a stream up for a client operation: missing or removed streams are `NotFound`,
