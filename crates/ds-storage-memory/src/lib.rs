@@ -87,6 +87,17 @@ struct Entry {
     tail_tx: watch::Sender<Tail>,
 }
 
+impl Entry {
+    /// Tells live readers about a new tail written under the stream's lock; nothing if
+    /// nobody listens (a send wakes the channel's waiter lists, eight mutexes, even when they
+    /// are empty: 2% of an append in memory mode). `subscribe` refreshes the value.
+    fn publish(&self, tail: Tail) {
+        if self.tail_tx.receiver_count() > 0 {
+            self.tail_tx.send_replace(tail);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ForkLink {
     source: Arc<Entry>,
@@ -713,7 +724,7 @@ impl Inner {
             gone: false,
         };
         drop(st);
-        entry.tail_tx.send_replace(tail);
+        entry.publish(tail);
         Ok(AppendOutcome::Appended {
             next: tail.next,
             closed: tail.closed,
@@ -861,13 +872,29 @@ impl Storage for MemoryStorage {
             gone: false,
         };
         drop(st);
-        entry.tail_tx.send_replace(tail);
+        entry.publish(tail);
         Ok(())
     }
 
     async fn subscribe(&self, name: &StreamName) -> Result<watch::Receiver<Tail>> {
         let entry = self.inner.live(name)?;
-        Ok(entry.tail_tx.subscribe())
+        // Appends skip the channel while nobody listens (`Entry::publish`): its value is
+        // brought up to date first, under the lock that orders the stream's writes.
+        let st = lock(&entry);
+        if st.removed {
+            return Err(Error::NotFound);
+        }
+        if st.soft_deleted {
+            return Err(Error::Gone);
+        }
+        entry.tail_tx.send_replace(Tail {
+            next: st.tail,
+            closed: st.writer.closed,
+            gone: false,
+        });
+        let rx = entry.tail_tx.subscribe();
+        drop(st);
+        Ok(rx)
     }
 
     async fn list(&self) -> Result<Vec<StreamInfo>> {
