@@ -62,7 +62,9 @@
 //! initialised blocks has no block allocation, length or extent change to commit, and a
 //! busy store's syncs are most of its disk time. A segment that is not a spare (the first
 //! after an open, or one whose spare was not ready) asks for one after 1 MiB and is left
-//! for it as soon as it is ready, so a busy store runs on spares within a second. In file-fast mode a thread of its own
+//! for it as soon as it is ready, so a busy store runs on spares within a second.
+//!
+//! In file-fast mode a thread of its own
 //! `fdatasync`s the WAL every `fsync_interval`, checkpoint or not: a checkpoint may create and
 //! sync up to 100,000 stream files after a burst of creates (and recovery's runs right after
 //! open), and the writes a power loss can take must stay bounded by `fsync_interval` all the

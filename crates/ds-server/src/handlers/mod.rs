@@ -28,7 +28,7 @@ pub(crate) use read::read_from;
 pub(crate) fn boxed<S: Storage>(app: App<S>, req: Request) -> crate::h1::ServiceFuture {
     match *req.method() {
         Method::POST => append::boxed(app, req),
-        Method::GET => Box::pin(async move { Ok(respond(read::read(&app, req).await)) }),
+        Method::GET => read::boxed(app, req),
         Method::PUT => Box::pin(async move { Ok(respond(create::create(&app, req).await)) }),
         Method::HEAD => Box::pin(async move { Ok(respond(head::head(&app, req).await)) }),
         Method::DELETE => Box::pin(async move { Ok(respond(delete::delete(&app, req).await)) }),

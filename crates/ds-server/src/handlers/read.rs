@@ -5,54 +5,120 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
-use ds_protocol::{Offset, OffsetParam, content_type, etag, json};
+use axum::response::{IntoResponse, Response};
+use ds_protocol::{Offset, OffsetParam, StreamName, content_type, etag, json};
 use ds_storage::{ReadChunk, ReadFrom, ReadPiece, Storage};
 
 use super::{
-    Query, header_str, set_closed, set_content_type, set_no_store, set_offset, stream_name,
+    Query, header_str, respond, set_closed, set_content_type, set_no_store, set_offset, stream_name,
 };
 use crate::body::{FileBody, FilePieces, PiecesBody, SendsFiles};
 use crate::error::ApiError;
+use crate::h1::ServiceFuture;
 use crate::live;
 use crate::router::App;
 
-pub(super) async fn read<S: Storage>(app: &App<S>, req: Request) -> Result<Response, ApiError> {
-    let name = stream_name(app, req.uri().path())?;
-    let q = Query::parse(req.uri().query())?;
-    let offset = q
-        .offset
-        .as_deref()
-        .map(OffsetParam::parse)
-        .transpose()
-        .map_err(|e| ApiError::bad_request("INVALID_OFFSET", e.to_string()))?;
-    match q.live.as_deref() {
-        None => {
-            let if_none_match = header_str(req.headers(), &header::IF_NONE_MATCH)?;
-            let sends_files = req.extensions().get::<SendsFiles>().is_some();
-            catch_up(
-                app,
-                &name,
-                offset.unwrap_or(OffsetParam::Start),
-                if_none_match,
-                sends_files,
-            )
-            .await
-        }
-        Some(mode @ ("long-poll" | "sse")) => {
-            let offset = offset.ok_or_else(|| {
-                ApiError::bad_request("MISSING_OFFSET", format!("live={mode} requires an offset"))
-            })?;
-            if mode == "sse" {
-                live::sse(app, name, offset, q.cursor).await
-            } else {
-                live::long_poll(app, &name, offset, q.cursor.as_deref()).await
+/// A read, boxed for the server's connections (see `handlers::boxed`): the request is
+/// parsed first, and each kind of read boxes only its own future (a catch-up read's is a
+/// fraction of a live read's), without the request.
+pub(super) fn boxed<S: Storage>(app: App<S>, req: Request) -> ServiceFuture {
+    let get = Get::parse(&app, &req);
+    // Not kept while a live read waits, which may be minutes.
+    drop(req);
+    match get {
+        Err(e) => Box::pin(std::future::ready(Ok(e.into_response()))),
+        Ok(Get::CatchUp {
+            name,
+            offset,
+            if_none_match,
+            sends_files,
+        }) => Box::pin(async move {
+            let inm = if_none_match.as_deref();
+            Ok(respond(
+                catch_up(&app, &name, offset, inm, sends_files).await,
+            ))
+        }),
+        Ok(Get::LongPoll {
+            name,
+            offset,
+            cursor,
+        }) => Box::pin(async move {
+            let cursor = cursor.as_deref();
+            Ok(respond(live::long_poll(&app, &name, offset, cursor).await))
+        }),
+        Ok(Get::Sse {
+            name,
+            offset,
+            cursor,
+        }) => Box::pin(async move { Ok(respond(live::sse(&app, name, offset, cursor).await)) }),
+    }
+}
+
+/// A parsed `GET`.
+enum Get {
+    CatchUp {
+        name: StreamName,
+        offset: OffsetParam,
+        if_none_match: Option<String>,
+        sends_files: bool,
+    },
+    LongPoll {
+        name: StreamName,
+        offset: OffsetParam,
+        cursor: Option<String>,
+    },
+    Sse {
+        name: StreamName,
+        offset: OffsetParam,
+        cursor: Option<String>,
+    },
+}
+
+impl Get {
+    fn parse<S: Storage>(app: &App<S>, req: &Request) -> Result<Get, ApiError> {
+        let name = stream_name(app, req.uri().path())?;
+        let q = Query::parse(req.uri().query())?;
+        let offset = q
+            .offset
+            .as_deref()
+            .map(OffsetParam::parse)
+            .transpose()
+            .map_err(|e| ApiError::bad_request("INVALID_OFFSET", e.to_string()))?;
+        match q.live.as_deref() {
+            None => Ok(Get::CatchUp {
+                name,
+                offset: offset.unwrap_or(OffsetParam::Start),
+                if_none_match: header_str(req.headers(), &header::IF_NONE_MATCH)?
+                    .map(str::to_owned),
+                sends_files: req.extensions().get::<SendsFiles>().is_some(),
+            }),
+            Some(mode @ ("long-poll" | "sse")) => {
+                let offset = offset.ok_or_else(|| {
+                    ApiError::bad_request(
+                        "MISSING_OFFSET",
+                        format!("live={mode} requires an offset"),
+                    )
+                })?;
+                let cursor = q.cursor;
+                Ok(if mode == "sse" {
+                    Get::Sse {
+                        name,
+                        offset,
+                        cursor,
+                    }
+                } else {
+                    Get::LongPoll {
+                        name,
+                        offset,
+                        cursor,
+                    }
+                })
             }
+            Some(other) => Err(ApiError::bad_request(
+                "INVALID_LIVE_MODE",
+                format!("live={other:?} is not a live mode (use long-poll or sse)"),
+            )),
         }
-        Some(other) => Err(ApiError::bad_request(
-            "INVALID_LIVE_MODE",
-            format!("live={other:?} is not a live mode (use long-poll or sse)"),
-        )),
     }
 }
 
