@@ -182,6 +182,16 @@ fn wal_files(sim: &SimFs) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Whether a spare WAL segment (whole or being written) is in the directory.
+fn has_spare(sim: &SimFs) -> bool {
+    // By name: `Path::starts_with` compares whole components.
+    wal_files(sim).iter().any(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("spare."))
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_wal_segment_is_written_ahead_and_taken_by_the_rotation() {
     const SEGMENT: u64 = 256 * 1024;
@@ -197,66 +207,50 @@ async fn the_next_wal_segment_is_written_ahead_and_taken_by_the_rotation() {
     store.create(&s, create_req()).await.expect("create");
     let chunk = "x".repeat(4096);
     let mut expected = Vec::new();
-    // Half the first segment asks for a spare (the store is busy); nothing has been asked
-    // before that.
-    while (expected.len() as u64) < SEGMENT / 2 - 8192 {
+    let append = async |expected: &mut Vec<u8>| {
         store
             .append(&s, append_req(chunk.clone()))
             .await
             .expect("append");
         expected.extend_from_slice(chunk.as_bytes());
+    };
+    // Half the first segment asks for a spare (the store is busy); nothing is written before.
+    while store.commit_stats().wal_bytes < SEGMENT / 2 {
+        assert!(!has_spare(&sim), "no spare before the WAL is busy");
+        append(&mut expected).await;
     }
-    assert!(
-        !wal_files(&sim)
-            .iter()
-            .any(|p| p.starts_with("/data/wal/spare")),
-        "no spare before the WAL is busy: {:?}",
-        wal_files(&sim)
-    );
+    // The first segment was not written ahead: the first turn after the spare is ready (the
+    // last append's sync report, or the next append) leaves it for the spare, long before it
+    // is full.
+    let first = PathBuf::from("/data/wal/0000000000000001.wal");
     let spare = PathBuf::from("/data/wal/spare.zero");
+    let later = |sim: &SimFs| -> Vec<PathBuf> {
+        wal_files(sim)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "wal") && *p != first)
+            .collect()
+    };
     let mut waited = 0;
-    while !sim.files().contains(&spare) {
-        store
-            .append(&s, append_req(chunk.clone()))
-            .await
-            .expect("append");
-        expected.extend_from_slice(chunk.as_bytes());
-        assert!(
-            expected.len() < 4 * SEGMENT as usize,
-            "no spare segment appeared"
-        );
+    while !sim.files().contains(&spare) && later(&sim).is_empty() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         waited += 1;
         assert!(waited < 2000, "no spare segment after 10 s");
     }
-    assert_eq!(
-        sim.read_file(&spare).expect("spare"),
-        vec![0; SEGMENT as usize]
-    );
-    let first = wal_files(&sim)
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "wal"))
-        .expect("a segment");
-    // The first segment was not written ahead: the next turn leaves it for the spare, long
-    // before it is full.
-    for _ in 0..2 {
-        store
-            .append(&s, append_req(chunk.clone()))
-            .await
-            .expect("append");
-        expected.extend_from_slice(chunk.as_bytes());
+    if let Some(ready) = sim.read_file(&spare) {
+        assert_eq!(ready, vec![0; SEGMENT as usize], "a spare is zeros");
     }
-    let segments: Vec<PathBuf> = wal_files(&sim)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "wal") && *p != first)
-        .collect();
+    for _ in 0..2 {
+        append(&mut expected).await;
+    }
+    let segments = later(&sim);
     assert_eq!(segments.len(), 1, "{:?}", wal_files(&sim));
     assert!(!sim.files().contains(&spare), "the rotation took the spare");
     let taken = sim.read_file(&segments[0]).expect("new segment");
     assert_eq!(taken.len() as u64, SEGMENT, "the spare keeps its length");
+    assert!(taken[..16].iter().any(|b| *b != 0), "the appends are in it");
     assert!(
-        taken[..16].iter().any(|b| *b != 0),
-        "the last append is in it"
+        taken[SEGMENT as usize / 2..].iter().all(|b| *b == 0),
+        "and zeros after them"
     );
 
     // Acknowledged appends in the spare survive a power loss; the spare files do not.
@@ -266,13 +260,7 @@ async fn the_next_wal_segment_is_written_ahead_and_taken_by_the_rotation() {
         .await
         .expect("reopen");
     assert_eq!(read_all(&store, &s).await.expect("read"), expected);
-    assert!(
-        !wal_files(&sim)
-            .iter()
-            .any(|p| p.starts_with("/data/wal/spare")),
-        "{:?}",
-        wal_files(&sim)
-    );
+    assert!(!has_spare(&sim), "recovery removes spare files");
     store.close().await;
 }
 
