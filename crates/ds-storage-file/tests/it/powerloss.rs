@@ -516,6 +516,9 @@ fn seeds(default: u64) -> Vec<u64> {
     (1..=count).collect()
 }
 
+/// How long one seed may run before it counts as hung.
+const SEED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn run_all(label: &str, durability: Durability, crash: Crash, seeds: &[u64]) {
     let started = std::time::Instant::now();
     for &seed in seeds {
@@ -525,7 +528,13 @@ fn run_all(label: &str, durability: Durability, crash: Crash, seeds: &[u64]) {
             .build()
             .expect("runtime");
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            runtime.block_on(run_seed(seed, durability, crash));
+            // A seed takes well under a second; a hang fails with its seed instead of
+            // stalling the suite.
+            runtime.block_on(async {
+                tokio::time::timeout(SEED_TIMEOUT, run_seed(seed, durability, crash))
+                    .await
+                    .unwrap_or_else(|_| panic!("seed {seed} hung for {SEED_TIMEOUT:?}"));
+            });
         }));
         if let Err(panic) = outcome {
             eprintln!("{label}: seed {seed} failed; replay with DS_POWERLOSS_SEED={seed}");
