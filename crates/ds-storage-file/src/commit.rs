@@ -992,8 +992,16 @@ impl Commit {
                             c.held = g.requests;
                         }
                         // Requests held for a rotation (and any queued behind them) wait for
-                        // the syncer's report, which takes the turn.
-                        if c.must_hold() || (inbox.queue.is_empty() && c.held.is_empty()) {
+                        // the syncer's report, which takes the turn; unless the report is in
+                        // the queue already (a caller at its batch limit gathered nothing), and
+                        // nobody would take it.
+                        let report_queued = inbox
+                            .queue
+                            .iter()
+                            .any(|r| matches!(r.op, Op::Synced { .. }));
+                        if (c.must_hold() && !report_queued)
+                            || (inbox.queue.is_empty() && c.held.is_empty())
+                        {
                             inbox.committing = Committing::Nobody;
                             return TurnEnd::Idle;
                         }
