@@ -1098,22 +1098,12 @@ impl Committer {
             .name("ds-file-sync".to_owned())
             .spawn(move || background(&bg_shared, &bg_rx))?;
         let wal_sync = if shared.durability == Durability::Fast {
-            let (stop_tx, stop_rx) = mpsc::channel();
-            let sync_shared = Arc::clone(&shared);
-            let thread = std::thread::Builder::new()
-                .name("ds-file-wal-sync".to_owned())
-                .spawn(move || wal_syncer(&sync_shared, &stop_rx))?;
-            Some((stop_tx, thread))
+            Some(spawn_fed(&shared, "ds-file-wal-sync", wal_syncer)?)
         } else {
             None
         };
         let spare = if shared.wal_spares {
-            let (tx, rx) = mpsc::channel();
-            let spare_shared = Arc::clone(&shared);
-            let thread = std::thread::Builder::new()
-                .name("ds-file-spare".to_owned())
-                .spawn(move || spare_writer(&spare_shared, &rx))?;
-            Some((tx, thread))
+            Some(spawn_fed(&shared, "ds-file-spare", spare_writer)?)
         } else {
             None
         };
@@ -2209,6 +2199,21 @@ fn syncer(shared: &Shared, work: &SyncWork, commit: &Weak<Commit>) {
             return;
         }
     }
+}
+
+/// Starts a thread running `run` on a channel's receiving end; it stops when the returned
+/// sender is dropped (its receiver then fails).
+fn spawn_fed(
+    shared: &Arc<Shared>,
+    name: &str,
+    run: fn(&Shared, &mpsc::Receiver<()>),
+) -> io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel();
+    let shared = Arc::clone(shared);
+    let thread = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || run(&shared, &rx))?;
+    Ok((tx, thread))
 }
 
 /// How much a segment that is not a spare takes before a spare is written for it.

@@ -134,6 +134,15 @@ struct Record {
 }
 
 impl State {
+    /// The tail live readers are told about while the stream is live.
+    fn live_tail(&self) -> Tail {
+        Tail {
+            next: self.tail,
+            closed: self.writer.closed,
+            gone: false,
+        }
+    }
+
     fn seq_of(&self, index: usize) -> u64 {
         self.base.seq + index as u64
     }
@@ -718,11 +727,7 @@ impl Inner {
             }),
             _ => None,
         };
-        let tail = Tail {
-            next: st.tail,
-            closed: st.writer.closed,
-            gone: false,
-        };
+        let tail = st.live_tail();
         drop(st);
         entry.publish(tail);
         Ok(AppendOutcome::Appended {
@@ -866,11 +871,7 @@ impl Storage for MemoryStorage {
         }
         rules::check_restore(&st.writer, &writer, st.tail)?;
         st.writer = writer;
-        let tail = Tail {
-            next: st.tail,
-            closed: st.writer.closed,
-            gone: false,
-        };
+        let tail = st.live_tail();
         drop(st);
         entry.publish(tail);
         Ok(())
@@ -887,11 +888,7 @@ impl Storage for MemoryStorage {
         if st.soft_deleted {
             return Err(Error::Gone);
         }
-        entry.tail_tx.send_replace(Tail {
-            next: st.tail,
-            closed: st.writer.closed,
-            gone: false,
-        });
+        entry.tail_tx.send_replace(st.live_tail());
         let rx = entry.tail_tx.subscribe();
         drop(st);
         Ok(rx)
