@@ -78,6 +78,9 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
 /// Header fields parsed on the stack; more (up to `max_headers`) are parsed into a `Vec`.
 const STACK_HEADERS: usize = 100;
+/// Header fields whose positions are kept on the stack while the head is taken out of the
+/// read buffer; more go to a `Vec`.
+const STACK_RANGES: usize = 32;
 /// Longest chunk-size line (with extensions) and most trailer bytes of a chunked body.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
@@ -757,21 +760,34 @@ fn parse_head(buf: &mut BytesMut, opts: Options) -> Result<Option<Head>, ApiErro
     } else {
         Version::HTTP_11
     };
-    let fields: Vec<(HeaderName, std::ops::Range<usize>)> = parsed
-        .headers
-        .iter()
-        .map(|h| {
-            HeaderName::from_bytes(h.name.as_bytes())
-                .map(|name| (name, range(h.value)))
-                .map_err(|_| malformed(format!("invalid header name {:?}", h.name)))
-        })
-        .collect::<Result<_, _>>()?;
+    // The fields' positions, kept on the stack (a head has a few fields; a `Vec` here was one
+    // allocation per request), to be sliced out of the frozen head once `parsed` lets go of it.
+    let count = parsed.headers.len();
+    let mut stack_ranges = [[0usize; 4]; STACK_RANGES];
+    let mut heap_ranges = Vec::new();
+    let ranges: &mut [[usize; 4]] = if count > STACK_RANGES {
+        heap_ranges.resize(count, [0; 4]);
+        &mut heap_ranges
+    } else {
+        &mut stack_ranges[..count]
+    };
+    for (slot, h) in ranges.iter_mut().zip(parsed.headers.iter()) {
+        let (name, value) = (range(h.name.as_bytes()), range(h.value));
+        *slot = [name.start, name.end, value.start, value.end];
+    }
     let frozen = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(frozen.slice(path))
         .map_err(|e| malformed(format!("invalid request target: {e}")))?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, value) in fields {
-        let value = HeaderValue::from_maybe_shared(frozen.slice(value))
+    let mut headers = HeaderMap::with_capacity(count);
+    for &[name_start, name_end, value_start, value_end] in ranges.iter() {
+        let name = &frozen[name_start..name_end];
+        let name = HeaderName::from_bytes(name).map_err(|_| {
+            malformed(format!(
+                "invalid header name {:?}",
+                String::from_utf8_lossy(name)
+            ))
+        })?;
+        let value = HeaderValue::from_maybe_shared(frozen.slice(value_start..value_end))
             .map_err(|_| malformed(format!("invalid value of header {name}")))?;
         headers.append(name, value);
     }

@@ -13,7 +13,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, Request};
-use axum::http::{HeaderMap, HeaderName, uri::Authority};
+use axum::http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
 use crate::config::{Config, ForwardedHeaders, IdentityMode};
@@ -299,8 +299,83 @@ fn parse_scheme(s: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether `h` is a `Host` value (RFC 9110 section 7.2: `uri-host [ ":" port ]`, RFC 3986's
+/// grammar): a registered name or IPv4 address, or a bracketed IPv6 literal, and an optional
+/// decimal port up to 65535. No user info, path or whitespace.
+///
+/// Checked in place: parsing it as an `http::uri::Authority` copied it into a new buffer on
+/// every request only to drop it again.
 fn valid_host(h: &str) -> bool {
-    !h.is_empty() && !h.contains('@') && h.parse::<Authority>().is_ok()
+    let b = h.as_bytes();
+    let (host_ok, port) = if let Some(rest) = b.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&c| c == b']') else {
+            return false;
+        };
+        let literal = &rest[..end];
+        let ok = !literal.is_empty()
+            && literal
+                .iter()
+                .all(|&c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.'));
+        match &rest[end + 1..] {
+            [] => (ok, None),
+            [b':', port @ ..] => (ok, Some(port)),
+            _ => return false,
+        }
+    } else {
+        let (name, port) = match b.iter().position(|&c| c == b':') {
+            Some(i) => (&b[..i], Some(&b[i + 1..])),
+            None => (b, None),
+        };
+        (!name.is_empty() && reg_name(name), port)
+    };
+    host_ok
+        && port.is_none_or(|p| {
+            (1..=5).contains(&p.len())
+                && p.iter().all(u8::is_ascii_digit)
+                && p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65_535
+        })
+}
+
+/// RFC 3986 `reg-name` (which includes IPv4 addresses): unreserved characters, sub-delims and
+/// percent-escapes.
+fn reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                if !name
+                    .get(i + 1..i + 3)
+                    .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+                {
+                    return false;
+                }
+                i += 3;
+            }
+            c if c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                ) =>
+            {
+                i += 1;
+            }
+            _ => return false,
+        }
+    }
+    true
 }
 
 fn unquote(s: &str) -> &str {
@@ -330,11 +405,14 @@ fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
 ///
 /// `public_origin` also inserts [`ds_subscriptions::PublicOrigin`], the absolute base URL the
 /// client saw: only the subscription APIs need it (for callback and JWKS URLs).
-pub(crate) fn resolve_origin(trust: &ProxyTrust, req: &mut Request, public_origin: bool) {
-    let conn = req
-        .extensions()
-        .get::<ConnectionInfo>()
-        .copied()
+pub(crate) fn resolve_origin(
+    trust: &ProxyTrust,
+    req: &mut Request,
+    public_origin: bool,
+    conn: Option<ConnectionInfo>,
+) {
+    let conn = conn
+        .or_else(|| req.extensions().get::<ConnectionInfo>().copied())
         .or_else(|| {
             // Embedders serving with `into_make_service_with_connect_info::<SocketAddr>()`.
             req.extensions()
@@ -362,6 +440,45 @@ pub(crate) fn resolve_origin(trust: &ProxyTrust, req: &mut Request, public_origi
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn host_values_are_checked_against_the_uri_grammar() {
+        for ok in [
+            "example.com",
+            "a.example:8443",
+            "h:1",
+            "127.0.0.1:65535",
+            "[::1]",
+            "[2001:db8::7]:443",
+            "xn--bcher-kva.example",
+            "a%20b",
+            "sub_delims!$&'()*+,;=~",
+        ] {
+            assert!(valid_host(ok), "{ok:?} is a host");
+        }
+        for bad in [
+            "",
+            ":80",
+            "user@example.com",
+            "example.com:",
+            "example.com:65536",
+            "example.com:123456",
+            "example.com:8a",
+            "a:1:2",
+            "example.com/path",
+            "exa mple.com",
+            "a%2",
+            "a%zz",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[::1]:",
+            "[fe80::1%25eth0]",
+            "\u{e9}.example",
+        ] {
+            assert!(!valid_host(bad), "{bad:?} is not a host");
+        }
+    }
 
     fn trust(headers: ForwardedHeaders) -> ProxyTrust {
         ProxyTrust {

@@ -24,7 +24,7 @@ use crate::h1::ServiceFuture;
 use crate::handlers;
 use crate::limits::{HeaderLimits, LiveReaders};
 use crate::metrics::{Metrics, StorageGauges};
-use crate::proxy::{self, ClientOrigin, ProxyTrust};
+use crate::proxy::{self, ClientOrigin, ConnectionInfo, ProxyTrust};
 use crate::ratelimit::{RateLimitSettings, RateLimiter};
 use crate::telemetry::{self, SpanSettings};
 
@@ -348,8 +348,8 @@ pub(crate) fn build_router_with_metrics<S: Storage>(
 
 /// The stream routes (`{base}/{name}`) without axum's router, for the server's own
 /// connections: the same [`EdgeService`] around the same handler, and the same finishing
-/// touches axum's method router gives an answer (a `Content-Length` from an exact body size,
-/// no body for `HEAD`), so an answer does not depend on which way the request came.
+/// touches axum's method router gives an answer that the connection would not give it anyway
+/// (see [`finish_route`]), so an answer does not depend on which way the request came.
 ///
 /// Axum's router matches the path, collects and percent-decodes the route's parameters, and
 /// clones and boxes the route's service and futures on every request: about a dozen
@@ -386,24 +386,32 @@ impl StreamRoute {
         !(name.is_empty() || reserved || health)
     }
 
-    /// Answers a request it [owns](StreamRoute::owns).
-    pub(crate) fn call(&self, req: Request) -> ServiceFuture {
-        self.edge.clone().call_edge(req, true)
+    /// Answers a request it [owns](StreamRoute::owns) that came on a connection described by
+    /// `conn`, given here rather than as a request extension (the extension map is allocated
+    /// on its first insert, and this way a request needs one fewer).
+    pub(crate) fn call(&self, req: Request, conn: Option<ConnectionInfo>) -> ServiceFuture {
+        self.edge.clone().call_edge(req, true, conn)
     }
 }
 
-/// What axum's method router does to every answer of a route: a `Content-Length` for a body
-/// of known size, and no body in the answer to `HEAD`.
+/// What axum's method router does to the answer to `HEAD`: the `Content-Length` of the body
+/// it would have, and no body.
+///
+/// Other answers keep their body and get no `Content-Length` here: both connections write
+/// one from the body's exact size (ours in `h1::Connection::respond`, hyper's HTTP/2 server
+/// likewise), so a header made here would be built, hashed in and dropped again unread: two
+/// allocations per append.
 fn finish_route(res: &mut Response, head: bool) {
+    if !head {
+        return;
+    }
     if !res.headers().contains_key(header::CONTENT_LENGTH)
         && let Some(size) = http_body::Body::size_hint(res.body()).exact()
     {
         res.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     }
-    if head {
-        *res.body_mut() = axum::body::Body::empty();
-    }
+    *res.body_mut() = axum::body::Body::empty();
 }
 
 /// The stream handler as a tower service, for [`StreamRoute`]'s [`EdgeService`].
@@ -502,7 +510,7 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        self.call_edge(req, false)
+        self.call_edge(req, false, None)
     }
 }
 
@@ -514,11 +522,18 @@ where
     /// [`tower::Service::call`], also for [`StreamRoute`] (whose inner service is always
     /// ready): with `route`, the answer is also finished as axum's router would
     /// ([`finish_route`]), in the same future (one allocation fewer per request).
-    fn call_edge(&mut self, mut req: Request, route: bool) -> ServiceFuture {
+    ///
+    /// `conn` describes the request's connection when it is not in the request's extensions.
+    fn call_edge(
+        &mut self,
+        mut req: Request,
+        route: bool,
+        conn: Option<ConnectionInfo>,
+    ) -> ServiceFuture {
         let head = route && req.method() == Method::HEAD;
         let edge = Arc::clone(&self.edge);
         let reserved = req.uri().path().starts_with(edge.reserved_prefix.as_str());
-        proxy::resolve_origin(&edge.trust, &mut req, reserved);
+        proxy::resolve_origin(&edge.trust, &mut req, reserved, conn);
         let decision = edge.cors.decide(req.method(), req.headers());
         let span = telemetry::RequestSpan::open(Arc::clone(&edge.spans), &req);
         let answer = match edge.admit(&req) {
@@ -700,6 +715,9 @@ mod tests {
             .expect("a valid request")
     }
 
+    /// An answer as the client sees it: a `Content-Length` that states the body's size is
+    /// left out, because the connection writes that one itself from the body (the router's
+    /// answers carry it, the stream route's do not); any other (a `HEAD` answer's) stays.
     async fn parts(res: Response) -> (StatusCode, Vec<(String, Vec<u8>)>, Vec<u8>) {
         let status = res.status();
         let mut headers: Vec<(String, Vec<u8>)> = res
@@ -709,6 +727,8 @@ mod tests {
             .collect();
         headers.sort();
         let body = res.into_body().collect().await.expect("body").to_bytes();
+        let own_length = body.len().to_string().into_bytes();
+        headers.retain(|(n, v)| n != "content-length" || *v != own_length);
         (status, headers, body.to_vec())
     }
 
@@ -749,7 +769,7 @@ mod tests {
                 let owned = stream.owns(&req);
                 taken.push(owned);
                 let res = if owned {
-                    stream.call(req).await
+                    stream.call(req, None).await
                 } else {
                     router.clone().oneshot(req).await
                 }

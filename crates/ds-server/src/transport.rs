@@ -155,12 +155,14 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    /// The answer to `req`: through the stream route if it is a stream request, otherwise
-    /// through the router.
-    fn call(&self, req: axum::extract::Request) -> h1::ServiceFuture {
+    /// The answer to `req`, which came on the connection `info`: through the stream route if
+    /// it is a stream request, otherwise through the router (which finds `info` among the
+    /// request's extensions, where embedders' handlers can read it too).
+    fn call(&self, mut req: axum::extract::Request, info: ConnectionInfo) -> h1::ServiceFuture {
         if self.stream.owns(&req) {
-            self.stream.call(req)
+            self.stream.call(req, Some(info))
         } else {
+            req.extensions_mut().insert(info);
             Box::pin(self.router.clone().oneshot(req))
         }
     }
@@ -289,11 +291,10 @@ where
                     .max_header_count
                     .clamp(MIN_HARD_MAX_HEADERS, MAX_HARD_MAX_HEADERS),
             };
-            h1::serve(io, opts, &token, move |mut req| {
-                req.extensions_mut().insert(info);
+            h1::serve(io, opts, &token, move |req| {
                 // Boxed: the connection's future holds a pointer, not the request's state, so
                 // an idle live-read connection does not carry it.
-                routes.call(req)
+                routes.call(req, info)
             })
             .await;
         }
@@ -320,11 +321,10 @@ async fn serve_h2<I>(
     let served = Arc::new(AtomicBool::new(false));
     let svc = {
         let served = Arc::clone(&served);
-        hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             served.store(true, Ordering::Relaxed);
-            req.extensions_mut().insert(info);
             // Boxed: hyper keeps one allocation the size of this future per stream slot.
-            routes.call(req.map(axum::body::Body::new))
+            routes.call(req.map(axum::body::Body::new), info)
         })
     };
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
