@@ -98,6 +98,9 @@ use crate::{Durability, Shared, layout};
 pub(crate) const MAX_BATCH_OPS: usize = 4096;
 /// About the most payload bytes in one batch (one request may exceed it on its own).
 pub(crate) const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Most emptied record buffers the committer keeps for later batches, and the largest.
+const MAX_SPARE_BUFS: usize = 4;
+const MAX_SPARE_BUF: usize = 256 * 1024;
 
 /// A fork request resolved against its source before it is queued. The source's data below
 /// its tail never changes, so the resolution stays valid as long as the committer still finds
@@ -341,6 +344,9 @@ pub(crate) struct Committer {
     seq: u64,
     /// Requests held back while the pending batches finish before a WAL rotation.
     held: Vec<Request>,
+    /// Record buffers of installed batches, emptied, for the next batches (see
+    /// [`Committer::recycle`]).
+    spare_bufs: Vec<Vec<u8>>,
     /// file-durable with [`crate::FileOptions::wal_spares`]: the thread that writes the next
     /// WAL segment ahead ([`spare_writer`]); each message asks for a spare. Dropping the
     /// sender stops it.
@@ -1131,6 +1137,7 @@ impl Committer {
             ahead: Ahead::default(),
             seq: 0,
             held: Vec::new(),
+            spare_bufs: Vec::new(),
             spare,
             wal_zeroed: false,
             spare_asked: false,
@@ -1142,9 +1149,12 @@ impl Committer {
     /// limits), and the syncer's reports among them. Only the committer thread takes a
     /// shutdown request; anyone else stops in front of it.
     fn gather(&mut self, queue: &mut VecDeque<Request>, thread: bool) -> Gathered {
+        let mut requests = std::mem::take(&mut self.held);
+        // Sized once: grown one push at a time it was reallocated a few times per batch.
+        requests.reserve(queue.len().min(MAX_BATCH_OPS));
         let mut g = Gathered {
-            size: self.held.iter().map(Request::payload_len).sum(),
-            requests: std::mem::take(&mut self.held),
+            size: requests.iter().map(Request::payload_len).sum(),
+            requests,
             synced: None,
             stop: false,
         };
@@ -1209,6 +1219,7 @@ impl Committer {
             self.segment,
             std::mem::take(&mut self.ahead),
         );
+        batch.buf = self.spare_bufs.pop().unwrap_or_default();
         let mut results = Vec::with_capacity(requests.len());
         for r in requests {
             let client_op = matches!(r.op, Op::Create(_) | Op::Append { .. } | Op::Delete { .. });
@@ -1855,6 +1866,18 @@ impl Committer {
             }
             // A checkpoint already running may list this file; it skips files that are gone.
             self.dirty.dirs.insert(layout::stream_dir(&root, entry.id));
+        }
+        self.recycle(b.buf);
+    }
+
+    /// Keeps an installed batch's record buffer for a later batch: grown again from empty,
+    /// a buffer took a handful of reallocations per batch. A few are kept (one per batch
+    /// that can be pending at once under load), and none larger than [`MAX_SPARE_BUF`], so
+    /// one burst of large appends does not hold its memory for good.
+    fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare_bufs.len() < MAX_SPARE_BUFS && buf.capacity() <= MAX_SPARE_BUF {
+            buf.clear();
+            self.spare_bufs.push(buf);
         }
     }
 

@@ -166,11 +166,30 @@ pub(crate) struct Record<'a> {
     pub rec_no: u64,
     pub at_ms: u64,
     pub segment: u64,
-    pub msg_lens: Vec<u32>,
+    pub msg_lens: MsgLens<'a>,
     pub meta: Meta<'a>,
     /// The messages, concatenated (checked against `msg_lens` when decoding).
     #[cfg_attr(not(test), allow(dead_code))]
     pub payload: &'a [u8],
+}
+
+/// A record's message-length table, read in place (decoding it into a `Vec` was an
+/// allocation per record on the commit path, which decodes every record it encodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MsgLens<'a>(&'a [u8]);
+
+impl MsgLens<'_> {
+    /// Whether the record has no messages.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The message lengths, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    }
 }
 
 impl Record<'_> {
@@ -258,16 +277,13 @@ fn decode_checked(rec: &[u8]) -> Result<Record<'_>, DecodeError> {
     if count > rec.len() / 4 {
         return Err(bad());
     }
-    let mut msg_lens = Vec::with_capacity(count);
-    for _ in 0..count {
-        msg_lens.push(r.u32().ok_or_else(bad)?);
-    }
+    let msg_lens = MsgLens(r.take(4 * count).ok_or_else(bad)?);
     let meta = decode_meta(kind, &mut r).ok_or_else(bad)?;
     if r.pos != payload_off || payload_off > rec.len() {
         return Err(bad());
     }
     let payload = &rec[payload_off..];
-    let total: u64 = msg_lens.iter().map(|l| u64::from(*l)).sum();
+    let total: u64 = msg_lens.iter().map(u64::from).sum();
     if total != payload.len() as u64 {
         return Err(bad());
     }
@@ -661,7 +677,7 @@ mod tests {
             (rec.stream_id, rec.rec_no, rec.at_ms, rec.segment),
             (7, 3, 99, 4)
         );
-        assert_eq!(rec.msg_lens, vec![5, 1]);
+        assert_eq!(rec.msg_lens.iter().collect::<Vec<_>>(), vec![5, 1]);
         assert_eq!(rec.payload, b"hello!");
         assert_eq!(
             rec.meta,

@@ -130,8 +130,8 @@ impl StreamState {
             return None;
         }
         let first = self.tail;
-        for len in &rec.msg_lens {
-            let len = u64::from(*len);
+        for len in rec.msg_lens.iter() {
+            let len = u64::from(len);
             self.tail = Offset::new(self.tail.seq + 1, self.tail.byte + len);
             self.bytes += len;
         }
