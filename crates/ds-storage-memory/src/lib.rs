@@ -134,6 +134,19 @@ struct Record {
 }
 
 impl State {
+    /// `NotFound` for a removed stream and `Gone` for a soft-deleted one: what every operation
+    /// on a live stream checks under its lock (a delete may have won the race since the
+    /// stream was looked up).
+    fn ensure_live(&self) -> Result<()> {
+        if self.removed {
+            return Err(Error::NotFound);
+        }
+        if self.soft_deleted {
+            return Err(Error::Gone);
+        }
+        Ok(())
+    }
+
     /// The tail live readers are told about while the stream is live.
     fn live_tail(&self) -> Tail {
         Tail {
@@ -234,12 +247,7 @@ impl Inner {
         let entry = self.get(name).ok_or(Error::NotFound)?;
         let expired = {
             let st = lock(&entry);
-            if st.removed {
-                return Err(Error::NotFound);
-            }
-            if st.soft_deleted {
-                return Err(Error::Gone);
-            }
+            st.ensure_live()?;
             rules::is_expired(st.expiry, st.last_access_ms, self.now())
         };
         if expired {
@@ -688,12 +696,7 @@ impl Inner {
         let messages = rules::split_body(&entry.content_type, &req.body, false);
         let mut st = lock(&entry);
         // A delete may have won the race since `live` looked the stream up.
-        if st.removed {
-            return Err(Error::NotFound);
-        }
-        if st.soft_deleted {
-            return Err(Error::Gone);
-        }
+        st.ensure_live()?;
         let plan = rules::plan_append(&st.writer, &entry.content_type, st.tail, req, &messages)?;
         match &plan {
             rules::AppendPlan::Duplicate(ack) => {
@@ -773,12 +776,7 @@ impl Inner {
         let entry = self.live(name)?;
         {
             let mut st = lock(&entry);
-            if st.removed {
-                return Err(Error::NotFound);
-            }
-            if st.soft_deleted {
-                return Err(Error::Gone);
-            }
+            st.ensure_live()?;
             if st.fork_refs > 0 {
                 self.retire(&st);
                 st.soft_deleted = true;
@@ -863,12 +861,7 @@ impl Storage for MemoryStorage {
     async fn restore_writer(&self, name: &StreamName, writer: rules::WriterState) -> Result<()> {
         let entry = self.inner.live(name)?;
         let mut st = lock(&entry);
-        if st.removed {
-            return Err(Error::NotFound);
-        }
-        if st.soft_deleted {
-            return Err(Error::Gone);
-        }
+        st.ensure_live()?;
         rules::check_restore(&st.writer, &writer, st.tail)?;
         st.writer = writer;
         let tail = st.live_tail();
@@ -882,12 +875,7 @@ impl Storage for MemoryStorage {
         // Appends skip the channel while nobody listens (`Entry::publish`): its value is
         // brought up to date first, under the lock that orders the stream's writes.
         let st = lock(&entry);
-        if st.removed {
-            return Err(Error::NotFound);
-        }
-        if st.soft_deleted {
-            return Err(Error::Gone);
-        }
+        st.ensure_live()?;
         entry.tail_tx.send_replace(st.live_tail());
         let rx = entry.tail_tx.subscribe();
         drop(st);
