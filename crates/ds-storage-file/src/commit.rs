@@ -18,12 +18,13 @@
 //! Then it writes each record to its stream's own file (no fsync: the WAL covers them until the
 //! next checkpoint) and appends the whole batch to the WAL with one write. In file-fast mode
 //! that is the commit. In file-durable mode the batch is now *pending*: a syncer thread
-//! `fdatasync`s the WAL. Requests that arrive during the sync wait in the inbox; when the sync
-//! returns, the syncer takes the turn, installs the batches it covered, in order, as the
-//! streams' state, publishes the new tails to live readers, answers their requests, writes
-//! everything that arrived meanwhile as one batch, and starts the next `fdatasync`. Under load
-//! the device flushes back to back, each flush covering one WAL write of everything that came
-//! during the one before, and the batch size follows the load, not a timer. A committer with
+//! `fdatasync`s the WAL. Requests that arrive during the sync wait in the inbox (until
+//! [`SYNC_QUEUE_BATCH`] of them have, which are then written at once); when the sync returns,
+//! the syncer takes the turn, installs the batches it covered, in order, as the streams'
+//! state, publishes the new tails to live readers, answers their requests, writes everything
+//! that arrived meanwhile as one batch, and starts the next `fdatasync`. Under load the device
+//! flushes back to back, each flush covering the WAL writes of everything that came during
+//! the one before, and the batch size follows the load, not a timer. A committer with
 //! more than one batch to write (a turn that found a full batch queued, or requests that came
 //! while it wrote) writes the later ones while the earlier ones sync, planning them on the
 //! state the pending batches leave (`Ahead`; the streams' installed state is still the one
@@ -717,6 +718,23 @@ fn closed_flag(close: bool) -> u16 {
     if close { FLAG_CLOSE } else { 0 }
 }
 
+/// How many requests may queue during a WAL sync before the caller of the last one writes
+/// them (planned on the pending state, as the next batch) instead of leaving them for the
+/// syncer.
+///
+/// Whatever is queued when a sync returns is written by the syncer before it starts the
+/// next sync, so the device idles while the syncer plans the batch and writes its records to
+/// the stream files: with many streams that is one `pwrite` per stream, and the gap grew to as
+/// long as the sync itself (1,000 streams, 64 writers). Writing a large queue during the sync
+/// moves that work beside the device's flush, at the price of one more WAL write per sync;
+/// a small queue is cheaper to leave for the syncer (one write per sync, fewer wake-ups). On
+/// the 2-core bench machine (`append-many`, file-durable, 5 alternating rounds) 16 gave 1.08×
+/// the throughput of never writing during a sync (24 and 32 a little less; three runs of
+/// 3–5 rounds put 16–24 at 1.05–1.4×), `append-1` (32 writers, about 10 per sync) was
+/// unchanged, and writing every arrival at once (1) cost 10–30% more CPU per append. (The
+/// pipeline tests count on a value between 3 and 64.)
+const SYNC_QUEUE_BATCH: usize = 16;
+
 /// How many batches a request's caller (or the WAL syncer) commits in one turn before it
 /// hands what is still queued to the committer thread.
 const CALLER_BATCHES: usize = 4;
@@ -729,9 +747,8 @@ const CALLER_BATCHES: usize = 4;
 /// installs and answers the batches it covered, then writes what arrived during the sync for
 /// the next one). A request that arrives while someone commits is queued, and that committer
 /// takes it before it stops; one that arrives while the syncer is in an `fdatasync` is queued
-/// for the syncer (writing it at once would not make it durable sooner: the next sync starts
-/// when this one returns either way, and one WAL write per sync is fewer system calls and
-/// wake-ups than one per arrival). So no request waits for another thread to be scheduled on
+/// for the syncer, unless it makes [`SYNC_QUEUE_BATCH`] queued requests: then its caller
+/// writes them while the sync runs (see there). So no request waits for another thread to be scheduled on
 /// its way to the WAL, and no answer waits for one on its way back: on two cores each such
 /// hop was a wake-up and a wait in the run queue. The committer thread (`ds-file-commit`) takes
 /// over what must not block a caller: a WAL rotation (an `fdatasync` and a directory sync),
@@ -758,7 +775,8 @@ struct Inbox {
     /// The WAL syncer is in an `fdatasync` (file-durable): a request that arrives now waits
     /// in the queue, and the syncer commits it, with every other one that arrived during the
     /// sync, when the sync returns (one batch, one WAL write per sync, written just before
-    /// the next sync starts).
+    /// the next sync starts); unless [`SYNC_QUEUE_BATCH`] are queued, which their last
+    /// caller writes at once.
     syncing: bool,
 }
 
@@ -885,7 +903,8 @@ impl Commit {
                 return false;
             }
             inbox.queue.push_back(r);
-            if inbox.committing != Committing::Nobody || inbox.syncing {
+            let wait_for_sync = inbox.syncing && inbox.queue.len() < SYNC_QUEUE_BATCH;
+            if inbox.committing != Committing::Nobody || wait_for_sync {
                 return true;
             }
             inbox.committing = Committing::Somebody;

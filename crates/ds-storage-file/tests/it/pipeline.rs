@@ -253,6 +253,54 @@ async fn requests_that_arrive_during_a_sync_are_written_together_after_it() {
     .await;
 }
 
+/// Many requests that arrive while a sync runs do not all wait for it: once enough are queued
+/// (16), their caller writes them during the sync, and the syncer's next sync starts without
+/// planning and writing them first. They are still answered, and visible to readers, only
+/// once a sync covers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_queue_during_a_sync_is_written_during_it() {
+    const WRITERS: usize = 64;
+    let sim = SimFs::new(47);
+    let store = open(&sim).await;
+    let names: Vec<String> = (0..=WRITERS).map(|i| format!("s{i}")).collect();
+    for s in &names {
+        create_with(&store, s, b"").await;
+    }
+    sim.slow_syncs(Some((".wal", SLOW_SYNC * 3)));
+    let first = written(&sim, || spawn_append(&store, "s0", append_req("0"))).await;
+    let during = wal_bytes(&sim);
+    let waiting: Vec<_> = names[1..]
+        .iter()
+        .map(|s| {
+            let (store, stream) = (store.clone(), name(s));
+            tokio::spawn(async move { store.append(&stream, append_req("x")).await })
+        })
+        .collect();
+    eventually("the queued requests are in the WAL", || {
+        wal_bytes(&sim) > during
+    })
+    .await;
+    assert!(
+        !first.is_finished(),
+        "they were written while the first sync ran"
+    );
+    assert_content(&store, "s1", b"").await;
+    sim.slow_syncs(None);
+    assert!(matches!(
+        first.await.expect("task"),
+        Ok(AppendOutcome::Appended { .. })
+    ));
+    for task in waiting {
+        assert!(matches!(
+            task.await.expect("task"),
+            Ok(AppendOutcome::Appended { .. })
+        ));
+    }
+    let mut expected: Vec<(&str, &[u8])> = vec![("s0", b"0")];
+    expected.extend(names[1..].iter().map(|s| (s.as_str(), &b"x"[..])));
+    check_after_restart(store, &sim, &expected).await;
+}
+
 /// A producer's retry of an append that is written but not yet durable is a duplicate, and
 /// is answered only after the original is durable: answering it first would acknowledge data
 /// a power loss could still take. A power loss at that point takes both: the original was
