@@ -748,12 +748,12 @@ const CALLER_BATCHES: usize = 4;
 /// the next one). A request that arrives while someone commits is queued, and that committer
 /// takes it before it stops; one that arrives while the syncer is in an `fdatasync` is queued
 /// for the syncer, unless it makes [`SYNC_QUEUE_BATCH`] queued requests: then its caller
-/// writes them while the sync runs (see there). So no request waits for another thread to be scheduled on
-/// its way to the WAL, and no answer waits for one on its way back: on two cores each such
-/// hop was a wake-up and a wait in the run queue. The committer thread (`ds-file-commit`) takes
-/// over what must not block a caller: a WAL rotation (an `fdatasync` and a directory sync),
-/// the shutdown (which waits for the last syncs and checkpoints), and the rest of a long run
-/// (a caller commits at most [`CALLER_BATCHES`] batches per turn).
+/// writes them while the sync runs (see there). So no request waits for another thread to be
+/// scheduled on its way to the WAL, and no answer waits for one on its way back: on two cores
+/// each such hop was a wake-up and a wait in the run queue. The committer thread
+/// (`ds-file-commit`) takes over what must not block a caller: a WAL rotation (an `fdatasync`
+/// and a directory sync), the shutdown (which waits for the last syncs and checkpoints), and
+/// the rest of a long run (a caller commits at most [`CALLER_BATCHES`] batches per turn).
 pub(crate) struct Commit {
     shared: Arc<Shared>,
     inbox: Mutex<Inbox>,
