@@ -98,11 +98,11 @@ async fn written<T>(sim: &SimFs, start: impl FnOnce() -> T) -> T {
 
 fn spawn_append(
     store: &FileStorage,
-    stream: &'static str,
+    stream: &str,
     req: AppendRequest,
 ) -> tokio::task::JoinHandle<ds_storage::Result<AppendOutcome>> {
-    let store = store.clone();
-    tokio::spawn(async move { store.append(&name(stream), req).await })
+    let (store, stream) = (store.clone(), name(stream));
+    tokio::spawn(async move { store.append(&stream, req).await })
 }
 
 async fn assert_content(store: &FileStorage, stream: &str, expected: &[u8]) {
@@ -271,10 +271,7 @@ async fn a_long_queue_during_a_sync_is_written_during_it() {
     let during = wal_bytes(&sim);
     let waiting: Vec<_> = names[1..]
         .iter()
-        .map(|s| {
-            let (store, stream) = (store.clone(), name(s));
-            tokio::spawn(async move { store.append(&stream, append_req("x")).await })
-        })
+        .map(|s| spawn_append(&store, s, append_req("x")))
         .collect();
     eventually("the queued requests are in the WAL", || {
         wal_bytes(&sim) > during
