@@ -88,7 +88,7 @@ pub(crate) async fn open(cfg: &Config, command: &str, how: OpenFor) -> anyhow::R
             let shard_count = ds_storage_acid::stored_shard_count(dir)
                 .with_context(|| format!("cannot read the acid data dir {}", dir.display()))?
                 .or(cfg.storage.acid_shard_count)
-                .unwrap_or(ds_storage_acid::DEFAULT_SHARD_COUNT);
+                .unwrap_or_else(ds_storage_acid::default_shard_count);
             let opts = AcidOptions {
                 shard_count,
                 bulk_load: how.bulk,

@@ -48,7 +48,7 @@ pub(crate) async fn serve_on_configured_backend(
                             ),
                         )
                     })?
-                    .unwrap_or(ds_storage_acid::DEFAULT_SHARD_COUNT),
+                    .unwrap_or_else(ds_storage_acid::default_shard_count),
             };
             let opts = AcidOptions {
                 data_dir: cfg.storage.data_dir.clone(),

@@ -428,8 +428,8 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Shards of the `acid` backend (a power of two in 1..=256), fixed when its data dir is
     /// created. Unset: an existing data dir keeps its count and a new one gets
-    /// [`ds_storage_acid::DEFAULT_SHARD_COUNT`] (4). Set: a data dir created with another count
-    /// refuses to open.
+    /// [`ds_storage_acid::default_shard_count`] (one per core, 1 to 4). Set: a data dir created
+    /// with another count refuses to open.
     pub acid_shard_count: Option<u32>,
     /// Where the `acid` backend keeps its databases: `file` or `in-memory`.
     pub acid_backend: AcidBackendMode,

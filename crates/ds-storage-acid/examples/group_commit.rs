@@ -7,7 +7,7 @@
 //!   --secs N          seconds per measurement (default 3)
 //!   --writers N       concurrent appenders (default 64)
 //!   --streams N       streams they append to (default 1000)
-//!   --shards N        shard count (default: the crate's default, 4)
+//!   --shards N        shard count (default: the crate's default for this machine)
 //!   --size N          append size in bytes (default 256)
 //!   --rounds N        measurement rounds (default 3); each round measures the raw fsync
 //!                     rate right before and after the appends, since a shared disk's rate
@@ -48,7 +48,7 @@ fn parse_args() -> Args {
         secs: 3,
         writers: 64,
         streams: 1000,
-        shards: ds_storage_acid::DEFAULT_SHARD_COUNT,
+        shards: ds_storage_acid::default_shard_count(),
         size: 256,
         reopen: 0,
         rounds: 3,

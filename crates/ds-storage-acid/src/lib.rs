@@ -18,9 +18,9 @@
 //!   after the commit.
 //! - **Sharded by stream.** A stream lives in `data_dir/shard-XX.redb`, chosen by a stable
 //!   hash of its name. Shards commit independently and concurrently; fewer shards give bigger
-//!   batches, more give more commits in flight, and [`DEFAULT_SHARD_COUNT`] (4) sustained the
-//!   most appends per fsync in measurements (see `commit`). A data dir must always be opened
-//!   with the shard count it was created with.
+//!   batches, more give more commits in flight; a new data dir gets one shard per core, 1 to
+//!   4 ([`default_shard_count`], measurements there and in `commit`). A data dir must always
+//!   be opened with the shard count it was created with.
 //! - **Forks across shards.** A fork reads its inherited data from its source's shard. Fork
 //!   reference counts are not stored: they are recomputed at open from the forks' metadata,
 //!   so no cross-shard write has to be ordered for them. A source deleted while it has forks
@@ -119,19 +119,48 @@ pub struct AcidOptions {
     pub bulk_load: bool,
 }
 
-/// The shard count [`AcidOptions::new`] uses.
+/// The most shards [`default_shard_count`] gives a new data dir, however many cores there are.
 ///
 /// With 64 concurrent writers on 1,000 streams, 4 shards sustained 1.2 to 2 times the appends
 /// per second of 16 on the development machines' virtual disk (about 9 appends per commit
-/// instead of 2.6; `examples/group_commit.rs` and the README). A data dir keeps the count it
-/// was created with (see [`stored_shard_count`]).
-pub const DEFAULT_SHARD_COUNT: u32 = 4;
+/// instead of 2.6; `examples/group_commit.rs` and the README).
+pub const MAX_DEFAULT_SHARD_COUNT: u32 = 4;
+
+/// The shard count [`AcidOptions::new`] uses on this machine: [`shard_count_for_cores`] of the
+/// cores this process may run on (`std::thread::available_parallelism`, which honours CPU
+/// affinity and cgroup quotas; 1 if unknown).
+///
+/// A data dir keeps the count it was created with (see [`stored_shard_count`]), so this only
+/// decides the count of new ones.
+#[must_use]
+pub fn default_shard_count() -> u32 {
+    shard_count_for_cores(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+}
+
+/// The default shard count for a machine with `cores` cores: one shard per core, rounded down
+/// to a power of two, from 1 to [`MAX_DEFAULT_SHARD_COUNT`].
+///
+/// A commit is mostly CPU work (redb's page writes and checksums, and submitting the sync to
+/// the device: two thirds of the server's CPU time in `append-many` on `acid`), and each
+/// commit has a fixed cost on top of its appends' (about 140 µs of CPU there); more shards
+/// than cores only split the same appends into more, smaller commits that compete with the
+/// HTTP workers for the CPUs. On the 2-core development machine (`cargo xtask bench
+/// append-many create --backend acid`, 5 rounds, two runs) 2 shards served as many appends
+/// per second as 4 (1.06× and 0.99×) and 5% more creates, with 15-19% less CPU per
+/// operation; the storage alone (`examples/group_commit.rs`, nothing else competing for the
+/// CPUs) still prefers 4 there, which is why machines with 4 cores or more keep 4.
+#[must_use]
+pub fn shard_count_for_cores(cores: usize) -> u32 {
+    let cores = u32::try_from(cores.max(1)).unwrap_or(u32::MAX);
+    // Round down to a power of two.
+    (1u32 << cores.ilog2()).min(MAX_DEFAULT_SHARD_COUNT)
+}
 
 /// The shard count `data_dir` was created with, or `None` if it holds no shard yet (missing or
 /// empty directory).
 ///
 /// The count of a data dir can never change; a caller that lets operators leave it unset can
-/// open an existing data dir with its stored count and use [`DEFAULT_SHARD_COUNT`] (or its
+/// open an existing data dir with its stored count and use [`default_shard_count`] (or its
 /// own default) only for a new one. Blocking file I/O: call it before [`AcidStorage::open`],
 /// off the async workers. Fails like `open` when another process has the data dir open or the
 /// first shard file cannot be read.
@@ -140,12 +169,12 @@ pub fn stored_shard_count(data_dir: &Path) -> Result<Option<u32>> {
 }
 
 impl AcidOptions {
-    /// File-backed options for `data_dir`, with [`DEFAULT_SHARD_COUNT`] shards, no stream size
+    /// File-backed options for `data_dir`, with [`default_shard_count`] shards, no stream size
     /// limit and the system clock.
     pub fn new(data_dir: impl Into<PathBuf>) -> AcidOptions {
         AcidOptions {
             data_dir: data_dir.into(),
-            shard_count: DEFAULT_SHARD_COUNT,
+            shard_count: default_shard_count(),
             backend: AcidBackend::File,
             max_stream_bytes: None,
             clock: Arc::new(SystemClock),

@@ -255,6 +255,30 @@ async fn shard_count_is_checked() {
     }
 }
 
+/// A new data dir gets one shard per core, rounded down to a power of two (the only counts
+/// `open` accepts), from 1 to 4; `AcidOptions::new` uses this machine's.
+#[tokio::test]
+async fn the_default_shard_count_follows_the_cores() {
+    let counts: Vec<u32> = (0..=9)
+        .map(ds_storage_acid::shard_count_for_cores)
+        .collect();
+    assert_eq!(counts, [1, 1, 2, 2, 4, 4, 4, 4, 4, 4]);
+    assert_eq!(ds_storage_acid::shard_count_for_cores(usize::MAX), 4);
+    assert_eq!(ds_storage_acid::MAX_DEFAULT_SHARD_COUNT, 4);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let default = ds_storage_acid::default_shard_count();
+    assert_eq!(default, ds_storage_acid::shard_count_for_cores(cores));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = AcidStorage::open(AcidOptions::new(dir.path()))
+        .await
+        .expect("open");
+    store.close().await;
+    assert_eq!(
+        ds_storage_acid::stored_shard_count(dir.path()).expect("readable"),
+        Some(default)
+    );
+}
+
 #[tokio::test]
 async fn forks_across_shards_survive_restart_and_cascade() {
     let dir = tempfile::tempdir().expect("temp dir");
