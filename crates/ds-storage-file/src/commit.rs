@@ -1809,6 +1809,8 @@ impl Committer {
             }
         }
         let mut removed = Vec::new();
+        // Tails to send to live readers once the streams' locks are released.
+        let mut publish = Vec::new();
         // The change to the live-stream gauges: a stream counts while it is neither removed
         // nor soft-deleted (a stream created in this batch did not count before it).
         let (mut streams_delta, mut bytes_delta) = (0i64, 0i64);
@@ -1844,7 +1846,7 @@ impl Committer {
                 st.touch_pending = false;
             }
             if d.changed {
-                st.publish();
+                publish.extend(st.publication());
             }
             if st.s.removed {
                 removed.push((Arc::clone(&entry), d.new_file));
@@ -1867,6 +1869,9 @@ impl Committer {
                     }
                 }
             }
+        }
+        for p in publish {
+            p.send();
         }
         for (entry, new_file) in removed {
             self.expiring.remove(&entry.id);

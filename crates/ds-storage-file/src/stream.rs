@@ -240,8 +240,9 @@ pub(crate) struct State {
     pub fork_refs: usize,
     /// A Touch record has been requested and not yet written.
     pub touch_pending: bool,
-    /// Live readers' channel, created on the first subscribe.
-    pub watch: Option<watch::Sender<Tail>>,
+    /// Live readers' channel, created on the first subscribe (shared so that the committer
+    /// can send on it after releasing this lock: see [`State::publication`]).
+    pub watch: Option<Arc<watch::Sender<Tail>>>,
     /// The stream's Create record while its file does not exist yet: a create without data
     /// writes only the WAL; the file is created by the stream's next record or by the next
     /// checkpoint, whichever comes first (see `commit`).
@@ -307,21 +308,46 @@ impl Entry {
     }
 }
 
+/// A tail to send to a stream's live readers, taken under the stream's lock and sent after
+/// it (see [`State::publication`]).
+pub(crate) struct Publish {
+    tx: Arc<watch::Sender<Tail>>,
+    tail: Tail,
+}
+
+impl Publish {
+    /// Sends the tail, waking the stream's live readers.
+    pub(crate) fn send(self) {
+        self.tx.send_replace(self.tail);
+    }
+}
+
 impl State {
-    /// Tells live readers about the current tail (dropping the channel when nobody listens).
-    pub(crate) fn publish(&mut self) {
+    /// What to tell live readers about the current tail, if anyone listens (the channel is
+    /// dropped when nobody does).
+    ///
+    /// The caller sends it after releasing the stream's lock: sending wakes every live reader
+    /// of the stream (thousands of SSE subscribers take milliseconds to wake), and each one
+    /// woken reads the stream at once, which takes this lock; sending under it would block
+    /// them, and the async workers they run on, until the last one is woken. Only the
+    /// committer with the turn publishes, and it sends before it gives the turn up, so the
+    /// tails of one stream are still sent in order. A reader that subscribes in between gets
+    /// the previous tail, reads the installed state (which is newer), and sees the send next.
+    pub(crate) fn publication(&mut self) -> Option<Publish> {
         let tail = Tail {
             next: self.s.tail,
             closed: self.s.writer.closed || self.s.removed || self.s.soft_deleted,
             gone: self.s.removed || self.s.soft_deleted,
         };
-        if let Some(tx) = &self.watch {
-            if tx.receiver_count() == 0 {
-                self.watch = None;
-            } else {
-                tx.send_replace(tail);
-            }
+        let tx = self.watch.as_ref()?;
+        if tx.receiver_count() == 0 {
+            self.watch = None;
+            return None;
         }
+        Some(Publish {
+            tx: Arc::clone(tx),
+            tail,
+        })
     }
 
     /// A receiver of the stream's tail, creating the channel if needed.
@@ -334,7 +360,7 @@ impl State {
             closed: self.s.writer.closed,
             gone: false,
         });
-        self.watch = Some(tx);
+        self.watch = Some(Arc::new(tx));
         rx
     }
 

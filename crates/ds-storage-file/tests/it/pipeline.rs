@@ -614,3 +614,71 @@ async fn a_sweep_behind_a_pending_write_counts_reads_since() {
     assert_content(&store, "t", b"a").await;
     store.close().await;
 }
+
+/// Reads the stream on another thread when woken, and waits (up to 2 s) for that read.
+struct ReadOnWake {
+    store: FileStorage,
+    runtime: tokio::runtime::Handle,
+    /// Whether the read finished while the wake was running (`None`: never woken).
+    read_during_wake: std::sync::Mutex<Option<bool>>,
+}
+
+impl std::task::Wake for ReadOnWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let (store, runtime) = (self.store.clone(), self.runtime.clone());
+        std::thread::spawn(move || {
+            let read = runtime.block_on(async { read_all(&store, &name("s")).await });
+            let _ = done_tx.send(read.is_ok());
+        });
+        let done = done_rx
+            .recv_timeout(Duration::from_secs(2))
+            .unwrap_or(false);
+        *self
+            .read_during_wake
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(done);
+    }
+}
+
+/// A live reader woken by a commit can read the stream at once: the committer sends the new
+/// tail after it releases the stream's lock. (Sent under it, a woken reader's first read
+/// waited for the last of the stream's readers to be woken, and with thousands of SSE
+/// subscribers so did the async workers they ran on.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_readers_are_woken_outside_the_streams_lock() {
+    use std::future::Future as _;
+    let sim = SimFs::new(60);
+    let store = open(&sim).await;
+    create_with(&store, "s", b"a").await;
+    let mut rx = store.subscribe(&name("s")).await.expect("subscribe");
+    let reader = Arc::new(ReadOnWake {
+        store: store.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        read_during_wake: std::sync::Mutex::new(None),
+    });
+    let waker = std::task::Waker::from(Arc::clone(&reader));
+    let mut changed = Box::pin(rx.changed());
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(changed.as_mut().poll(&mut cx).is_pending(), "no change yet");
+    store
+        .append(&name("s"), append_req("b"))
+        .await
+        .expect("append");
+    let outcome = *reader
+        .read_during_wake
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert_eq!(
+        outcome,
+        Some(true),
+        "the woken reader read the stream while it was being woken"
+    );
+    drop(changed);
+    assert_content(&store, "s", b"ab").await;
+    store.close().await;
+}
