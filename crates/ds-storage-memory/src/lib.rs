@@ -91,11 +91,34 @@ impl Entry {
     /// Tells live readers about a new tail written under the stream's lock; nothing if
     /// nobody listens (a send wakes the channel's waiter lists, eight mutexes, even when they
     /// are empty: 2% of an append in memory mode). `subscribe` refreshes the value.
+    ///
+    /// Writers publish after releasing the lock, so two appends can send their tails in the
+    /// opposite order: the channel only ever moves forward (`next` grows, `closed` and `gone`
+    /// are never cleared). Sent backwards, it would tell a reader already at the newer tail
+    /// that the tail moved away from it, and the reader would read nothing and wait again,
+    /// in a loop, until the next write.
     fn publish(&self, tail: Tail) {
         if self.tail_tx.receiver_count() > 0 {
-            self.tail_tx.send_replace(tail);
+            self.tail_tx
+                .send_if_modified(|current| advance_tail(current, tail));
         }
     }
+}
+
+/// Moves `current` forward to `tail`: a later `next`, or `closed` or `gone` newly set. False
+/// (and `current` unchanged) if `tail` is not newer.
+fn advance_tail(current: &mut Tail, tail: Tail) -> bool {
+    let newer = tail.next > current.next
+        || (tail.closed && !current.closed)
+        || (tail.gone && !current.gone);
+    if newer {
+        *current = Tail {
+            next: tail.next.max(current.next),
+            closed: tail.closed || current.closed,
+            gone: tail.gone || current.gone,
+        };
+    }
+    newer
 }
 
 #[derive(Debug)]
@@ -918,5 +941,49 @@ impl Storage for MemoryStorage {
             bytes: Some(self.inner.live_bytes.load(Ordering::Relaxed)),
             ..StorageStats::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ds_protocol::NameLimits;
+
+    /// Appends publish after releasing the stream's lock, so an earlier append's tail can be
+    /// sent after a later one's: live readers must keep seeing the later tail.
+    #[tokio::test]
+    async fn a_late_publish_never_moves_live_readers_back() {
+        let store = MemoryStorage::new(MemoryOptions::default());
+        let name = StreamName::parse("s", NameLimits::default()).expect("name");
+        let create = CreateRequest {
+            content_type: Some("application/octet-stream".to_owned()),
+            ..CreateRequest::default()
+        };
+        store.create(&name, create).await.expect("create");
+        let append = |body: &'static [u8]| AppendRequest {
+            content_type: Some("application/octet-stream".to_owned()),
+            body: Bytes::from_static(body),
+            ..AppendRequest::default()
+        };
+        let rx = store.subscribe(&name).await.expect("subscribe");
+        store.append(&name, append(b"a")).await.expect("append");
+        let earlier = *rx.borrow();
+        store.append(&name, append(b"bc")).await.expect("append");
+        let later = *rx.borrow();
+        assert!(later.next > earlier.next, "{later:?} after {earlier:?}");
+        let entry = store.inner.live(&name).expect("live");
+        entry.publish(earlier);
+        assert_eq!(
+            *rx.borrow(),
+            later,
+            "the late publish of {earlier:?} was ignored"
+        );
+        // Closing still gets through at the same offset.
+        let closed = Tail {
+            closed: true,
+            ..later
+        };
+        entry.publish(closed);
+        assert_eq!(*rx.borrow(), closed);
     }
 }
