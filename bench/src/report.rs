@@ -31,6 +31,9 @@ pub(crate) struct Metrics {
     /// machine whose cores the load generator shares, this is the figure that moves
     /// throughput, and it is far less noisy than throughput itself.
     pub(crate) cpu_us_per_op: Option<f64>,
+    /// The load generator's own CPU time per completed operation over the same load,
+    /// microseconds: its share of the machine, which a faster server leaves it less of.
+    pub(crate) client_cpu_us_per_op: Option<f64>,
     /// Server RSS before subscribers connected (fan-out), or before the read (big-read), MiB.
     pub(crate) rss_before_mib: Option<f64>,
     /// (RSS with subscribers − RSS before) / subscribers, KiB (fan-out only).
@@ -47,6 +50,7 @@ pub(crate) struct Metrics {
 
 /// How one run ended.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per run, a few hundred in a whole bench: no box needed
 pub(crate) enum Outcome {
     /// The scenario ran; these are its figures.
     Done(Metrics),
@@ -152,6 +156,7 @@ pub(crate) fn combine(runs: &[&Metrics]) -> Metrics {
         errors: runs.iter().map(|m| m.errors).sum(),
         rss_mib: med(runs, |m| m.rss_mib),
         cpu_us_per_op: med(runs, |m| m.cpu_us_per_op),
+        client_cpu_us_per_op: med(runs, |m| m.client_cpu_us_per_op),
         rss_before_mib: med(runs, |m| m.rss_before_mib),
         rss_per_sub_kib: med(runs, |m| m.rss_per_sub_kib),
         rss_per_stream_kib: med(runs, |m| m.rss_per_stream_kib),
@@ -340,6 +345,7 @@ pub(crate) fn render_table(rows: &[Row], ceiling: &Ceiling) -> String {
         "errors",
         "RSS MiB",
         "CPU µs/op",
+        "client µs/op",
         "of ceiling",
         "ours ×",
         "other",
@@ -381,13 +387,14 @@ pub(crate) fn render_table(rows: &[Row], ceiling: &Ceiling) -> String {
                     m.errors.to_string(),
                     num(m.rss_mib),
                     num(m.cpu_us_per_op),
+                    num(m.client_cpu_us_per_op),
                     ceiling_column(row, m, ceiling),
                     advantage,
                     other_column(row, m),
                 ]);
             }
         } else {
-            cells.extend(std::iter::repeat_n("—".to_owned(), 10));
+            cells.extend(std::iter::repeat_n("—".to_owned(), 11));
             cells.push(row.status.clone().unwrap_or_default());
         }
         lines.push(cells);
@@ -447,6 +454,7 @@ fn metrics_json(m: &Metrics) -> Value {
         "errors": m.errors,
         "rss_mib": m.rss_mib,
         "cpu_us_per_op": m.cpu_us_per_op,
+        "client_cpu_us_per_op": m.client_cpu_us_per_op,
         "rss_before_mib": m.rss_before_mib,
         "rss_per_subscriber_kib": m.rss_per_sub_kib,
         "rss_per_stream_kib": m.rss_per_stream_kib,
@@ -577,6 +585,9 @@ mod tests {
         let table = render_table(&rows, &Ceiling::default());
         assert!(table.contains("| read "));
         assert!(table.contains("not built"));
+        // As many cells as the header: the columns stay aligned.
+        let width = table.lines().next().unwrap().chars().count();
+        assert!(table.lines().all(|l| l.chars().count() == width), "{table}");
     }
 
     #[test]

@@ -245,6 +245,7 @@ async fn append_1(server: &Running, sizes: &Sizes) -> Result<Metrics> {
     .await?;
     let mut m = load_metrics(&r, r.req_bytes);
     m.cpu_us_per_op = cpu.per_op(server, r.ops);
+    m.client_cpu_us_per_op = cpu.client_per_op(r.ops);
     m.rss_mib = server.rss_mib();
     Ok(m)
 }
@@ -295,6 +296,7 @@ async fn append_many(server: &Running, sizes: &Sizes) -> Result<Metrics> {
     .await?;
     let mut m = load_metrics(&r, r.req_bytes);
     m.cpu_us_per_op = cpu.per_op(server, r.ops);
+    m.client_cpu_us_per_op = cpu.client_per_op(r.ops);
     m.rss_mib = server.rss_mib();
     Ok(m)
 }
@@ -320,6 +322,7 @@ async fn read(server: &Running, sizes: &Sizes) -> Result<Metrics> {
     let r = read_loop(target, "bench-read", sizes.read_conns, sizes.secs, expected).await?;
     let mut m = load_metrics(&r, r.resp_bytes);
     m.cpu_us_per_op = cpu.per_op(server, r.ops);
+    m.client_cpu_us_per_op = cpu.client_per_op(r.ops);
     m.rss_mib = server.rss_mib();
     Ok(m)
 }
@@ -401,6 +404,7 @@ async fn create_streams(server: &Running, sizes: &Sizes) -> Result<Metrics> {
     .await?;
     let mut m = load_metrics(&r, 0);
     m.cpu_us_per_op = cpu.per_op(server, r.ops);
+    m.client_cpu_us_per_op = cpu.client_per_op(r.ops);
     m.mb_per_sec = None;
     m.rss_mib = server.rss_mib();
     Ok(m)

@@ -158,9 +158,13 @@ impl Running {
         parse_vm_rss_kib(&text).map(|kib| crate::stats::as_f64(kib) / 1024.0)
     }
 
-    /// The server's CPU time so far (user + system, all threads), for [`CpuMark::per_op`].
+    /// The server's and the bench's own CPU time so far (user + system, all threads), for
+    /// [`CpuMark::per_op`] and [`CpuMark::client_per_op`].
     pub(crate) fn cpu(&self) -> CpuMark {
-        CpuMark(self.cpu_ticks())
+        CpuMark {
+            server: self.cpu_ticks(),
+            client: own_cpu_ticks(),
+        }
     }
 
     /// `utime + stime` of `/proc/<pid>/stat`, in clock ticks.
@@ -353,17 +357,36 @@ pub(crate) async fn start(
 /// bench runs on).
 const TICKS_PER_SEC: f64 = 100.0;
 
-/// The server's CPU time at the start of a measured load.
-pub(crate) struct CpuMark(Option<u64>);
+/// The server's and the bench's CPU time at the start of a measured load.
+pub(crate) struct CpuMark {
+    server: Option<u64>,
+    client: Option<u64>,
+}
 
 impl CpuMark {
     /// The server's CPU microseconds per operation since the mark (`None` without `/proc` or
     /// operations).
     pub(crate) fn per_op(&self, server: &Running, ops: u64) -> Option<f64> {
-        let spent = server.cpu_ticks()?.checked_sub(self.0?)?;
-        (ops > 0)
-            .then(|| crate::stats::as_f64(spent) / TICKS_PER_SEC * 1e6 / crate::stats::as_f64(ops))
+        us_per_op(self.server?, server.cpu_ticks()?, ops)
     }
+
+    /// The bench's own CPU microseconds per operation since the mark: what the load generator
+    /// took of the cores it shares with the server (nothing else runs in the bench during a
+    /// closed-loop load).
+    pub(crate) fn client_per_op(&self, ops: u64) -> Option<f64> {
+        us_per_op(self.client?, own_cpu_ticks()?, ops)
+    }
+}
+
+/// Microseconds per operation of the ticks between two readings.
+fn us_per_op(from: u64, to: u64, ops: u64) -> Option<f64> {
+    let spent = to.checked_sub(from)?;
+    (ops > 0).then(|| crate::stats::as_f64(spent) / TICKS_PER_SEC * 1e6 / crate::stats::as_f64(ops))
+}
+
+/// `utime + stime` of the bench process itself, in clock ticks.
+fn own_cpu_ticks() -> Option<u64> {
+    parse_cpu_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)
 }
 
 /// `utime + stime` (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name (field 2)
@@ -424,5 +447,17 @@ mod tests {
         let stat = "4242 (ds server) S 1 4242 4242 0 -1 4194560 1000 0 0 0 317 58 0 0 20 0 6 0";
         assert_eq!(parse_cpu_ticks(stat), Some(375));
         assert_eq!(parse_cpu_ticks("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn cpu_per_op_is_the_ticks_between_two_readings() {
+        // 50 ticks of 10 ms over 1,000 operations: 500 µs each.
+        assert_eq!(us_per_op(100, 150, 1_000), Some(500.0));
+        assert_eq!(us_per_op(100, 150, 0), None);
+        assert_eq!(us_per_op(150, 100, 1_000), None);
+        assert!(
+            own_cpu_ticks().is_some(),
+            "the bench reads its own /proc/self/stat"
+        );
     }
 }
