@@ -32,7 +32,8 @@ pub(crate) struct Metrics {
     /// throughput, and it is far less noisy than throughput itself.
     pub(crate) cpu_us_per_op: Option<f64>,
     /// The load generator's own CPU time per completed operation over the same load,
-    /// microseconds: its share of the machine, which a faster server leaves it less of.
+    /// microseconds: its share of the cores it shares with the server (more per operation
+    /// against a slower server, whose answers come fewer to a wake-up).
     pub(crate) client_cpu_us_per_op: Option<f64>,
     /// Server RSS before subscribers connected (fan-out), or before the read (big-read), MiB.
     pub(crate) rss_before_mib: Option<f64>,
