@@ -169,8 +169,7 @@ impl Running {
 
     /// `utime + stime` of `/proc/<pid>/stat`, in clock ticks.
     fn cpu_ticks(&self) -> Option<u64> {
-        let text = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
-        parse_cpu_ticks(&text)
+        read_cpu_ticks(&format!("/proc/{}/stat", self.pid))
     }
 
     /// Starts sampling the server's RSS every `every`, keeping the highest value.
@@ -386,7 +385,12 @@ fn us_per_op(from: u64, to: u64, ops: u64) -> Option<f64> {
 
 /// `utime + stime` of the bench process itself, in clock ticks.
 fn own_cpu_ticks() -> Option<u64> {
-    parse_cpu_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)
+    read_cpu_ticks("/proc/self/stat")
+}
+
+/// `utime + stime` of the `/proc/<pid>/stat` file at `path`, in clock ticks.
+fn read_cpu_ticks(path: &str) -> Option<u64> {
+    parse_cpu_ticks(&std::fs::read_to_string(path).ok()?)
 }
 
 /// `utime + stime` (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name (field 2)
