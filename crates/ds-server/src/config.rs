@@ -218,7 +218,8 @@ pub struct ServerConfig {
     pub shutdown_delay_secs: u64,
     /// Most connections open at once, plain and TLS together (TLS handshakes included). Past
     /// it the server stops accepting: further connections wait in the kernel's listen backlog
-    /// and are served as others close (the kernel refuses them once the backlog is full).
+    /// (1024, capped by `net.core.somaxconn`) and are served as others close; past the backlog
+    /// the kernel drops their handshakes and they retry on TCP's back-off.
     pub max_connections: usize,
     /// Legacy listen port (deprecated: use `bind_address`). Always `None` after loading.
     pub port: Option<u16>,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ds_storage::Storage;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config::{Config, ConfigError, ConfigLoadOptions, StorageMode};
 use crate::metrics::Metrics;
@@ -199,6 +199,26 @@ impl std::fmt::Debug for Extras {
     }
 }
 
+/// Connections the kernel queues for the listener while every connection slot is taken
+/// (`server.max_connections`); Linux caps it at `net.core.somaxconn`. Tokio's `bind` asks for
+/// 128, which a burst of clients past the connection limit overflows: the kernel then drops
+/// their handshakes and they wait out TCP's retransmission back-off (seconds) instead of
+/// their turn. nginx and Node ask for 511, Go for `somaxconn` itself.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds the listener with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as `TcpListener::bind`
+/// sets, so a restart does not wait for the old connections' `TIME_WAIT`).
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// [`run`] with [`Extras`].
 pub async fn run_with<S: Storage>(
     cfg: Config,
@@ -210,7 +230,7 @@ pub async fn run_with<S: Storage>(
     let addr = cfg
         .bind_address()
         .map_err(|e| StartupError::new(Phase::ValidateConfig, e.to_string()))?;
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
+    let listener = bind(addr).map_err(|e| {
         StartupError::new(Phase::BindListener, format!("cannot listen on {addr}: {e}"))
     })?;
     let local = listener.local_addr().map_err(|e| {

@@ -496,6 +496,61 @@ async fn past_max_connections_new_connections_wait_until_one_closes() {
     server.stop().await.expect("clean stop");
 }
 
+/// The kernel's cap on a listener's backlog (`net.core.somaxconn`, Linux).
+fn somaxconn() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Connections of the burst below: more than the 128 Tokio's `TcpListener::bind` queues.
+const BURST: usize = 600;
+
+#[tokio::test]
+async fn a_burst_past_max_connections_waits_in_the_backlog_and_is_served_in_turn() {
+    if let Some(cap) = somaxconn() {
+        assert!(
+            cap > BURST,
+            "this test queues {BURST} connections in one listen backlog; raise net.core.somaxconn ({cap})"
+        );
+    }
+    let mut cfg = Config::default();
+    cfg.server.max_connections = 1;
+    let server = TestServer::start(cfg).await;
+    // One idle keep-alive connection takes the only slot.
+    let mut held = TcpStream::connect(server.addr).await.expect("connect");
+    held.write_all(GET_HEALTHZ).await.expect("write");
+    assert!(read_response(&mut held).await.starts_with("HTTP/1.1 200"));
+    // Each connect completes as soon as the kernel queues the connection. Past a full backlog
+    // it drops the handshake instead, and the connect waits out SYN retransmission until a
+    // slot frees, which never happens here.
+    let mut burst = Vec::with_capacity(BURST);
+    for i in 0..BURST {
+        let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(server.addr))
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} of the burst was not queued in 5 s"))
+            .expect("connect");
+        burst.push(tcp);
+    }
+    for tcp in &mut burst {
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+    }
+    // Freeing the slot lets the queue through in order, one connection at a time: each is
+    // closed once answered, which frees the slot for the next.
+    drop(held);
+    for (i, mut tcp) in burst.into_iter().enumerate() {
+        let res = tokio::time::timeout(Duration::from_secs(10), read_response(&mut tcp))
+            .await
+            .unwrap_or_else(|_| panic!("queued connection {i} was not served in 10 s"));
+        assert!(res.starts_with("HTTP/1.1 200"), "{i}: {res}");
+    }
+    server.stop().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn tls_connections_count_against_max_connections() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -629,7 +684,7 @@ const SLOWLORIS: usize = 2_000;
 #[derive(Default)]
 struct Attack {
     stop: AtomicBool,
-    /// Connections made (reconnections included).
+    /// Attackers that have made their first connection.
     connected: AtomicUsize,
     /// Connections the server closed.
     cut: AtomicUsize,
@@ -640,12 +695,15 @@ struct Attack {
 async fn slowloris(addr: SocketAddr, attack: Arc<Attack>) {
     let head = b"POST /v1/stream/s HTTP/1.1\r\nhost: x\r\nx-slow: ";
     let mut buf = [0u8; 256];
+    let mut first = true;
     while !attack.stop.load(Ordering::Relaxed) {
         let Ok(mut tcp) = TcpStream::connect(addr).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        attack.connected.fetch_add(1, Ordering::Relaxed);
+        if std::mem::take(&mut first) {
+            attack.connected.fetch_add(1, Ordering::Relaxed);
+        }
         for b in head.iter().chain(std::iter::repeat(&b'a')) {
             if attack.stop.load(Ordering::Relaxed) {
                 return;
@@ -676,6 +734,13 @@ async fn slowloris_connections_do_not_stop_a_client_from_appending() {
             "this test opens about 4,000 sockets; raise the open-file limit (ulimit -n {limit})"
         );
     }
+    if let Some(cap) = somaxconn() {
+        assert!(
+            cap > SLOWLORIS - MAX_CONNECTIONS,
+            "this test queues {} connections in one listen backlog; raise net.core.somaxconn ({cap})",
+            SLOWLORIS - MAX_CONNECTIONS
+        );
+    }
     // Fewer connection slots than attackers, so the attack fills them all: only the header
     // read timeout frees slots for the honest client.
     let mut cfg = Config::default();
@@ -695,8 +760,9 @@ async fn slowloris_connections_do_not_stop_a_client_from_appending() {
     let attackers: Vec<_> = (0..SLOWLORIS)
         .map(|_| tokio::spawn(slowloris(addr, Arc::clone(&attack))))
         .collect();
-    // Let the attack take every slot before the honest client arrives: once all attackers
-    // are connected, 1,500 hold a slot and the rest wait in the backlog.
+    // Let the attack take every slot before the honest client arrives: once every attacker
+    // has connected, 1,500 hold a slot and the other 500 wait in the backlog, where the
+    // honest client queues behind them (ahead of the attackers that reconnect once cut).
     let deadline = Instant::now() + Duration::from_secs(10);
     while attack.connected.load(Ordering::Relaxed) < SLOWLORIS {
         assert!(Instant::now() < deadline, "the attackers could not connect");
