@@ -16,6 +16,7 @@ mod ceiling;
 mod client;
 mod context;
 mod fanout;
+mod leftovers;
 mod load;
 mod report;
 mod scenarios;
@@ -218,11 +219,14 @@ struct Plan {
     data_root: PathBuf,
 }
 
-/// Every scenario × variant × backend × round × server, servers alternating within a round.
+/// Every scenario × variant × backend × round × server, servers alternating within a round,
+/// each in a fresh data dir (removed when the matrix is done: see [`leftovers`]).
 /// A server that lacks a backend is asked once, then skipped. The bare-hyper ceiling runs in
 /// the append-1 and read rounds of the first backend only (it has no storage).
 async fn run_matrix(plan: &Plan, servers: &[ServerSpec]) -> Vec<RunRecord> {
     let mut records = Vec::new();
+    // Removed when the matrix is done (see the module's docs).
+    let mut leftovers = leftovers::Leftovers::new(leftovers::KEEP_BYTES);
     let mut not_built: HashSet<(String, Backend)> = HashSet::new();
     for &scenario in &plan.scenarios {
         let variants = if scenario == Scenario::SseFanout {
@@ -260,7 +264,7 @@ async fn run_matrix(plan: &Plan, servers: &[ServerSpec]) -> Vec<RunRecord> {
                             &plan.sizes,
                         )
                         .await;
-                        let _ = std::fs::remove_dir_all(run_dir.join("data"));
+                        leftovers.keep(run_dir.join("data"));
                         eprintln!(
                             "[{label} {} {} r{round}] {} ({:.1} s)",
                             backend.name(),
