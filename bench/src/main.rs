@@ -220,12 +220,12 @@ struct Plan {
 }
 
 /// Every scenario × variant × backend × round × server, servers alternating within a round,
-/// each in a fresh data dir (removed when the matrix is done: see [`leftovers`]).
+/// each in a fresh data dir. The finished runs' data dirs are handed back with the records, to
+/// be removed once the results are out (see [`leftovers`]).
 /// A server that lacks a backend is asked once, then skipped. The bare-hyper ceiling runs in
 /// the append-1 and read rounds of the first backend only (it has no storage).
-async fn run_matrix(plan: &Plan, servers: &[ServerSpec]) -> Vec<RunRecord> {
+async fn run_matrix(plan: &Plan, servers: &[ServerSpec]) -> (Vec<RunRecord>, leftovers::Leftovers) {
     let mut records = Vec::new();
-    // Removed when the matrix is done (see the module's docs).
     let mut leftovers = leftovers::Leftovers::new(leftovers::KEEP_BYTES);
     let mut not_built: HashSet<(String, Backend)> = HashSet::new();
     for &scenario in &plan.scenarios {
@@ -288,7 +288,7 @@ async fn run_matrix(plan: &Plan, servers: &[ServerSpec]) -> Vec<RunRecord> {
             }
         }
     }
-    records
+    (records, leftovers)
 }
 
 /// The results file's `context`: when, where, what, and how.
@@ -381,7 +381,7 @@ async fn run(opts: Options) -> Result<bool> {
         ceiling::measure_disk(&plan.data_root, fsync_secs).await
     };
 
-    let records = run_matrix(&plan, &servers).await;
+    let (records, mut leftovers) = run_matrix(&plan, &servers).await;
     let rows = report::summarize(&records);
     ceiling::absorb_http(&mut ceiling, &rows);
     println!("{}", report::render_ceiling(&ceiling));
@@ -407,6 +407,9 @@ async fn run(opts: Options) -> Result<bool> {
         out.display(),
         began.elapsed().as_secs_f64()
     );
+    // After the results: removing a full run's data dirs (millions of files) takes minutes.
+    eprintln!("ds-bench: removing the runs' data dirs");
+    leftovers.clear();
 
     // A smoke run fails if any scenario of ours failed, erred or lost a delivery.
     let healthy = records.iter().all(|r| match &r.outcome {
