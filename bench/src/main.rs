@@ -407,7 +407,7 @@ async fn run(opts: Options) -> Result<bool> {
         out.display(),
         began.elapsed().as_secs_f64()
     );
-    // After the results: removing a full run's data dirs (millions of files) takes minutes.
+    // After the results: removing a full run's data dirs (hundreds of thousands of files) takes minutes.
     eprintln!("ds-bench: removing the runs' data dirs");
     leftovers.clear();
 
