@@ -407,7 +407,8 @@ async fn run(opts: Options) -> Result<bool> {
         out.display(),
         began.elapsed().as_secs_f64()
     );
-    // After the results: removing a full run's data dirs (hundreds of thousands of files) takes minutes.
+    // After the results: a full run's data dirs hold hundreds of thousands of files, which
+    // take minutes to remove.
     eprintln!("ds-bench: removing the runs' data dirs");
     leftovers.clear();
 
