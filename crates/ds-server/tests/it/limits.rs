@@ -496,13 +496,18 @@ async fn past_max_connections_new_connections_wait_until_one_closes() {
     server.stop().await.expect("clean stop");
 }
 
-/// The kernel's cap on a listener's backlog (`net.core.somaxconn`, Linux).
-fn somaxconn() -> Option<usize> {
-    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
-        .ok()?
-        .trim()
-        .parse()
+/// Fails the test at once, with the fix, if the kernel caps a listener's backlog
+/// (`net.core.somaxconn`, Linux) below `queued` connections: they would not wait their turn.
+fn assert_backlog_holds(queued: usize) {
+    let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok());
+    if let Some(cap) = cap {
+        assert!(
+            cap > queued,
+            "this test queues {queued} connections in one listen backlog; raise net.core.somaxconn ({cap})"
+        );
+    }
 }
 
 /// Connections of the burst below: more than the 128 Tokio's `TcpListener::bind` queues.
@@ -510,12 +515,7 @@ const BURST: usize = 600;
 
 #[tokio::test]
 async fn a_burst_past_max_connections_waits_in_the_backlog_and_is_served_in_turn() {
-    if let Some(cap) = somaxconn() {
-        assert!(
-            cap > BURST,
-            "this test queues {BURST} connections in one listen backlog; raise net.core.somaxconn ({cap})"
-        );
-    }
+    assert_backlog_holds(BURST);
     let mut cfg = Config::default();
     cfg.server.max_connections = 1;
     let server = TestServer::start(cfg).await;
@@ -734,13 +734,7 @@ async fn slowloris_connections_do_not_stop_a_client_from_appending() {
             "this test opens about 4,000 sockets; raise the open-file limit (ulimit -n {limit})"
         );
     }
-    if let Some(cap) = somaxconn() {
-        assert!(
-            cap > SLOWLORIS - MAX_CONNECTIONS,
-            "this test queues {} connections in one listen backlog; raise net.core.somaxconn ({cap})",
-            SLOWLORIS - MAX_CONNECTIONS
-        );
-    }
+    assert_backlog_holds(SLOWLORIS - MAX_CONNECTIONS);
     // Fewer connection slots than attackers, so the attack fills them all: only the header
     // read timeout frees slots for the honest client.
     let mut cfg = Config::default();
